@@ -1,0 +1,177 @@
+"""`trialflow`: global options anywhere on the line, lazily imported command groups, and one
+wrapper that maps errors to exit codes (cli/errors.py)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import click
+
+from cli.context import Env
+from cli.exit_codes import ExitStatus
+
+VERSION = "0.1.0"
+DEFAULT_DB = "sqlite:///trialflow.db"
+# Global options: name -> takes a value. Accepted before or after the command.
+GLOBAL_OPTIONS = {"--db": True, "--user": True, "--log-level": True, "--json": False,
+                  "--version": False}
+# Command name -> (module:attribute, one-line help); imported only when used.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("cli.init_cmd:init", "Create or upgrade the database schema (idempotent)."),
+    "audit": ("cli.audit:audit", "Audit trail, integrity verification and seals."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module_name, attribute = entry[0].split(":")
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in sorted(COMMANDS)])
+
+
+GLOBAL_HELP = """Event-sourced workflow for the IM19 CAR-T study in refractory SLE.
+
+\b
+Global options (before or after the command):
+  --db URL          database (env TRIALFLOW_DB; default sqlite:///trialflow.db)
+  --user NAME       acting user, required to write (env TRIALFLOW_USER)
+  --json            print exactly one JSON document on stdout
+  --log-level LVL   debug, info, warning (default), error
+  --version         print the version
+
+\b
+Exit codes: 0 done, 1 refused by a rule, 2 bad input or usage,
+3 conflict or busy database (retry), 4 integrity failure.
+"""
+
+
+@click.group(cls=LazyGroup, help=GLOBAL_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    pass
+
+
+def split_globals(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """Take the global options out of argv wherever they stand (up to a bare `--`)."""
+    found: dict[str, Any] = {}
+    rest: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        if token == "--":
+            rest.extend(items[i:])
+            break
+        name, eq, value = token.partition("=")
+        if name in GLOBAL_OPTIONS:
+            if GLOBAL_OPTIONS[name]:
+                if not eq:
+                    if i + 1 >= len(items):
+                        raise click.UsageError(f"Option {name} needs a value.")
+                    i += 1
+                    value = items[i]
+                found[name] = value
+            else:
+                found[name] = True
+        else:
+            rest.append(token)
+        i += 1
+    return found, rest
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
+    environ: dict[str, str] | None = None,
+) -> int:
+    """Run one command line; return its exit status. Tests call this in-process."""
+    environ = dict(os.environ) if environ is None else environ
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        options, rest = split_globals(sys.argv[1:] if argv is None else argv)
+        level = str(options.get("--log-level", "warning")).lower()
+        from cli.logging_setup import LEVELS, configure
+
+        if level not in LEVELS:
+            raise click.UsageError(f"--log-level must be one of {', '.join(LEVELS)}, not {level}")
+        configure(level, err)
+        if options.get("--version"):
+            out.write(f"trialflow {VERSION}\n")
+            return ExitStatus.OK
+        env = Env(
+            db_url=str(options.get("--db") or environ.get("TRIALFLOW_DB") or DEFAULT_DB),
+            user=options.get("--user") or environ.get("TRIALFLOW_USER") or None,
+            json=bool(options.get("--json")),
+            log_level=level,
+            stdout=out,
+            stderr=err,
+            stdin=stdin or sys.stdin,
+        )
+        json_mode = env.json
+        with _redirected(out, err):
+            cli.main(args=rest, prog_name="trialflow", standalone_mode=False, obj=env)
+        return ExitStatus.OK
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.exceptions.Abort:
+        err.write("Aborted.\n")
+        return ExitStatus.BAD_INPUT
+    except Exception as error:  # mapped below; unknown errors are re-raised as bugs
+        return _report(error, json_mode, out, err, environ)
+
+
+def _report(error: Exception, json_mode: bool, out: TextIO, err: TextIO,
+            environ: dict[str, str]) -> int:
+    from cli.errors import failure_of
+    from cli.render import to_json
+
+    failure = failure_of(error)
+    if failure is None:
+        raise error
+    if json_mode:
+        out.write(to_json(failure.to_json()) + "\n")
+    else:
+        err.write(f"Error: {failure.message}\n")
+    import structlog
+
+    structlog.get_logger("trialflow.cli").debug(
+        "command failed", rule=failure.rule, exc_info=error
+    )
+    return int(failure.status)
+
+
+class _redirected:
+    """Point click's own echo (help, usage) at the given streams."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out, self.err = out, err
+
+    def __enter__(self) -> None:
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self.out, self.err
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout, sys.stderr = self.saved
+
+
+def main() -> None:
+    sys.exit(run())

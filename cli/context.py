@@ -1,0 +1,32 @@
+"""What every command receives: global options, output streams and the lazily built app."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from workflow.bootstrap import App
+
+
+@dataclass
+class Env:
+    db_url: str
+    user: str | None = None
+    json: bool = False
+    log_level: str = "warning"
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
+
+    @property
+    def stdout_is_terminal(self) -> bool:
+        return bool(getattr(self.stdout, "isatty", lambda: False)())
+
+    @cached_property
+    def app(self) -> App:
+        from workflow.bootstrap import build_app
+
+        return build_app(self.db_url)

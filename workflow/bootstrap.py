@@ -1,0 +1,36 @@
+"""The one wiring place: engine, store and clock from an explicit URL (nothing connects at
+import time). Tests build an App with their own clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from events.engine import create_store_engine
+from events.store import EventStore
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class App:
+    engine: Engine
+    store: EventStore
+    clock: Callable[[], datetime]
+
+
+def build_app(
+    db_url: str,
+    *,
+    clock: Callable[[], datetime] = system_clock,
+    store_clock: Callable[[], datetime] | None = None,
+) -> App:
+    """`clock` is the application's "now"; `store_clock` overrides the recorded time (tests and
+    simulations only: by default `recorded_at` is the database's own clock)."""
+    engine = create_store_engine(db_url)
+    return App(engine=engine, store=EventStore(engine, clock=store_clock), clock=clock)

@@ -1,0 +1,1 @@
+"""Clinical instruments: pure, typed functions with no I/O (issue 3)."""
