@@ -23,6 +23,7 @@ GLOBAL_OPTIONS = {"--db": True, "--user": True, "--log-level": True, "--json": F
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("cli.init_cmd:init", "Create or upgrade the database schema (idempotent)."),
     "audit": ("cli.audit:audit", "Audit trail, integrity verification and seals."),
+    "calc": ("cli.calc:calc", "Run a clinical instrument (SLEDAI-2K, CRS, BSA, …)."),
 }
 
 
