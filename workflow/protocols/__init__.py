@@ -1,0 +1,1 @@
+"""Protocol files shipped with trialflow, read with importlib.resources by workflow/protocol.py."""
