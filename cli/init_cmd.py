@@ -1,24 +1,39 @@
-"""`trialflow init`: create or upgrade the database (idempotent)."""
+"""`trialflow init [--admin NAME]`: create or upgrade the database (idempotent) and, the first
+time, create the first admin, the scheduler service user and the default protocol."""
 
 from __future__ import annotations
 
 import click
 
 from cli.context import Env
+from cli.options import command_id_option
 from cli.render import emit
 
 
-@click.command("init", help="Create or upgrade the database schema; safe to run again.")
+@click.command("init", help="Create or upgrade the database schema; safe to run again. With "
+               "--admin NAME the first time, also create the first admin.")
+@click.option("--admin", default=None, help="Name of the first admin (once per study).")
+@click.option("--protocol-version", type=int, default=2, show_default=True,
+              help="Builtin protocol version to start the study with.")
+@command_id_option
 @click.pass_obj
-def init(env: Env) -> None:
+def init(env: Env, admin: str | None, protocol_version: int, command_id: str | None) -> None:
     from events.schema import latest_version, upgrade
 
     applied = upgrade(env.app.engine)
-    data = {"database": _safe_url(env.db_url), "applied": applied,
-            "schema_version": latest_version()}
+    data: dict[str, object] = {"database": _safe_url(env.db_url), "applied": applied,
+                               "schema_version": latest_version()}
+    if admin is not None:
+        from workflow.commands import Workflow
+
+        outcome = Workflow(env.app).initialise(admin, protocol_version=protocol_version,
+                                               command_id=command_id)
+        data.update(outcome.summary)
     emit(env, data, lambda: (
         f"Database {data['database']} is at schema version {data['schema_version']}"
         + (f"; applied: {', '.join(applied)}." if applied else "; nothing to do.")
+        + (f"\nAdmin {admin} created; protocol version {protocol_version} in force." if admin
+           else "")
     ))
 
 

@@ -1,0 +1,216 @@
+"""Subject commands: consent, forms, phase changes and status."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import click
+
+from cli.context import Env
+from cli.options import command_id_option
+from cli.render import emit
+from cli.writes import DATE, DATETIME, show, workflow
+
+
+@click.command("consent", help="Register a candidate in screening: consent signed on DATE.")
+@click.argument("subject")
+@click.option("--on", "on", type=DATE, required=True, help="Consent date (site calendar).")
+@click.option("--consent-form-version", required=True)
+@command_id_option
+@click.pass_obj
+def consent(env: Env, subject: str, on: date, consent_form_version: str,
+            command_id: str | None) -> None:
+    show(env, f"Subject {subject} consented on {on}; phase screening",
+         workflow(env).consent(env.user, subject, on, consent_form_version, command_id))
+
+
+@click.command("reconsent", help="Record re-consent under the protocol version in force.")
+@click.argument("subject")
+@click.option("--consent-form-version", required=True)
+@click.option("--on", "on", type=DATE, default=None)
+@command_id_option
+@click.pass_obj
+def reconsent(env: Env, subject: str, consent_form_version: str, on: date | None,
+              command_id: str | None) -> None:
+    outcome = workflow(env).reconsent(env.user, subject, on, consent_form_version, command_id)
+    show(env, f"Subject {subject} re-consented under protocol version "
+         f"{outcome.summary.get('protocol_version')}", outcome)
+
+
+@click.command("record", context_settings={"ignore_unknown_options": True},
+               help="Record a form: trialflow record SUBJECT FORM field=value… [--on DATE].")
+@click.argument("subject")
+@click.argument("form")
+@click.argument("fields", nargs=-1, type=click.UNPROCESSED)
+@click.option("--on", "on", type=DATE, default=None, help="Clinical date (default today).")
+@click.option("--visit", default=None, help="The visit the form belongs to (e.g. D90).")
+@command_id_option
+@click.pass_obj
+def record(env: Env, subject: str, form: str, fields: tuple[str, ...], on: date | None,
+           visit: str | None, command_id: str | None) -> None:
+    outcome = workflow(env).record(env.user, subject, form, fields, on, visit, command_id)
+    show(env, f"Form {form} recorded for {subject}", outcome)
+
+
+@click.command("correct", context_settings={"ignore_unknown_options": True},
+               help="Correct an earlier form: trialflow correct SUBJECT POSITION field=value… "
+               "--reason TEXT (the original stays in the log).")
+@click.argument("subject")
+@click.argument("position", type=int)
+@click.argument("fields", nargs=-1, type=click.UNPROCESSED)
+@click.option("--reason", required=True)
+@command_id_option
+@click.pass_obj
+def correct(env: Env, subject: str, position: int, fields: tuple[str, ...], reason: str,
+            command_id: str | None) -> None:
+    outcome = workflow(env).correct(env.user, subject, position, fields, reason, command_id)
+    show(env, f"Form at position {position} of {subject} corrected", outcome)
+
+
+@click.command("confirm-eligibility", help="Investigator: confirm eligibility and enrol.")
+@click.argument("subject")
+@command_id_option
+@click.pass_obj
+def confirm_eligibility(env: Env, subject: str, command_id: str | None) -> None:
+    outcome = workflow(env).confirm_eligibility(env.user, subject, command_id)
+    show(env, f"Subject {subject} enrolled as number {outcome.summary.get('enrolment_order')} "
+         f"(cohort {outcome.summary.get('cohort')}); phase cell_collection", outcome)
+
+
+@click.command("screen-fail", help="Record a screen failure with the criterion or reason code.")
+@click.argument("subject")
+@click.option("--reason", required=True, help="Criterion code or screening_window_expired.")
+@command_id_option
+@click.pass_obj
+def screen_fail(env: Env, subject: str, reason: str, command_id: str | None) -> None:
+    show(env, f"Subject {subject} screen-failed ({reason})",
+         workflow(env).screen_fail(env.user, subject, reason, command_id))
+
+
+@click.command("leukapheresis", help="Record the cell collection and its chain-of-identity id.")
+@click.argument("subject")
+@click.option("--on", "on", type=DATE, required=True)
+@click.option("--coi-id", required=True)
+@command_id_option
+@click.pass_obj
+def leukapheresis(env: Env, subject: str, on: date, coi_id: str, command_id: str | None) -> None:
+    show(env, f"Leukapheresis of {subject} recorded (coi {coi_id})",
+         workflow(env).leukapheresis(env.user, subject, on, coi_id, command_id))
+
+
+@click.command("release", help="Record product release (or --fail with --reason).")
+@click.argument("subject")
+@click.option("--lot", required=True)
+@click.option("--coi-id", required=True)
+@click.option("--viable-cells", type=float, default=None)
+@click.option("--fail", "failed", is_flag=True)
+@click.option("--reason", default=None)
+@command_id_option
+@click.pass_obj
+def release(env: Env, subject: str, lot: str, coi_id: str, viable_cells: float | None,
+            failed: bool, reason: str | None, command_id: str | None) -> None:
+    outcome = workflow(env).release(env.user, subject, lot, coi_id, failed=failed,
+                                    reason=reason, viable_cells=viable_cells,
+                                    command_id=command_id)
+    show(env, f"Product {lot} of {subject} {'failed QC' if failed else 'released'}", outcome)
+
+
+@click.command("lymphodepletion", context_settings={"ignore_unknown_options": True},
+               help="Record one day's lymphodepletion doses: fludarabine_mg=… "
+               "cyclophosphamide_mg=… (a dose off the regimen needs --deviation --reason).")
+@click.argument("subject")
+@click.argument("doses", nargs=-1, type=click.UNPROCESSED)
+@click.option("--on", "on", type=DATE, required=True)
+@click.option("--deviation", is_flag=True)
+@click.option("--reason", default=None)
+@command_id_option
+@click.pass_obj
+def lymphodepletion(env: Env, subject: str, doses: tuple[str, ...], on: date, deviation: bool,
+                    reason: str | None, command_id: str | None) -> None:
+    values = _doses(doses)
+    outcome = workflow(env).lymphodepletion(
+        env.user, subject, on, values.get("fludarabine_mg", 0.0),
+        values.get("cyclophosphamide_mg", 0.0), deviation=deviation, reason=reason,
+        command_id=command_id)
+    show(env, f"Lymphodepletion day {outcome.summary.get('regimen_day')} of {subject} recorded "
+         f"(expected {outcome.summary.get('expected_mg')}); phase {outcome.summary.get('phase')}",
+         outcome)
+
+
+def _doses(tokens: tuple[str, ...]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for token in tokens:
+        name, _, raw = token.partition("=")
+        if name not in ("fludarabine_mg", "cyclophosphamide_mg") or not raw:
+            raise click.UsageError(f"{token!r}: give fludarabine_mg=N and cyclophosphamide_mg=N.")
+        try:
+            values[name] = float(raw)
+        except ValueError:
+            raise click.UsageError(f"{name} must be a number of mg, got {raw!r}.") from None
+    return values
+
+
+@click.command("infuse", help="Record the CAR-T infusion (D0), checking window, chain of "
+               "identity and dose.")
+@click.argument("subject")
+@click.option("--at", "at", type=DATETIME, required=True)
+@click.option("--cells", type=float, required=True)
+@click.option("--coi-id", required=True)
+@click.option("--deviation", is_flag=True)
+@click.option("--reason", default=None)
+@command_id_option
+@click.pass_obj
+def infuse(env: Env, subject: str, at: datetime, cells: float, coi_id: str, deviation: bool,
+           reason: str | None, command_id: str | None) -> None:
+    outcome = workflow(env).infuse(env.user, subject, at, cells, coi_id, deviation=deviation,
+                                   reason=reason, command_id=command_id)
+    show(env, f"Subject {subject} infused; D0 is {outcome.summary.get('d0')}; phase follow_up",
+         outcome)
+
+
+@click.command("visit", help="Record a follow-up visit as done or missed.")
+@click.argument("subject")
+@click.argument("visit")
+@click.option("--done", "status", flag_value="done")
+@click.option("--missed", "status", flag_value="missed")
+@click.option("--on", "on", type=DATE, default=None)
+@command_id_option
+@click.pass_obj
+def visit(env: Env, subject: str, visit: str, status: str | None, on: date | None,
+          command_id: str | None) -> None:
+    if status is None:
+        raise click.UsageError("Say --done or --missed.")
+    show(env, f"Visit {visit} of {subject} recorded {status}",
+         workflow(env).visit(env.user, subject, visit, status, on, command_id))
+
+
+@click.command("complete", help="Complete the study after the D360 visit is done or missed.")
+@click.argument("subject")
+@command_id_option
+@click.pass_obj
+def complete(env: Env, subject: str, command_id: str | None) -> None:
+    show(env, f"Subject {subject} completed the study",
+         workflow(env).complete(env.user, subject, command_id))
+
+
+@click.command("off-study", help="Take a subject off study with a reason.")
+@click.argument("subject")
+@click.option("--reason", required=True, help="consent_withdrawn, investigator_decision, "
+              "lost_to_follow_up, death or manufacturing_failure.")
+@command_id_option
+@click.pass_obj
+def off_study(env: Env, subject: str, reason: str, command_id: str | None) -> None:
+    show(env, f"Subject {subject} is off study ({reason})",
+         workflow(env).off_study(env.user, subject, reason, command_id))
+
+
+@click.command("status", help="A subject's phase, days in phase, study day, cohort, next step.")
+@click.argument("subject")
+@click.option("--now", "now", type=DATETIME, default=None, help="The clock (default now).")
+@click.pass_obj
+def status(env: Env, subject: str, now: datetime | None) -> None:
+    from projections.subject_status import subject_status
+
+    flow = workflow(env)
+    data = subject_status(flow.study(), flow.subject(subject), now or env.app.clock())
+    emit(env, data, lambda: "\n".join(f"{k}: {v}" for k, v in data.items()))

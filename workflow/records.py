@@ -1,0 +1,37 @@
+"""Recorded case report forms as the rules see them: corrected values, positions as evidence."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RecordedForm:
+    """One form as it stands now: its values with every later correction applied.
+
+    `position` is the global log position of the original record (the evidence an auditor
+    looks up); `corrected_by` lists the positions of corrections applied to it, in order.
+    """
+
+    position: int
+    subject: str
+    form: str
+    values: Mapping[str, Any]
+    recorded_on: date  # the clinical date the form was recorded for (`--on`, site's calendar)
+    visit: str | None = None
+    corrected_by: tuple[int, ...] = ()
+
+    def get(self, field: str, default: Any = None) -> Any:
+        return self.values.get(field, default)
+
+
+@dataclass(frozen=True)
+class Consent:
+    subject: str
+    consent_date: date
+    consent_form_version: str
+    protocol_version: int
+    position: int

@@ -1,0 +1,107 @@
+"""A subject's stream folded into its current state (replay never re-runs a guard)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+
+from events.envelope import RecordedEvent
+from workflow import event_types as T
+from workflow.records import Consent, RecordedForm
+
+
+def to_date(value: str) -> date:
+    """A clinical date from an ISO date or date-time (the site's calendar date)."""
+    return datetime.fromisoformat(value).date() if "T" in value else date.fromisoformat(value)
+
+
+@dataclass
+class SubjectState:
+    subject: str
+    version: int = 0
+    site: str | None = None
+    phase: str | None = None  # None: never consented
+    phase_since: date | None = None
+    consent: Consent | None = None
+    protocol_version: int | None = None  # the version the subject (re)consented under
+    forms: dict[int, RecordedForm] = field(default_factory=dict)  # position -> current form
+    collection_coi: str | None = None
+    collected_on: date | None = None
+    product_coi: str | None = None
+    product_failed: bool = False
+    lymphodepletion_days: list[date] = field(default_factory=list)
+    infused_on: date | None = None
+    infused_at: str | None = None
+    enrolment_order: int | None = None
+    cohort: str | None = None
+    visits: dict[str, tuple[str, date]] = field(default_factory=dict)
+    exit_reason: str | None = None
+
+    @property
+    def consented(self) -> bool:
+        return self.phase is not None
+
+    def forms_of(self, form: str) -> list[RecordedForm]:
+        return [f for f in self.forms.values() if f.form == form]
+
+    def latest_value(self, form: str, name: str, *, before: date | None = None) -> object:
+        """The latest recorded value of a field (by clinical date, then log order)."""
+        found = [
+            f for f in self.forms_of(form)
+            if name in f.values and (before is None or f.recorded_on <= before)
+        ]
+        found.sort(key=lambda f: (f.recorded_on, f.position))
+        return found[-1].values[name] if found else None
+
+
+def fold_subject(subject: str, events: Iterable[RecordedEvent]) -> SubjectState:
+    state = SubjectState(subject)
+    for event in events:
+        apply_subject(state, event)
+    return state
+
+
+def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
+    p = event.payload
+    s.version = event.version
+    kind = event.type
+    if kind == T.SUBJECT_CONSENTED:
+        s.site = p["site"]
+        s.consent = Consent(s.subject, date.fromisoformat(p["consent_date"]),
+                            p["consent_form_version"], int(p["protocol_version"]),
+                            event.position)
+        s.protocol_version = int(p["protocol_version"])
+        s.phase, s.phase_since = "screening", s.consent.consent_date
+    elif kind == T.SUBJECT_RECONSENTED:
+        s.protocol_version = int(p["protocol_version"])
+    elif kind == T.FORM_RECORDED:
+        s.forms[event.position] = RecordedForm(
+            event.position, s.subject, p["form"], dict(p["values"]),
+            date.fromisoformat(p["on"]), p.get("visit"),
+        )
+    elif kind == T.FORM_CORRECTED:
+        target = s.forms[int(p["target_position"])]
+        s.forms[target.position] = replace(
+            target, values={**target.values, **p["changes"]},
+            corrected_by=(*target.corrected_by, event.position),
+        )
+    elif kind == T.ELIGIBILITY_CONFIRMED:
+        s.enrolment_order, s.cohort = int(p["order"]), p["cohort"]
+    elif kind == T.LEUKAPHERESIS_RECORDED:
+        s.collection_coi, s.collected_on = p["coi_id"], date.fromisoformat(p["collected_on"])
+        s.product_failed, s.product_coi = False, None
+    elif kind == T.PRODUCT_RELEASED:
+        s.product_coi = p["coi_id"]
+    elif kind == T.PRODUCT_RELEASE_FAILED:
+        s.product_failed = True
+    elif kind == T.LYMPHODEPLETION_GIVEN:
+        s.lymphodepletion_days.append(date.fromisoformat(p["given_on"]))
+    elif kind == T.INFUSION_GIVEN:
+        s.infused_at, s.infused_on = p["infused_at"], to_date(p["infused_at"])
+    elif kind == T.VISIT_RECORDED:
+        s.visits[p["visit"]] = (p["status"], date.fromisoformat(p["visit_date"]))
+    elif kind in (T.SCREEN_FAILED, T.SUBJECT_OFF_STUDY):
+        s.exit_reason = p["reason"]
+    elif kind == T.PHASE_CHANGED:
+        s.phase, s.phase_since = p["to"], date.fromisoformat(p["on"])
