@@ -49,6 +49,13 @@ TRANSITIONS: Final[list[dict[str, Any]]] = [
 ]
 
 Guard = Callable[[Any], RuleViolation | None]
+# The command a user types for each trigger (refusals name the command, not the trigger).
+COMMAND_OF: Final = {
+    "confirm_eligibility": "confirm-eligibility", "screen_fail": "screen-fail",
+    "collect": "leukapheresis", "release": "release", "release_failed": "release --fail",
+    "give_dose": "lymphodepletion", "give_last_dose": "lymphodepletion", "infuse": "infuse",
+    "record_visit": "visit", "complete": "complete", "off_study": "off-study",
+}
 
 
 @dataclass
@@ -124,7 +131,7 @@ def check_phase(subject: str, phase: str | None, trigger: str) -> None:
     allowed = sorted({t["source"] if isinstance(t["source"], str) else "any active phase"
                       for t in TRANSITIONS if t["trigger"] == trigger})
     raise RuleViolation(
-        f"Subject {subject} is in phase {phase}; {trigger.replace('_', '-')} is allowed "
+        f"Subject {subject} is in phase {phase}; {COMMAND_OF[trigger]} is allowed "
         f"only in {' or '.join(allowed)}.", rule="phase", subject=subject, field="phase",
     )
 
