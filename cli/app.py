@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "complete": ("cli.subjects:complete", "Complete the study after D360."),
     "off-study": ("cli.subjects:off_study", "Take a subject off study."),
     "status": ("cli.subjects:status", "A subject's phase, study day and next step."),
+    "eligibility": ("cli.subjects:eligibility", "Inclusion criteria and exclusions, with "
+                    "evidence."),
 }
 
 

@@ -47,6 +47,7 @@ TOUR: list[tuple[str, str]] = [
      "trialflow --user cora correct S-001 POSITION weight_kg=58.5 --reason 'transcription "
      "error'"),
     ("Status", "trialflow status S-001 --json"),
+    ("Eligibility, criterion by criterion", "trialflow eligibility S-001"),
     ("The audit trail of a stream", "trialflow audit log S-001"),
     ("Verify every hash chain", "trialflow audit verify"),
     ("Clinical instruments", "trialflow calc sledai2k arthritis proteinuria low_complement"),

@@ -1,0 +1,37 @@
+"""The eligibility screen and the confirm-eligibility guard agree; --as-of shows the past."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import date
+
+from cli.app import run
+from projections.eligibility_view import eligibility_view
+from tests.support.clock import FakeClock
+from tests.support.study import INVESTIGATOR, new_study, on_day, screen_eligible
+
+START = date(2024, 9, 2)
+
+
+def test_screen_and_guard_agree(db_url: str) -> None:
+    clock = FakeClock("2024-09-02T04:00:00+00:00")
+    flow = new_study(db_url, clock)
+    screen_eligible(flow, "S-001", START, clock=clock)
+    on_day(clock, date(2024, 9, 4))
+    view = eligibility_view(flow.study(), flow.subject("S-001"), clock())
+    assert view["overall"] == "eligible"
+    assert view["criteria"][0]["code"] == "eular_acr_2019"
+    assert all(c["status"] in ("met", "not_applicable") for c in view["criteria"])
+    assert view["days_left"] == 26
+    weight = next(c for c in view["criteria"] if c["code"] == "weight")
+    assert weight["evidence"] and weight["evidence"][0]["field"] == "weight_kg"
+    consent_position = flow.store.read_stream("S-001")[0].position
+    out = io.StringIO()
+    status = run(["--db", db_url, "--json", "eligibility", "S-001", "--as-of",
+                  f"@{consent_position}", "--now", "2024-09-04T04:00:00Z"], stdout=out,
+                 stderr=io.StringIO(), environ={})
+    past = json.loads(out.getvalue())
+    assert status == 0 and past["overall"] == "pending"  # only the consent was recorded then
+    flow.confirm_eligibility(INVESTIGATOR, "S-001", None)
+    assert flow.subject("S-001").phase == "cell_collection"
