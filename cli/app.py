@@ -42,9 +42,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "visit": ("cli.subjects:visit", "Record a follow-up visit done or missed."),
     "complete": ("cli.subjects:complete", "Complete the study after D360."),
     "off-study": ("cli.subjects:off_study", "Take a subject off study."),
-    "status": ("cli.subjects:status", "A subject's phase, study day and next step."),
-    "eligibility": ("cli.subjects:eligibility", "Inclusion criteria and exclusions, with "
+    "status": ("cli.queries:status", "The study, or a subject's phase and next step."),
+    "eligibility": ("cli.queries:eligibility", "Inclusion criteria and exclusions, with "
                     "evidence."),
+    "visits": ("cli.queries:visits", "Planned visits, windows, status, reminders due."),
+    "deviations": ("cli.queries:deviations", "Protocol deviations."),
+    "endpoints": ("cli.queries:endpoints", "SLEDAI-2K, LLDAS, renal response, persistence."),
+    "ae": ("cli.queries:ae", "Adverse events, safety windows, SAE clocks."),
+    "projections": ("cli.projections_cmd:projections", "Read models: status and rebuild."),
 }
 
 

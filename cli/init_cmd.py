@@ -29,6 +29,9 @@ def init(env: Env, admin: str | None, protocol_version: int, command_id: str | N
         outcome = Workflow(env.app).initialise(admin, protocol_version=protocol_version,
                                                command_id=command_id)
         data.update(outcome.summary)
+    from projections.runner import Runner
+
+    Runner(env.app.engine, env.app.store).catch_up()  # read models' tables and checkpoints
     emit(env, data, lambda: (
         f"Database {data['database']} is at schema version {data['schema_version']}"
         + (f"; applied: {', '.join(applied)}." if applied else "; nothing to do.")

@@ -8,7 +8,6 @@ import click
 
 from cli.context import Env
 from cli.options import command_id_option
-from cli.render import emit
 from cli.writes import DATE, DATETIME, show, workflow
 
 
@@ -202,58 +201,3 @@ def complete(env: Env, subject: str, command_id: str | None) -> None:
 def off_study(env: Env, subject: str, reason: str, command_id: str | None) -> None:
     show(env, f"Subject {subject} is off study ({reason})",
          workflow(env).off_study(env.user, subject, reason, command_id))
-
-
-@click.command("status", help="A subject's phase, days in phase, study day, cohort, next step.")
-@click.argument("subject")
-@click.option("--now", "now", type=DATETIME, default=None, help="The clock (default now).")
-@click.pass_obj
-def status(env: Env, subject: str, now: datetime | None) -> None:
-    from projections.subject_status import subject_status
-
-    flow = workflow(env)
-    data = subject_status(flow.study(), flow.subject(subject), now or env.app.clock())
-    emit(env, data, lambda: "\n".join(f"{k}: {v}" for k, v in data.items()))
-
-
-@click.command("eligibility", help="Each inclusion criterion and exclusion answer of a subject, "
-               "with evidence and reasons.")
-@click.argument("subject")
-@click.option("--now", "now", type=DATETIME, default=None, help="The clock (default now).")
-@click.option("--as-of", "as_of", default=None,
-              help="What the system showed then: ISO 8601 recorded time (UTC if no offset) "
-              "or @POSITION.")
-@click.pass_obj
-def eligibility(env: Env, subject: str, now: datetime | None, as_of: str | None) -> None:
-    from projections.as_of import as_of_position
-    from projections.eligibility_view import eligibility_view
-    from workflow.study import fold_study
-    from workflow.subject import fold_subject
-
-    store = env.app.store
-    bound = as_of_position(as_of, store)
-    study = fold_study(store.read_stream("study", up_to_position=bound))
-    state = fold_subject(subject, store.read_stream(_subject_id(subject), up_to_position=bound))
-    data = eligibility_view(study, state, now or env.app.clock())
-    emit(env, data, lambda: _eligibility_text(data))
-
-
-def _subject_id(subject: str) -> str:
-    from events.streams import check_subject_id
-
-    return check_subject_id(subject)
-
-
-def _eligibility_text(data: dict[str, object]) -> str:
-    from cli.render import table
-
-    criteria = data["criteria"]
-    exclusions = data["exclusions"]
-    assert isinstance(criteria, list) and isinstance(exclusions, list)
-    lines = [f"Subject {data['subject']}: {data['overall']} (screening window ends "
-             f"{data['screening_window_ends']}, {data['days_left']} days left)", ""]
-    lines.append(table(["criterion", "status", "reason"],
-                       [[c["code"], c["status"], c["reason"]] for c in criteria]))
-    answers = ", ".join(f"{e['code']}={e['answer'] or '?'}" for e in exclusions)
-    lines += ["", f"exclusions: {answers}"]
-    return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from events.envelope import RecordedEvent
 from workflow import event_types as T
@@ -45,10 +45,17 @@ class Study:
     def protocol(self) -> Protocol:
         if self.protocol_version is None:
             return default_protocol()
-        text = self.protocol_texts.get(self.protocol_version)
+        return self.protocol_of(self.protocol_version)
+
+    def protocol_of(self, version: int | None) -> Protocol:
+        """Protocol `version` as loaded into this study (the builtin file if never loaded);
+        None is the version in force."""
+        if version is None:
+            return self.protocol
+        text = self.protocol_texts.get(version)
         if text is None:
-            return builtin_protocol(self.protocol_version)
-        return load_protocol_text(text, f"protocol version {self.protocol_version}")
+            return builtin_protocol(version)
+        return _parsed(text, version)
 
     def taken_places(self) -> list[Place]:
         return [p for p in self.places if not p.freed]
@@ -73,6 +80,11 @@ class Study:
             raise RuleViolation(f"User {name} is deactivated and may not write.",
                                 rule="user_deactivated", field="user")
         return found
+
+
+@lru_cache(maxsize=16)
+def _parsed(text: str, version: int) -> Protocol:
+    return load_protocol_text(text, f"protocol version {version}")
 
 
 def fold_study(events: Iterable[RecordedEvent]) -> Study:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from typing import Any
 
 from events.envelope import RecordedEvent
 from workflow import event_types as T
@@ -14,6 +15,16 @@ from workflow.records import Consent, RecordedForm
 def to_date(value: str) -> date:
     """A clinical date from an ISO date or date-time (the site's calendar date)."""
     return datetime.fromisoformat(value).date() if "T" in value else date.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    """A phase command's event as recorded: its position, clinical date and payload."""
+
+    position: int
+    on: date
+    payload: Mapping[str, Any]
+    reason: str | None = None
 
 
 @dataclass
@@ -37,10 +48,25 @@ class SubjectState:
     cohort: str | None = None
     visits: dict[str, tuple[str, date]] = field(default_factory=dict)
     exit_reason: str | None = None
+    exited_on: date | None = None
+    eligibility_confirmed_on: date | None = None
+    # positions and payloads of the phase events, for read models and deviations
+    doses: list[PhaseRecord] = field(default_factory=list)  # LymphodepletionGiven
+    infusion: PhaseRecord | None = None
+    visit_records: dict[str, PhaseRecord] = field(default_factory=dict)
+    protocol_versions: list[tuple[int, int]] = field(default_factory=list)  # (position, version)
 
     @property
     def consented(self) -> bool:
         return self.phase is not None
+
+    def protocol_version_at(self, position: int) -> int | None:
+        """The protocol version the subject was under at global position `position`."""
+        found = None
+        for at, version in self.protocol_versions:
+            if at <= position:
+                found = version
+        return found
 
     def forms_of(self, form: str) -> list[RecordedForm]:
         return [f for f in self.forms.values() if f.form == form]
@@ -72,9 +98,11 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
                             p["consent_form_version"], int(p["protocol_version"]),
                             event.position)
         s.protocol_version = int(p["protocol_version"])
+        s.protocol_versions.append((event.position, s.protocol_version))
         s.phase, s.phase_since = "screening", s.consent.consent_date
     elif kind == T.SUBJECT_RECONSENTED:
         s.protocol_version = int(p["protocol_version"])
+        s.protocol_versions.append((event.position, s.protocol_version))
     elif kind == T.FORM_RECORDED:
         s.forms[event.position] = RecordedForm(
             event.position, s.subject, p["form"], dict(p["values"]),
@@ -96,12 +124,21 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
     elif kind == T.PRODUCT_RELEASE_FAILED:
         s.product_failed = True
     elif kind == T.LYMPHODEPLETION_GIVEN:
-        s.lymphodepletion_days.append(date.fromisoformat(p["given_on"]))
+        given_on = date.fromisoformat(p["given_on"])
+        s.lymphodepletion_days.append(given_on)
+        s.doses.append(PhaseRecord(event.position, given_on, p, event.reason))
     elif kind == T.INFUSION_GIVEN:
         s.infused_at, s.infused_on = p["infused_at"], to_date(p["infused_at"])
+        s.infusion = PhaseRecord(event.position, s.infused_on, p, event.reason)
     elif kind == T.VISIT_RECORDED:
-        s.visits[p["visit"]] = (p["status"], date.fromisoformat(p["visit_date"]))
+        visit_date = date.fromisoformat(p["visit_date"])
+        s.visits[p["visit"]] = (p["status"], visit_date)
+        s.visit_records[p["visit"]] = PhaseRecord(event.position, visit_date, p, event.reason)
     elif kind in (T.SCREEN_FAILED, T.SUBJECT_OFF_STUDY):
         s.exit_reason = p["reason"]
     elif kind == T.PHASE_CHANGED:
         s.phase, s.phase_since = p["to"], date.fromisoformat(p["on"])
+        if p["from"] == "screening" and p["to"] == "cell_collection":
+            s.eligibility_confirmed_on = s.phase_since
+        if p["to"] in ("screen_failed", "off_study"):
+            s.exited_on = s.phase_since

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import date
+from datetime import date, datetime
 
 from cli.app import run
-from projections.eligibility_view import eligibility_view
+from projections.queries import Clock, eligibility_of
+from projections.views import open_view
 from tests.support.clock import FakeClock
 from tests.support.study import INVESTIGATOR, new_study, on_day, screen_eligible
 
@@ -18,8 +19,18 @@ def test_screen_and_guard_agree(db_url: str) -> None:
     clock = FakeClock("2024-09-02T04:00:00+00:00")
     flow = new_study(db_url, clock)
     screen_eligible(flow, "S-001", START, clock=clock)
+    models = open_view(flow.store.engine, flow.store)
+    # the events were recorded (real clock) after the window closed on 2024-09-30, so the
+    # table holds the evaluation for that last day; asked for that day, it answers
+    last_day = datetime.fromisoformat("2024-09-30T04:00:00+00:00")
+    same_day = eligibility_of(models, Clock(models, last_day), "S-001", flow.subject)
+    assert same_day["source"] == "read model"
     on_day(clock, date(2024, 9, 4))
-    view = eligibility_view(flow.study(), flow.subject("S-001"), clock())
+    view = eligibility_of(models, Clock(models, clock()), "S-001", flow.subject)
+    assert view["source"] == "evaluated at query time"  # two days later: evaluated anew
+    assert {k: v for k, v in same_day.items() if k not in ("source", "evaluated_for",
+            "days_left")} == {k: v for k, v in view.items() if k not in (
+            "source", "evaluated_for", "days_left")}
     assert view["overall"] == "eligible"
     assert view["criteria"][0]["code"] == "eular_acr_2019"
     assert all(c["status"] in ("met", "not_applicable") for c in view["criteria"])

@@ -1,0 +1,186 @@
+"""The query commands' documents, built from a `View` and a clock.
+
+Whatever depends on today (due, overdue, days left, open windows) is computed here, at query
+time, from `now`; nothing of it is stored. Each subject's "today" is its site's calendar date.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, datetime, time
+from typing import Any
+
+from projections import tables as t
+from projections.subject_rows import Row, eligibility_day, evaluate_eligibility_on, zone_of
+from projections.views import View
+from workflow.errors import InvalidInput
+from workflow.machine import STATES, TERMINAL
+from workflow.safety import clock_state, primary_safety_counts, window_state
+from workflow.schedule import visit_state
+
+
+class Clock:
+    """`--now` for the query, or the end of the `--on` day (what was true that day)."""
+
+    def __init__(self, view: View, now: datetime) -> None:
+        self.view = view
+        self._now = now
+
+    def now(self, site: str | None) -> datetime:
+        if self.view.on is not None:
+            return datetime.combine(self.view.on, time(23, 59, 59), zone_of(self.view.study,
+                                                                            site))
+        return self._now
+
+    def today(self, site: str | None) -> date:
+        if self.view.on is not None:
+            return self.view.on
+        return self._now.astimezone(zone_of(self.view.study, site)).date()
+
+
+def _sites(view: View) -> dict[str, str | None]:
+    return {row["subject"]: row["site"] for row in view.subjects()}
+
+
+def require_subject(view: View, subject: str) -> Row:
+    row = view.subject(subject)
+    if row is None:
+        raise InvalidInput(f"Subject {subject} is not known at this point of the log: it has no "
+                           "consent recorded.", field="subject", subject=subject)
+    return row
+
+
+def _select(view: View, table: Any, subject: str | None) -> list[Row]:
+    if subject is not None:
+        require_subject(view, subject)
+    return view.rows(table, subject)
+
+
+# --- adverse events ------------------------------------------------------------------------
+
+
+def ae_list(view: View, subject: str | None) -> list[Row]:
+    rows = _select(view, t.adverse_events, subject)
+    return sorted(rows, key=lambda r: (r["subject"], r["position"]))
+
+
+def ae_windows(view: View, clock: Clock, subject: str | None) -> dict[str, Any]:
+    sites = _sites(view)
+    windows = [window_state(row, clock.today(sites.get(row["subject"])))
+               for row in _select(view, t.safety_windows, subject)]
+    clocks = [clock_state(row, clock.now(sites.get(row["subject"])))
+              for row in view.rows(t.sae_clocks, subject)]
+    return {
+        "windows": sorted(windows, key=lambda r: r["subject"]),
+        "sae_clocks": sorted(clocks, key=lambda r: (r["subject"], r["ae_position"],
+                                                    r["clock"])),
+        "primary_endpoint": primary_safety_counts(view.rows(t.adverse_events, subject)),
+    }
+
+
+# --- visits and deviations -----------------------------------------------------------------
+
+
+def visit_list(view: View, clock: Clock, subject: str | None, *, due: bool = False,
+               overdue: bool = False) -> list[Row]:
+    sites = _sites(view)
+    out = []
+    for row in _select(view, t.visits, subject):
+        protocol = view.study.protocol_of(row["protocol_version"])
+        lead = (protocol.screening_expiring_lead_days if row["visit"] == "screening"
+                else protocol.window_opening_lead_days)
+        state = visit_state(row, clock.today(sites.get(row["subject"])), lead_days=lead)
+        state["status_on"] = clock.today(sites.get(row["subject"])).isoformat()
+        out.append(state)
+    wanted = {"due"} if due else set()
+    wanted |= {"overdue"} if overdue else set()
+    if wanted:
+        out = [row for row in out if row["status"] in wanted]
+    order = {"screening": -2, "D0": -1}
+    return sorted(out, key=lambda r: (r["subject"], order.get(r["visit"], 0),
+                                      r["target_date"] or ""))
+
+
+def deviation_list(view: View, subject: str | None) -> list[Row]:
+    rows = _select(view, t.deviations, subject)
+    return sorted(rows, key=lambda r: (r["subject"], r["on"] or "", r["position"] or 0))
+
+
+# --- endpoints and eligibility -------------------------------------------------------------
+
+
+def endpoint_list(view: View, subject: str | None) -> list[dict[str, Any]]:
+    rows = _select(view, t.endpoints, subject)
+    return [dict(row["result"]) for row in sorted(rows, key=lambda r: r["subject"])]
+
+
+def eligibility_of(view: View, clock: Clock, subject: str, state_loader: Any
+                   ) -> dict[str, Any]:
+    """The stored evaluation when it was made for the same day as today's answer would be;
+    otherwise evaluated now from the subject's fold (`state_loader(subject)`), with the rules
+    the guard calls. Either way the answer equals the guard's for the same day."""
+    row = require_subject(view, subject)
+    today = clock.today(row["site"])
+    stored = view.rows(t.eligibility, subject)
+    ends = stored[0]["screening_window_ends"] if stored else None
+    day = min(today, date.fromisoformat(ends)) if ends else today
+    if stored and stored[0]["evaluated_on"] == day.isoformat():
+        result = dict(stored[0]["result"])
+        source = "read model"
+    else:
+        state = state_loader(subject)
+        result = evaluate_eligibility_on(view.study, state,
+                                         eligibility_day(view.study, state, today)).to_json()
+        source = "evaluated at query time"
+    if ends:
+        result["days_left"] = (date.fromisoformat(ends) - today).days
+    return {"subject": subject, "phase": row["phase"], **result,
+            "evaluated_for": today.isoformat(), "source": source}
+
+
+# --- the study ------------------------------------------------------------------------------
+
+
+def study_status(view: View, clock: Clock) -> dict[str, Any]:
+    subjects = view.subjects()
+    protocol = view.study.protocol
+    phases = Counter(row["phase"] for row in subjects)
+    exits = Counter(row["exit_reason"] for row in subjects if row["phase"] in TERMINAL
+                    and row["exit_reason"])
+    taken = view.study.taken_places()
+    cohorts = []
+    for cohort in protocol.cohorts:
+        filled = sum(1 for place in taken if cohort.contains(place.order))
+        cohorts.append({"cohort": cohort.code, "places": cohort.last - cohort.first + 1,
+                        "filled": filled})
+    windows = ae_windows(view, clock, None)
+    visits = visit_list(view, clock, None)
+    expiring = []
+    for row in visits:
+        if row["visit"] == "screening" and row["status"] == "due":
+            lead = protocol.screening_expiring_lead_days
+            if row["days_left"] is not None and row["days_left"] <= lead:
+                expiring.append({"subject": row["subject"], "window_end": row["window_end"],
+                                 "days_left": row["days_left"]})
+    overdue_reports = [c for c in windows["sae_clocks"] if c["state"] == "overdue"]
+    return {
+        "position": view.position,
+        "protocol_version": view.study.protocol_version,
+        "subjects": len(subjects),
+        "phases": {phase: phases.get(phase, 0) for phase in STATES},
+        "exits": dict(sorted(exits.items())),
+        "enrolled": len(taken),
+        "cap": protocol.enrolment_cap,
+        "cohorts": cohorts,
+        "open_safety_windows": [w["subject"] for w in windows["windows"]
+                                if w["state"] == "open"],
+        "overdue_visits": [{"subject": v["subject"], "visit": v["visit"],
+                            "window_end": v["window_end"]} for v in visits
+                           if v["status"] == "overdue" and v["visit"] != "screening"],
+        "overdue_reports": [{"subject": c["subject"], "ae_position": c["ae_position"],
+                             "clock": c["clock"], "due_at": c["due_at"]}
+                            for c in overdue_reports],
+        "screening_expiring": expiring,
+        "primary_endpoint": windows["primary_endpoint"],
+    }
+

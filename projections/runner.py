@@ -1,0 +1,269 @@
+"""The projection runner: apply new events to the read models, exactly once.
+
+One catch-up is one transaction: it locks the checkpoints (SQLite: `BEGIN IMMEDIATE`, the
+database write lock; PostgreSQL: `SELECT … FOR UPDATE` on the checkpoint rows), reads them
+again under the lock, applies the events between each checkpoint and the log's head, and
+moves the checkpoints to the head in the same commit. A crash anywhere rolls all of it back;
+a second runner waits for the lock and then finds nothing left to do. The head is read after
+the lock is taken, and appends commit in position order (events/store.py), so no event below
+the head can still be missing.
+
+Subject read models are folds of one subject's stream plus the study's facts, so applying
+new events means refolding the subjects they touch and replacing those subjects' rows: the
+result is by construction the rows a rebuild produces. Events of the `study` stream update
+`rm_study_facts`; a protocol or site event refolds every subject (rare: an amendment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import structlog
+from sqlalchemy import Connection, Engine, Table, delete, insert, inspect, select, update
+
+from events.engine import WRITE, is_sqlite
+from events.envelope import RecordedEvent
+from events.store import EventStore
+from events.streams import STUDY_STREAM
+from events.translate import translated
+from projections import registry
+from projections import tables as t
+from projections.schema import ensure_schema
+from projections.study_facts import changed_facts, facts_of, study_from_facts
+from projections.subject_rows import Rows, SubjectContext, fold_context
+from workflow import event_types as T
+from workflow.errors import InvalidInput
+from workflow.study import Study, apply_study
+
+log = structlog.get_logger("trialflow.projections")
+
+# study events that change what a subject's rows show (time zones, protocol texts/in force)
+REFOLD_ALL: Final = frozenset({T.SITE_ADDED, T.PROTOCOL_LOADED, T.PROTOCOL_AMENDED})
+CHUNK: Final = 200  # subjects written per batch of statements
+
+Progress = Callable[[int, int], None]  # (subjects done, subjects in all)
+
+
+def is_subject_stream(stream_id: str) -> bool:
+    return stream_id != STUDY_STREAM and not stream_id.startswith("reminders-")
+
+
+@dataclass
+class CatchUp:
+    """What one catch-up did (for logs, `projections status` and tests)."""
+
+    head: int
+    applied: dict[str, int] = field(default_factory=dict)  # name -> events applied
+    subjects: int = 0  # subjects refolded
+
+
+class Runner:
+    def __init__(self, engine: Engine, store: EventStore) -> None:
+        self.engine = engine
+        self.store = store
+
+    # ------------------------------------------------------------------ public
+    def catch_up(self, names: Sequence[str] = registry.NAMES, *,
+                 up_to: int | None = None) -> CatchUp:
+        """Bring `names` up to the log's head (or to position `up_to`); a no-op when
+        nothing is new."""
+        names = _with_study(names)
+        with translated(), self._transaction() as conn:
+            marks = self._lock(conn, names)
+            head = self._head(up_to)
+            lagging = {name: at for name, at in marks.items() if at < head}
+            result = CatchUp(head)
+            if lagging:
+                self._apply(conn, lagging, head, result)
+            return result
+
+    def rebuild(self, names: Sequence[str] = registry.NAMES,
+                progress: Progress | None = None, *, up_to: int | None = None) -> CatchUp:
+        """Recreate `names` from position 0 (up to the head or `up_to`) in one transaction;
+        readers keep the old rows until it commits."""
+        names = _with_study(names)
+        with translated(), self._transaction() as conn:
+            marks = self._lock(conn, names)
+            for name in names:
+                for table in registry.TABLES[name]:
+                    conn.execute(delete(table))
+                marks[name] = 0
+            head = self._head(up_to)
+            result = CatchUp(head)
+            lagging = {n: at for n, at in marks.items() if at < head or n in names}
+            self._apply(conn, lagging, head, result, progress)
+            return result
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each projection's checkpoint and lag behind the log's head."""
+        head = self.store.last_position()
+        with translated(), self.engine.connect() as conn:
+            rows = {r.name: r for r in conn.execute(select(t.checkpoints)).all()}
+        out = []
+        for name in registry.NAMES:
+            row = rows.get(name)
+            at = None if row is None else int(row.position)
+            current = row is not None and int(row.version) == registry.VERSIONS[name]
+            out.append({"name": name, "version": registry.VERSIONS[name],
+                        "checkpoint": at, "head": head,
+                        "lag": None if at is None or not current else head - at,
+                        "state": "missing" if row is None else
+                        ("ok" if current else "outdated"),
+                        "updated_at": None if row is None else row.updated_at})
+        return out
+
+    def _head(self, up_to: int | None) -> int:
+        last = self.store.last_position()
+        return last if up_to is None else min(up_to, last)
+
+    # ------------------------------------------------------------------ transaction
+    def _transaction(self) -> Any:
+        return _Transaction(self.engine)
+
+    def _lock(self, conn: Connection, names: Sequence[str]) -> dict[str, int]:
+        """Checkpoints of `names`, read under the lock (create or reset them when needed)."""
+        if not inspect(conn).has_table(t.checkpoints.name):
+            ensure_schema(conn, names)
+        query = select(t.checkpoints).where(t.checkpoints.c.name.in_(names))
+        if not is_sqlite(self.engine):
+            query = query.with_for_update()
+        rows = {r.name: r for r in conn.execute(query).all()}
+        if len(rows) < len(names) or any(
+                int(rows[n].version) != registry.VERSIONS[n] for n in names if n in rows):
+            ensure_schema(conn, names)
+            rows = {r.name: r for r in conn.execute(query).all()}
+        return {name: int(rows[name].position) for name in names}
+
+    def _set_checkpoint(self, conn: Connection, name: str, position: int) -> None:
+        conn.execute(update(t.checkpoints).where(t.checkpoints.c.name == name).values(
+            position=position, updated_at=datetime.now(UTC).isoformat(timespec="seconds")))
+
+    # ------------------------------------------------------------------ applying
+    def _apply(self, conn: Connection, lagging: dict[str, int], head: int, result: CatchUp,
+               progress: Progress | None = None) -> None:
+        study_at = lagging.get(registry.STUDY)
+        subject_lag = {n: at for n, at in lagging.items() if n != registry.STUDY}
+        scan_from = min([at for at in lagging.values() if at > 0], default=None)
+        scanned, touched = self._scan(scan_from, head)
+        study_new = ([] if study_at is None else
+                     self.store.read_stream(STUDY_STREAM, up_to_position=head) if study_at == 0
+                     else [e for e in scanned if e.position > study_at])
+        study = self._study(conn, study_new)
+        if study_at is not None:
+            result.applied[registry.STUDY] = len(study_new)
+        refold_all = {n for n, at in subject_lag.items() if at == 0 or any(
+            e.type in REFOLD_ALL and e.position > at for e in scanned)}
+        every = self._all_subjects() if refold_all else []
+        wanted: dict[str, list[str]] = {}  # subject -> projections to refold it for
+        for name, at in subject_lag.items():
+            chosen = every if name in refold_all else [
+                s for s, last in touched.items() if last > at]
+            for subject in chosen:
+                wanted.setdefault(subject, []).append(name)
+            result.applied[name] = head - at
+        subjects = sorted(wanted)
+        for start in range(0, len(subjects), CHUNK):
+            self._write_subjects(conn, study, subjects[start:start + CHUNK], wanted, head)
+            if progress is not None:
+                progress(min(start + CHUNK, len(subjects)), len(subjects))
+        result.subjects = len(subjects)
+        for name in lagging:
+            self._set_checkpoint(conn, name, head)
+        log.info("projections caught up", head=head, projections=sorted(lagging),
+                 subjects=len(subjects))
+
+    def _scan(self, after: int | None, head: int
+              ) -> tuple[list[RecordedEvent], dict[str, int]]:
+        """Study events after `after` and, per subject, the last position of its new events."""
+        study_events: list[RecordedEvent] = []
+        touched: dict[str, int] = {}
+        if after is None:
+            return study_events, touched
+        for event in self.store.read_all(after=after, up_to=head):
+            if event.stream_id == STUDY_STREAM:
+                study_events.append(event)
+            elif is_subject_stream(event.stream_id):
+                touched[event.stream_id] = event.position
+        return study_events, touched
+
+    def _study(self, conn: Connection, new_events: Sequence[RecordedEvent]) -> Study:
+        """The study's facts moved to the head (in the same transaction)."""
+        rows = conn.execute(select(t.study_facts.c.kind, t.study_facts.c.key,
+                                   t.study_facts.c.value)).all()
+        study = study_from_facts((r.kind, r.key, r.value) for r in rows)
+        if not new_events:
+            return study
+        old = facts_of(study)
+        for event in new_events:
+            apply_study(study, event)
+        gone, write = changed_facts(old, facts_of(study))
+        for kind, key in [*gone, *write]:
+            conn.execute(delete(t.study_facts).where(t.study_facts.c.kind == kind,
+                                                     t.study_facts.c.key == key))
+        if write:
+            conn.execute(insert(t.study_facts), [{"kind": k, "key": key, "value": v}
+                                                 for (k, key), v in write.items()])
+        return study
+
+    def _all_subjects(self) -> list[str]:
+        return sorted(s for s in self.store.stream_heads() if is_subject_stream(s))
+
+    def _write_subjects(self, conn: Connection, study: Study, subjects: Sequence[str],
+                        wanted: dict[str, list[str]], head: int) -> None:
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for subject in subjects:
+            events = self.store.read_stream(subject, up_to_position=head)
+            ctx = fold_context(study, subject, events)
+            for name in wanted[subject]:
+                for table_name, table_rows in subject_rows_of(name, ctx).items():
+                    rows.setdefault(table_name, []).extend(table_rows)
+        for name in sorted({n for s in subjects for n in wanted[s]}):
+            mine = [s for s in subjects if name in wanted[s]]
+            for table in registry.TABLES[name]:
+                replace_rows(conn, table, mine, rows.get(table.name, []))
+
+
+def _with_study(names: Sequence[str]) -> list[str]:
+    """Subject folds need the study's facts at the head: the study projection always moves."""
+    unknown = [n for n in names if n not in registry.VERSIONS]
+    if unknown:
+        raise InvalidInput(f"Projection {unknown[0]!r} does not exist; the projections are "
+                           f"{', '.join(registry.NAMES)}.", field="name")
+    return [registry.STUDY, *(n for n in names if n != registry.STUDY)]
+
+
+def subject_rows_of(name: str, ctx: SubjectContext | None) -> Rows:
+    if ctx is None:
+        return {}
+    return registry.subject_projection(name).fold(ctx)
+
+
+def replace_rows(conn: Connection, table: Table, subjects: Sequence[str],
+                 rows: Sequence[dict[str, Any]]) -> None:
+    conn.execute(delete(table).where(table.c.subject.in_(subjects)))
+    if rows:
+        conn.execute(insert(table), list(rows))
+
+
+class _Transaction:
+    """A writing connection and its transaction (SQLite: BEGIN IMMEDIATE)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> Connection:
+        self.conn = self.engine.connect().execution_options(**WRITE)
+        self.tx = self.conn.begin()
+        return self.conn
+
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        try:
+            if kind is None:
+                self.tx.commit()
+            else:
+                self.tx.rollback()
+        finally:
+            self.conn.close()

@@ -1,0 +1,180 @@
+"""The pure fold of one subject: its stream (and the study's facts) to the rows of every read
+model. The runner stores these rows, as-of queries keep them in memory; both call this, so a
+table and an in-memory fold cannot disagree.
+
+A subject's rows depend on its own stream and on the study's facts (sites' time zones, the
+protocol texts, the version in force), never on another subject, so catching up after new
+events refolds just the subjects they touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from functools import cached_property
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from events.envelope import RecordedEvent
+from workflow import event_types as T
+from workflow.deviations import deviations
+from workflow.eligibility import Eligibility, evaluate_eligibility
+from workflow.endpoints import subject_endpoints
+from workflow.safety import adverse_events, sae_clocks, safety_window
+from workflow.schedule import planned_visits
+from workflow.study import Study
+from workflow.subject import SubjectState, fold_subject
+
+Row = dict[str, Any]
+Rows = dict[str, list[Row]]  # table name -> rows of one subject
+
+
+def zone_of(study: Study, site: str | None) -> ZoneInfo:
+    return ZoneInfo(study.sites.get(site or "", "UTC"))
+
+
+def local_date(moment: str, zone: ZoneInfo) -> date:
+    """The site's calendar date of an ISO 8601 time (no offset meaning UTC)."""
+    parsed = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ZoneInfo("UTC"))
+    return parsed.astimezone(zone).date()
+
+
+@dataclass
+class SubjectContext:
+    """One subject folded up to some position, with the study's facts at that position."""
+
+    study: Study
+    state: SubjectState
+    last: RecordedEvent  # the last event folded
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        return zone_of(self.study, self.state.site)
+
+    @cached_property
+    def protocol(self) -> Any:
+        """The subject's own protocol version (schedule, windows, endpoints)."""
+        return self.study.protocol_of(self.state.protocol_version)
+
+    @cached_property
+    def eligibility(self) -> Eligibility:
+        return evaluate_eligibility_on(self.study, self.state, self.evaluated_on)
+
+    @cached_property
+    def evaluated_on(self) -> date:
+        """The day eligibility is evaluated for in the table: the site's date of the last
+        event, not past the screening window (after it closes the answer no longer moves)."""
+        return eligibility_day(self.study, self.state, local_date(self.last.recorded_at,
+                                                                  self.zone))
+
+
+def eligibility_day(study: Study, state: SubjectState, today: date) -> date:
+    """Eligibility depends on today only while the screening window is open."""
+    if state.consent is None:
+        return today
+    ends = state.consent.consent_date + timedelta(days=study.protocol.screening_window_days)
+    return min(today, ends)
+
+
+def evaluate_eligibility_on(study: Study, state: SubjectState, day: date) -> Eligibility:
+    """The guard's own evaluation (`confirm-eligibility` uses the protocol in force)."""
+    return evaluate_eligibility(list(state.forms.values()), state.consent, study.protocol,
+                                today=day)
+
+
+def fold_context(study: Study, subject: str, events: Sequence[RecordedEvent]
+                 ) -> SubjectContext | None:
+    """None when the stream holds no consent (nothing to show)."""
+    if not events:
+        return None
+    state = fold_subject(subject, events)
+    if not state.consented:
+        return None
+    return SubjectContext(study, state, events[-1])
+
+
+def events_on(events: Iterable[RecordedEvent], on: date, zone: ZoneInfo) -> list[RecordedEvent]:
+    """`--on DATE`: the events that happened (clinically) on or before DATE at the site.
+
+    A correction belongs to the record it corrects: it is kept when its target is kept,
+    whenever it was made, because it says what was true then.
+    """
+    kept: list[RecordedEvent] = []
+    positions: set[int] = set()
+    for event in events:
+        if event.type == T.FORM_CORRECTED:
+            if int(event.payload["target_position"]) in positions:
+                kept.append(event)
+        elif local_date(event.occurred_at, zone) <= on:
+            kept.append(event)
+            positions.add(event.position)
+    return kept
+
+
+# --- one function per projection: the rows of its tables -----------------------------------
+
+
+def _iso(day: date | None) -> str | None:
+    return None if day is None else day.isoformat()
+
+
+def subject_rows(ctx: SubjectContext) -> Rows:
+    s = ctx.state
+    assert s.phase is not None and s.consent is not None
+    return {"rm_subjects": [{
+        "subject": s.subject, "site": s.site, "phase": s.phase,
+        "phase_since": _iso(s.phase_since), "protocol_version": s.protocol_version,
+        "consent_date": _iso(s.consent.consent_date),
+        "consent_form_version": s.consent.consent_form_version,
+        "enrolment_order": s.enrolment_order, "cohort": s.cohort,
+        "eligibility_confirmed_on": _iso(s.eligibility_confirmed_on),
+        "collected_on": _iso(s.collected_on), "infused_on": _iso(s.infused_on),
+        "exit_reason": s.exit_reason, "exited_on": _iso(s.exited_on),
+        "stream_version": s.version, "last_position": ctx.last.position,
+        "last_recorded_at": ctx.last.recorded_at,
+    }]}
+
+
+def eligibility_rows(ctx: SubjectContext) -> Rows:
+    result = ctx.eligibility
+    criteria = [{"subject": ctx.state.subject, "code": c.code, "kind": "inclusion",
+                 "status": c.status, "reason": c.reason} for c in result.criteria]
+    exclusions = [{"subject": ctx.state.subject, "code": code, "kind": "exclusion",
+                   "status": answer or "unanswered", "reason": None}
+                  for code, answer in result.exclusions]
+    return {
+        "rm_eligibility": [{
+            "subject": ctx.state.subject, "overall": result.overall,
+            "screening_window_ends": _iso(result.screening_window_ends),
+            "evaluated_on": ctx.evaluated_on.isoformat(), "result": result.to_json(),
+        }],
+        "rm_eligibility_criteria": criteria + exclusions,
+    }
+
+
+def safety_rows(ctx: SubjectContext) -> Rows:
+    window = safety_window(ctx.state, ctx.protocol)
+    return {
+        "rm_adverse_events": adverse_events(ctx.state, ctx.protocol),
+        "rm_safety_windows": [] if window is None else [window],
+        "rm_sae_clocks": sae_clocks(ctx.state, ctx.protocol),
+    }
+
+
+def visit_rows(ctx: SubjectContext) -> Rows:
+    return {"rm_visits": planned_visits(ctx.state, ctx.study.protocol_of)}
+
+
+def deviation_rows(ctx: SubjectContext) -> Rows:
+    return {"rm_deviations": deviations(ctx.state, ctx.study.protocol_of)}
+
+
+def endpoint_rows(ctx: SubjectContext) -> Rows:
+    return {"rm_endpoints": [{"subject": ctx.state.subject,
+                              "result": subject_endpoints(ctx.state, ctx.protocol)}]}
+
+
+RowFunction = Callable[[SubjectContext], Rows]

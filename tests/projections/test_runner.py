@@ -1,0 +1,181 @@
+"""The projection runner: catch-up equals rebuild equals the in-memory fold; exactly once with
+a crash in the middle and with several runners at once; read-only logins fold the lag."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from projections import registry
+from projections import tables as t
+from projections.runner import Runner
+from projections.views import View, open_view
+from tests.projections.support import lifecycle, memory_snapshot, snapshot
+from tests.support.clock import FakeClock
+from tests.support.study import new_study
+from workflow.bootstrap import build_app
+from workflow.commands import Workflow
+from workflow.study import Study
+
+
+def _trial(url: str, subjects: int = 2, steps: int | None = None) -> tuple[Workflow, Runner]:
+    clock = FakeClock("2025-01-01T04:00:00+00:00")
+    flow = new_study(url, clock)
+    runner = Runner(flow.store.engine, flow.store)
+    plans = [lifecycle(flow, clock, f"S-00{i + 1}", date(2025, 1, 6 + 9 * i), [0, 2, -1])
+             for i in range(subjects)]
+    for plan in plans:
+        for step in plan[:steps]:
+            step()
+            runner.catch_up()  # incremental: one command's events at a time
+    return flow, runner
+
+
+def _tables(flow: Workflow) -> dict[str, list[str]]:
+    return snapshot(open_view(flow.store.engine, flow.store))
+
+
+def test_catch_up_equals_rebuild_equals_memory(db_url: str) -> None:
+    flow, runner = _trial(db_url)
+    incremental = _tables(flow)
+    assert incremental == memory_snapshot(flow.store)
+    assert len(incremental["rm_visits"]) == 2 * 14  # screening, D0 and 12 follow-up visits
+    assert any('"grade": 3' in row for row in incremental["rm_adverse_events"])  # corrected
+    assert len(incremental["rm_deviations"]) >= 2  # visits shifted out of their window
+    runner.rebuild()
+    assert _tables(flow) == incremental
+    runner.rebuild(["visits"])
+    assert _tables(flow) == incremental
+    assert all(p["lag"] == 0 for p in runner.status())
+
+
+def test_as_of_position_equals_rebuild_of_the_first_events(sqlite_url: str) -> None:
+    flow, runner = _trial(sqlite_url, subjects=1)
+    head = flow.store.last_position()
+    for position in (head // 3, head // 2, head - 5):
+        runner.rebuild(up_to=position)
+        assert _checkpoints(flow) == {position}
+        in_tables = snapshot(View(position, Study(), "tables", engine=flow.store.engine))
+        assert in_tables == memory_snapshot(flow.store, position)
+    runner.catch_up()  # from an old checkpoint, incrementally, to the head
+    assert _tables(flow) == memory_snapshot(flow.store)
+
+
+def _checkpoints(flow: Workflow) -> set[int]:
+    with flow.store.engine.connect() as conn:
+        return {int(p) for p in conn.execute(select(t.checkpoints.c.position)).scalars()}
+
+
+def test_a_crash_in_the_middle_applies_nothing(sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    flow, runner = _trial(sqlite_url, subjects=2, steps=9)
+    before = _tables(flow)
+    marks = _checkpoints(flow)
+    clock = FakeClock("2025-03-01T04:00:00+00:00")
+    rest = Workflow(build_app(sqlite_url, clock=clock))
+    rest.visit("cora", "S-001", "D1", "done", date(2025, 2, 5), None)
+    rest.visit("cora", "S-002", "D1", "done", date(2025, 2, 14), None)
+    calls: list[str] = []
+
+    def crash(ctx: object) -> dict[str, list[dict[str, object]]]:
+        calls.append("endpoints")
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(registry, "SUBJECT_PROJECTIONS", tuple(
+        dataclasses.replace(p, fold=crash) if p.name == "endpoints" else p
+        for p in registry.SUBJECT_PROJECTIONS))
+    with pytest.raises(RuntimeError, match="power cut"):
+        runner.catch_up()
+    assert calls  # the crash happened after other projections had written their rows
+    assert _checkpoints(flow) == marks
+    with flow.store.engine.connect() as conn:
+        visits = conn.execute(select(t.visits.c.recorded_status).where(
+            t.visits.c.subject == "S-001", t.visits.c.visit == "D1")).scalar()
+    assert visits is None  # the visits projection's rows were rolled back with the rest
+    monkeypatch.undo()
+    runner.catch_up()
+    after = _tables(flow)
+    assert after != before and after == memory_snapshot(flow.store)
+
+
+def _catch_up_in_a_process(url: str, rounds: int) -> int:
+    """Events this process applied to the `visits` projection."""
+    app = build_app(url)
+    runner = Runner(app.engine, app.store)
+    return sum(runner.catch_up().applied.get("visits", 0) for _ in range(rounds))
+
+
+def test_several_runners_at_once_apply_each_event_once(db_url: str) -> None:
+    flow, runner = _trial(db_url, subjects=1, steps=8)  # the runner is at the head
+    start = flow.store.last_position()
+    clock = FakeClock("2025-03-01T04:00:00+00:00")
+    other = Workflow(build_app(db_url, clock=clock))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        pending = [pool.apply_async(_catch_up_in_a_process, (db_url, 20)) for _ in range(3)]
+        for code, day in (("D1", 6), ("D4", 9), ("D7", 12)):
+            other.visit("cora", "S-001", code, "done", date(2025, 2, day), None)
+        results = [p.get(timeout=120) for p in pending]
+    last = runner.catch_up().applied.get("visits", 0)
+    assert _tables(flow) == memory_snapshot(flow.store)
+    head = flow.store.last_position()
+    assert _checkpoints(flow) == {head}
+    with flow.store.engine.connect() as conn:
+        done = conn.execute(select(func.count()).select_from(t.visits).where(
+            t.visits.c.recorded_status == "done")).scalar()
+    assert done == 5  # screening, D0, D1, D4, D7: each row once
+    assert sum(results) + last == head - start  # every event applied by exactly one runner
+
+
+def test_a_read_only_login_folds_the_lag_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "trialflow.db"
+    flow, _ = _trial(f"sqlite:///{path}", subjects=1, steps=8)
+    clock = FakeClock("2025-03-01T04:00:00+00:00")
+    Workflow(build_app(f"sqlite:///{path}", clock=clock)).visit(
+        "cora", "S-001", "D1", "done", date(2025, 2, 5), None)
+    marks = _checkpoints(flow)
+    read_only = build_app(f"sqlite:///file:{path}?mode=ro&uri=true")
+    view = open_view(read_only.engine, read_only.store)
+    assert view.source == "tables+memory"
+    assert list(view.overlay) == ["S-001"]
+    d1 = [r for r in view.rows(t.visits, "S-001") if r["visit"] == "D1"]
+    assert d1[0]["recorded_status"] == "done"  # the new event, folded in memory
+    assert snapshot(view) == memory_snapshot(flow.store)
+    assert _checkpoints(flow) == marks  # nothing was written
+
+
+@pytest.mark.postgres
+def test_a_select_only_postgres_login_folds_the_lag_in_memory(postgres_url: str) -> None:
+    import uuid
+
+    import psycopg
+
+    flow, _ = _trial(postgres_url, subjects=1, steps=8)
+    clock = FakeClock("2025-03-01T04:00:00+00:00")
+    Workflow(build_app(postgres_url, clock=clock)).visit(
+        "cora", "S-001", "D1", "done", date(2025, 2, 5), None)
+    marks = _checkpoints(flow)
+    role = f"tf_reader_{uuid.uuid4().hex[:8]}"
+    dbname = postgres_url.rsplit("/", 1)[1]
+    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        reader = build_app(postgres_url.replace("//postgres@", f"//{role}@"))
+        view = open_view(reader.engine, reader.store)
+        assert view.source == "tables+memory" and list(view.overlay) == ["S-001"]
+        assert snapshot(view) == memory_snapshot(flow.store)
+        reader.engine.dispose()
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'REASSIGN OWNED BY {role} TO postgres')
+            conn.execute(f"DROP OWNED BY {role}")
+        with psycopg.connect(dsn.replace(dbname, "postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+    assert _checkpoints(flow) == marks  # nothing was written
