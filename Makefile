@@ -24,6 +24,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.projections
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,7 @@ system showed then) and, where it makes sense, `--on DATE` (what was true that d
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -45,7 +45,14 @@ def _view(env: Env, as_of: str | None, on: date | None,
     from projections.views import open_view
 
     view = open_view(env.app.engine, env.app.store, as_of=as_of, on=on)
-    return view, Clock(view, now or env.app.clock())
+    return view, Clock(view, _utc(now) or env.app.clock())
+
+
+def _utc(now: datetime | None) -> datetime | None:
+    """`--now` without an offset means UTC, as `--as-of` does."""
+    if now is not None and now.tzinfo is None:
+        return now.replace(tzinfo=UTC)
+    return now
 
 
 def _subject(subject: str | None) -> str | None:
@@ -79,15 +86,18 @@ def _subject_status(env: Env, subject: str, now: datetime | None, as_of: str | N
     from projections.as_of import as_of_position
     from projections.subject_rows import events_on, zone_of
     from projections.subject_status import subject_status
+    from projections.views import open_view
     from workflow.study import fold_study
     from workflow.subject import fold_subject
 
     store = env.app.store
+    if as_of is None and on is None:
+        open_view(env.app.engine, store)  # a query catches the read models up
     bound = as_of_position(as_of, store)
     study = fold_study(store.read_stream("study", up_to_position=bound))
     events = store.read_stream(_subject(subject) or subject, up_to_position=bound)
     state = fold_subject(subject, events)
-    moment = now or env.app.clock()
+    moment = _utc(now) or env.app.clock()
     if on is not None and state.consented:
         zone = zone_of(study, state.site)
         state = fold_subject(subject, events_on(events, on, zone))
@@ -256,7 +266,8 @@ def _endpoint_text(data: dict[str, Any]) -> str:
         f"  CAR-T persistence: peak {p['peak_copies_per_ug']} copies/µg on day {p['peak_day']}, "
         f"last detectable day {p['last_detectable_day']}",
     ]
-    lines += [f"  missing {key}: {why}" for key, why in data.get("missing", {}).items()]
+    lines += [f"  missing {key}: {why}" for key, why in data.get("missing", {}).items()
+              if ".change_" not in key and ".improved_" not in key]  # follow from the visit
     return "\n".join(lines)
 
 

@@ -31,7 +31,11 @@ def subject_status(study: Study, s: SubjectState, now: datetime) -> dict[str, An
         next_step = ("record a new leukapheresis or take the subject off study "
                      "(manufacturing_failure)" if s.product_failed else "release the product")
     if s.phase == "follow_up":
-        pending = [v.code for v in study.protocol.visits if v.code not in s.visits]
+        codes = study.protocol_of(s.protocol_version).visit_codes
+        recorded = [i for i, code in enumerate(codes) if code in s.visits]
+        # visits before the last recorded one are done or missed (the next one was done)
+        pending = [c for c in codes[(recorded[-1] + 1) if recorded else 0:]
+                   if c not in s.visits]
         next_step = f"record visit {pending[0]}" if pending else "complete the study"
     if s.phase in TERMINAL:
         next_step = None

@@ -27,9 +27,11 @@ from projections.as_of import as_of_position
 from projections.runner import REFOLD_ALL, Runner, is_subject_stream
 from projections.study_facts import study_from_facts
 from projections.subject_rows import Row, Rows, SubjectContext, events_on, fold_context, zone_of
+from workflow import event_types as T
 from workflow.study import Study, fold_study
 
 log = structlog.get_logger("trialflow.projections")
+PLACE_EVENTS = frozenset({T.ENROLMENT_PLACE_TAKEN, T.ENROLMENT_PLACE_FREED})
 
 
 @dataclass
@@ -112,7 +114,11 @@ def rows_of(ctx: SubjectContext | None) -> Rows:
 
 
 def memory_view(store: EventStore, position: int, on: date | None = None) -> View:
-    study = fold_study(store.read_stream(STUDY_STREAM, up_to_position=position))
+    study_events = store.read_stream(STUDY_STREAM, up_to_position=position)
+    if on is not None:  # enrolment places taken or freed after that day did not exist yet
+        study_events = [e for e in study_events if e.type not in PLACE_EVENTS
+                        or e.occurred_at[:10] <= on.isoformat()]
+    study = fold_study(study_events)
     subjects = sorted(s for s in store.stream_heads() if is_subject_stream(s))
     memory: dict[str, list[Row]] = {}
     for _, rows in fold_subjects(store, study, position, subjects, on):

@@ -223,6 +223,8 @@ def _out_of_window(s: SubjectState, record: PhaseRecord, window: Window,
 def _assessment_missing(s: SubjectState, record: PhaseRecord, window: Window,
                         protocol: Protocol) -> dict[str, Any] | None:
     required = protocol.visit(window.visit).required_forms
+    if not required:
+        return None
     present = {form.form for form in s.forms.values() if _counts_for(form, window)}
     missing = [form for form in required if form not in present]
     if not missing:

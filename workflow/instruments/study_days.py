@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Final
+from functools import lru_cache
+from typing import Any, Final
 
 from workflow.errors import InvalidInput
 from workflow.instruments import _validate as check
@@ -81,6 +82,22 @@ def visit_windows(
     schedule: Mapping[str, tuple[int, int]] = DEFAULT_VISIT_SCHEDULE,
 ) -> tuple[VisitWindow, ...]:
     """Every follow-up visit's target date and window, in schedule order."""
+    try:
+        key = tuple((visit, tuple(days)) for visit, days in schedule.items())
+        return _visit_windows(infusion_date, key)
+    except TypeError:  # unhashable input: let the checks below name the field
+        return _windows(infusion_date, schedule)
+
+
+@lru_cache(maxsize=4096)
+def _visit_windows(infusion_date: date, schedule: tuple[tuple[str, tuple[int, ...]], ...]
+                   ) -> tuple[VisitWindow, ...]:
+    """Pure and called for every subject by several read models: computed once per D0."""
+    return _windows(infusion_date, {visit: (days[0], days[1]) if len(days) == 2 else days
+                                    for visit, days in schedule})
+
+
+def _windows(infusion_date: date, schedule: Mapping[str, Any]) -> tuple[VisitWindow, ...]:
     d0 = check.calendar_date(infusion_date, "infusion_date")
     windows = []
     for visit, (target, width) in schedule.items():
