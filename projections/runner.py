@@ -29,11 +29,11 @@ from events.envelope import RecordedEvent
 from events.store import EventStore
 from events.streams import STUDY_STREAM
 from events.translate import translated
-from projections import registry
+from projections import parallel, registry
 from projections import tables as t
 from projections.schema import ensure_schema
 from projections.study_facts import changed_facts, facts_of, study_from_facts
-from projections.subject_rows import Rows, SubjectContext, fold_context
+from projections.subject_rows import Rows, SubjectContext
 from workflow import event_types as T
 from workflow.errors import InvalidInput
 from workflow.study import Study, apply_study
@@ -166,10 +166,18 @@ class Runner:
                 wanted.setdefault(subject, []).append(name)
             result.applied[name] = head - at
         subjects = sorted(wanted)
-        for start in range(0, len(subjects), CHUNK):
-            self._write_subjects(conn, study, subjects[start:start + CHUNK], wanted, head)
+        chunks = [subjects[i:i + CHUNK] for i in range(0, len(subjects), CHUNK)]
+        if len(subjects) >= parallel.MIN_SUBJECTS and parallel.workers() > 1:
+            folded = parallel.fold_in_parallel(self.engine, study, chunks, wanted, head)
+        else:
+            folded = ((c, parallel.fold_chunk(self.store, study, c, wanted, head))
+                      for c in chunks)
+        done = 0
+        for chunk, rows in folded:
+            self._write_rows(conn, chunk, wanted, rows)
+            done += len(chunk)
             if progress is not None:
-                progress(min(start + CHUNK, len(subjects)), len(subjects))
+                progress(done, len(subjects))
         result.subjects = len(subjects)
         self._set_checkpoint(conn, list(lagging), head)
         log.info("projections caught up", head=head, projections=sorted(lagging),
@@ -212,15 +220,9 @@ class Runner:
     def _all_subjects(self) -> list[str]:
         return sorted(s for s in self.store.stream_heads() if is_subject_stream(s))
 
-    def _write_subjects(self, conn: Connection, study: Study, subjects: Sequence[str],
-                        wanted: dict[str, list[str]], head: int) -> None:
-        rows: dict[str, list[dict[str, Any]]] = {}
-        for subject in subjects:
-            events = self.store.read_stream(subject, up_to_position=head)
-            ctx = fold_context(study, subject, events)
-            for name in wanted[subject]:
-                for table_name, table_rows in subject_rows_of(name, ctx).items():
-                    rows.setdefault(table_name, []).extend(table_rows)
+    def _write_rows(self, conn: Connection, subjects: Sequence[str],
+                    wanted: dict[str, list[str]], rows: dict[str, list[dict[str, Any]]]
+                    ) -> None:
         for name in sorted({n for s in subjects for n in wanted[s]}):
             mine = [s for s in subjects if name in wanted[s]]
             for table in registry.TABLES[name]:

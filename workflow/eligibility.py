@@ -623,12 +623,14 @@ def _prednisone_mg(line: _Line) -> tuple[Decimal | None, str]:
     return Decimal(repr(equivalent)), ""
 
 
-def _drug_dose_on(lines: Sequence[_Line], day: date) -> tuple[Decimal | None, str]:
+def _drug_dose_on(lines: Sequence[_Line], day: date,
+                  convert: Callable[[_Line], tuple[Decimal | None, str]] = _prednisone_mg,
+                  ) -> tuple[Decimal | None, str]:
     """One glucocorticoid's prednisone-equivalent dose on `day` (None: not known, and why)."""
     taken = [line for line in lines if line.taken_on(day)]
     if taken:
         line = max(taken, key=lambda item: (item.begin or day, item.form.position))
-        return _prednisone_mg(line)
+        return convert(line)
     for line in lines:
         if line.stop is not None and day > line.stop:
             continue
@@ -642,15 +644,32 @@ def _drug_dose_on(lines: Sequence[_Line], day: date) -> tuple[Decimal | None, st
     return Decimal(0), ""
 
 
-def _steroid_dose_on(lines: Sequence[_Line], day: date) -> tuple[Decimal | None, str]:
-    """The total prednisone-equivalent glucocorticoid dose on `day`."""
-    total = Decimal(0)
-    for drug in sorted({line.drug for line in lines}):
-        dose, why = _drug_dose_on([line for line in lines if line.drug == drug], day)
-        if dose is None:
-            return None, why
-        total += dose
-    return total, ""
+def _steroid_doses(lines: Sequence[_Line], days: Sequence[date]
+                   ) -> dict[date, tuple[Decimal | None, str]]:
+    """The total prednisone-equivalent glucocorticoid dose on each day (None: not known, and
+    why), converting each line to prednisone once."""
+    groups = {drug: [line for line in lines if line.drug == drug]
+              for drug in sorted({line.drug for line in lines})}
+    converted: dict[int, tuple[Decimal | None, str]] = {}
+
+    def convert(line: _Line) -> tuple[Decimal | None, str]:
+        if id(line) not in converted:
+            converted[id(line)] = _prednisone_mg(line)
+        return converted[id(line)]
+
+    doses: dict[date, tuple[Decimal | None, str]] = {}
+    for day in days:
+        total: Decimal | None = Decimal(0)
+        why = ""
+        for group in groups.values():
+            dose, why = _drug_dose_on(group, day, convert)
+            if dose is None:
+                total = None
+                break
+            assert total is not None
+            total += dose
+        doses[day] = (total, why if total is None else "")
+    return doses
 
 
 def _changing_on(lines: Sequence[_Line], day: date) -> list[Evidence]:
@@ -678,7 +697,7 @@ def _glucocorticoid_course(
         return _SteroidCourse(Decimal(0), (), ())
     first = start - timedelta(days=therapy.glucocorticoid_stable_days)
     days = [first + timedelta(days=n) for n in range((until - first).days + 1)]
-    doses = {day: _steroid_dose_on(lines, day) for day in days}
+    doses = _steroid_doses(lines, days)
     at_start, why = doses[start]
     findings: list[_Finding] = []
     for day in days[1:]:

@@ -179,3 +179,27 @@ def test_a_select_only_postgres_login_folds_the_lag_in_memory(postgres_url: str)
         with psycopg.connect(dsn.replace(dbname, "postgres"), autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
     assert _checkpoints(flow) == marks  # nothing was written
+
+
+def test_a_parallel_rebuild_writes_the_rows_of_a_serial_one(db_url: str,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from projections import parallel
+    from projections import runner as runner_module
+
+    flow, runner = _trial(db_url, subjects=3, steps=12)
+    serial = _tables(flow)
+    calls: list[int] = []
+    real = parallel.fold_in_parallel
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(parallel, "MIN_SUBJECTS", 1)
+    monkeypatch.setattr(parallel, "workers", lambda: 2)
+    monkeypatch.setattr(parallel, "fold_in_parallel", counted)
+    monkeypatch.setattr(runner_module, "CHUNK", 1)  # one subject per task: several in flight
+    runner.rebuild()
+    assert calls == [1]  # the pool did the folding
+    assert _tables(flow) == serial == memory_snapshot(flow.store)
