@@ -26,5 +26,13 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.projections
 
+demo: $(STAMP)
+	$(BIN)/trialflow --db sqlite:///demo.db demo --replace
+	@echo
+	@echo "Try next:"
+	@echo "  $(BIN)/trialflow --db sqlite:///demo.db visits S-002"
+	@echo "  $(BIN)/trialflow --db sqlite:///demo.db audit log S-004"
+	@echo "  $(BIN)/trialflow --db sqlite:///demo.db status --as-of 2024-10-15T00:00:00Z"
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -42,6 +42,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "visit": ("cli.subjects:visit", "Record a follow-up visit done or missed."),
     "complete": ("cli.subjects:complete", "Complete the study after D360."),
     "off-study": ("cli.subjects:off_study", "Take a subject off study."),
+    "query": ("cli.monitoring:query", "Data queries: open (monitor), answer (site), close."),
+    "queries": ("cli.monitoring:queries", "List data queries and their state."),
+    "sdv": ("cli.monitoring:sdv", "Monitor: mark a form source-verified."),
+    "sdv-status": ("cli.monitoring:sdv_status", "Forms and whether they are source-verified."),
+    "study": ("cli.monitoring:study", "Study lock (data manager) and unlock (admin)."),
     "status": ("cli.queries:status", "The study, or a subject's phase and next step."),
     "eligibility": ("cli.queries:eligibility", "Inclusion criteria and exclusions, with "
                     "evidence."),
@@ -50,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "endpoints": ("cli.queries:endpoints", "SLEDAI-2K, LLDAS, renal response, persistence."),
     "ae": ("cli.queries:ae", "Adverse events, safety windows, SAE clocks."),
     "projections": ("cli.projections_cmd:projections", "Read models: status and rebuild."),
+    "demo": ("cli.demo_cmd:demo", "A fresh database running the IM19-SLE study story."),
+    "scheduler": ("cli.scheduler_cmd:scheduler", "Reminders: run the scheduler or one tick."),
+    "reminders": ("cli.scheduler_cmd:reminders", "Issued, delivered, failed, upcoming "
+                  "reminders."),
 }
 
 

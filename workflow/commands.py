@@ -69,6 +69,12 @@ class Workflow:
             study = self.study()
             actor = study.user(user)
             appends, summary = decide_appends(study, actor)
+            # The one lock check: whatever command it is, a locked study takes no subject event.
+            written = [a.stream_id for a in appends if a.events and a.stream_id != STUDY_STREAM]
+            if study.locked and written:
+                raise RuleViolation(f"The study is locked, so subject {written[0]} may not be "
+                                    "written until an admin runs `trialflow study unlock`.",
+                                    rule="study_locked", subject=written[0])
             context = AppendContext(actor=actor.name, role=actor.role, site=actor.site,
                                     command_id=command_id, request_hash=request_hash)
             try:
@@ -306,6 +312,8 @@ class Workflow:
         def body(study: Study, actor: User, state: SubjectState, today: date
                  ) -> tuple[list[NewEvent], dict[str, Any]]:
             _consented(state)
+            if state.infusion is not None and position == state.infusion.position:
+                return _infusion_correction(study, state, tokens, reason, today)
             target = state.forms.get(position)
             if target is None:
                 raise InvalidInput(f"Subject {subject} has no form recorded at position "
@@ -534,6 +542,38 @@ class Workflow:
 
 
 # ---------------------------------------------------------------------- helpers
+def _infusion_correction(study: Study, state: SubjectState, tokens: Sequence[str],
+                         reason: str, today: date) -> tuple[list[NewEvent], dict[str, Any]]:
+    """The infusion time is the one phase fact a correction may change (D0 moves, and with
+    it every window); the corrected value is checked like the original."""
+    subject = state.subject
+    assert state.infusion is not None
+    if not reason or not reason.strip():
+        raise InvalidInput("A correction needs --reason.", field="reason")
+    try:
+        changes = parse_form("infusion", tokens, today=today, partial=True)
+    except InvalidInput as error:
+        raise InvalidInput(f"Subject {subject}: {error.message}", field=error.field,
+                           subject=subject) from None
+    if set(changes) != {"infused_at"}:
+        raise InvalidInput(f"Subject {subject}: only infused_at of the infusion can be "
+                           "corrected (cells and chain of identity are checked at infusion).",
+                           field="fields", subject=subject)
+    local = datetime.fromisoformat(str(changes["infused_at"])).astimezone(
+        _zone(study, state.site))
+    last_dose = max(state.lymphodepletion_days, default=None)
+    if last_dose is not None and local.date() <= last_dose:
+        raise RuleViolation(f"Subject {subject}: infused_at {local.date()} is not after the "
+                            f"last lymphodepletion dose on {last_dose}.",
+                            rule="infusion_window", field="infused_at", subject=subject)
+    changes = {"infused_at": local.isoformat()}
+    previous = {"infused_at": state.infusion.payload["infused_at"]}
+    payload = {"target_position": state.infusion.position, "form": "infusion",
+               "changes": changes, "previous": previous}
+    return [NewEvent(T.FORM_CORRECTED, payload, reason=reason.strip())], {
+        "form": "infusion", "changes": changes, "previous": previous}
+
+
 def _zone(study: Study, site: str | None) -> ZoneInfo:
     return ZoneInfo(study.sites.get(site or "", "UTC"))
 

@@ -13,6 +13,9 @@ PROTOCOL_LOADED: Final = "ProtocolLoaded"
 PROTOCOL_AMENDED: Final = "ProtocolAmended"
 ENROLMENT_PLACE_TAKEN: Final = "EnrolmentPlaceTaken"
 ENROLMENT_PLACE_FREED: Final = "EnrolmentPlaceFreed"
+STUDY_LOCKED: Final = "StudyLocked"  # every subject write refused until StudyUnlocked
+STUDY_UNLOCKED: Final = "StudyUnlocked"
+EXPORT_RECORDED: Final = "ExportRecorded"  # never part of an export
 
 # a subject's stream
 SUBJECT_CONSENTED: Final = "SubjectConsented"
@@ -30,3 +33,14 @@ VISIT_RECORDED: Final = "VisitRecorded"
 SUBJECT_COMPLETED: Final = "SubjectCompleted"
 SUBJECT_OFF_STUDY: Final = "SubjectWentOffStudy"
 PHASE_CHANGED: Final = "PhaseChanged"
+# a subject's stream: data review by monitors (workflow/monitoring.py)
+QUERY_OPENED: Final = "QueryOpened"
+QUERY_ANSWERED: Final = "QueryAnswered"
+QUERY_CLOSED: Final = "QueryClosed"
+SOURCE_VERIFIED: Final = "SourceVerified"
+
+# stream `reminders-SUBJECT` (the scheduler's; never written by coordinators)
+REMINDER_ISSUED: Final = "ReminderIssued"
+REMINDER_CANCELLED: Final = "ReminderCancelled"
+REMINDER_DELIVERED: Final = "ReminderDelivered"
+REMINDER_DELIVERY_FAILED: Final = "ReminderDeliveryFailed"

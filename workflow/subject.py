@@ -108,6 +108,12 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
             event.position, s.subject, p["form"], dict(p["values"]),
             date.fromisoformat(p["on"]), p.get("visit"),
         )
+    elif kind == T.FORM_CORRECTED and s.infusion is not None \
+            and int(p["target_position"]) == s.infusion.position:
+        corrected = {**s.infusion.payload, **p["changes"]}
+        s.infused_at, s.infused_on = corrected["infused_at"], to_date(corrected["infused_at"])
+        s.infusion = PhaseRecord(s.infusion.position, s.infused_on, corrected,
+                                 s.infusion.reason)
     elif kind == T.FORM_CORRECTED:
         target = s.forms[int(p["target_position"])]
         s.forms[target.position] = replace(

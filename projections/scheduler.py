@@ -1,0 +1,193 @@
+"""One scheduler pass: issue what came due (exactly once), cancel what became obsolete, deliver
+what is not delivered yet (at least once).
+
+1. The read models catch up (projections/views.py), then the visit schedule and the SAE clocks
+   are evaluated at `now` (projections/queries.py): whatever is due now is an obligation.
+2. Each obligation not yet issued gets `ReminderIssued` in `reminders-SUBJECT` with a command
+   id derived from its key: the database keeps command ids unique, so of several schedulers
+   (or a retry after a crash) exactly one appends it and the others get its first result.
+3. A reminder whose obligation is no longer planned (a visit whose target date moved with a
+   corrected infusion date) gets `ReminderCancelled` and is not delivered any more.
+4. Every issued, uncancelled reminder not yet delivered on a channel is sent there after the
+   commit, and `ReminderDelivered` or `ReminderDeliveryFailed` (with the time of the next
+   attempt, backing off) is recorded. A channel that fails never stops the others, and a
+   failed delivery is retried at every pass after its backoff, never dropped.
+
+A scheduler killed between 2 and 4 finds the undelivered reminders at its next pass. Visit
+reminders stop when a subject leaves the study or completes it; SAE clocks never stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine
+
+from events.store import EventStore
+from projections.notifiers import Notifier
+from projections.queries import Clock, ae_windows, visit_list
+from projections.subject_rows import zone_of
+from projections.views import View, open_view
+from workflow.machine import TERMINAL
+from workflow.reminder_commands import ReminderDesk
+from workflow.reminders import (
+    Obligation,
+    Reminder,
+    channels_due,
+    fold_reminders,
+    planned_obligations,
+    sae_obligations,
+    stream_of,
+    visit_obligations,
+)
+
+log = structlog.get_logger("trialflow.scheduler")
+
+
+@dataclass
+class TickReport:
+    now: str
+    issued: list[str] = field(default_factory=list)  # reminder ids
+    already_issued: int = 0
+    cancelled: list[str] = field(default_factory=list)
+    delivered: list[tuple[str, str]] = field(default_factory=list)  # (id, channel)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (id, channel, error)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"now": self.now, "issued": self.issued, "already_issued": self.already_issued,
+                "cancelled": self.cancelled,
+                "delivered": [{"id": i, "channel": c} for i, c in self.delivered],
+                "failed": [{"id": i, "channel": c, "error": e} for i, c, e in self.failed]}
+
+
+def due_obligations(view: View, now: datetime) -> tuple[list[Obligation], set[tuple[str, str]]]:
+    """(what is due at `now`, everything still planned)."""
+    clock = Clock(view, now)
+    subjects = view.subjects()
+    zones = {row["subject"]: zone_of(view.study, row["site"]) for row in subjects}
+    active = {row["subject"] for row in subjects if row["phase"] not in TERMINAL}
+    visits = visit_list(view, clock, None)
+    clocks = ae_windows(view, clock, None)["sae_clocks"]
+    wanted = visit_obligations([v for v in visits if v["subject"] in active], zones)
+    wanted += sae_obligations(clocks)
+    return wanted, planned_obligations(visits, clocks)
+
+
+def issued_reminders(store: EventStore, subjects: Sequence[str]) -> dict[str, Reminder]:
+    found: dict[str, Reminder] = {}
+    for subject in subjects:
+        found.update(fold_reminders(store.read_stream(stream_of(subject))))
+    return found
+
+
+def message_of(reminder: Reminder) -> dict[str, Any]:
+    return {"id": reminder.reminder_id, "subject": reminder.subject,
+            "obligation": reminder.obligation, "kind": reminder.kind,
+            "due_at": reminder.due_at, "detail": reminder.detail,
+            "issued_at": reminder.issued_at}
+
+
+def tick(engine: Engine, store: EventStore, now: datetime, user: str | None,
+         notifiers: Sequence[Notifier]) -> TickReport:
+    desk = ReminderDesk(store, user)  # refuses anyone but a scheduler, before any work
+    report = TickReport(now.isoformat())
+    view = open_view(engine, store)
+    wanted, planned = due_obligations(view, now)
+    subjects = [row["subject"] for row in view.subjects()]
+    known = issued_reminders(store, subjects)
+    for obligation in wanted:
+        if obligation.reminder_id in known:
+            continue
+        result = desk.issue(obligation)
+        if result.duplicate:
+            report.already_issued += 1  # another scheduler issued it first
+        else:
+            report.issued.append(obligation.reminder_id)
+    for reminder in known.values():
+        base = reminder.obligation.split("/", 1)[0]
+        if reminder.cancelled is None and (reminder.subject, base) not in planned:
+            desk.cancel(reminder, f"{reminder.obligation} is no longer planned (its target "
+                        "moved or it was withdrawn); a reminder for the new target replaces "
+                        "it.")
+            report.cancelled.append(reminder.reminder_id)
+    _deliver(desk, issued_reminders(store, subjects), notifiers, now, report)
+    log.info("scheduler pass", **report.to_json())
+    return report
+
+
+def _deliver(desk: ReminderDesk, reminders: dict[str, Reminder], notifiers: Sequence[Notifier],
+             now: datetime, report: TickReport) -> None:
+    channels = [n.channel for n in notifiers]
+    by_channel = {n.channel: n for n in notifiers}
+    for reminder in sorted(reminders.values(), key=lambda r: r.position):
+        for channel in channels_due(reminder, channels, now):
+            try:
+                by_channel[channel].send(message_of(reminder))
+            except Exception as error:  # any failure of a channel is recorded and retried
+                text = f"{type(error).__name__}: {error}"
+                desk.failed(reminder, channel, text, now)
+                report.failed.append((reminder.reminder_id, channel, text))
+                continue
+            desk.delivered(reminder, channel)
+            report.delivered.append((reminder.reminder_id, channel))
+
+
+def reminder_list(store: EventStore, view: View, now: datetime, channels: Sequence[str],
+                  subject: str | None, *, pending: bool) -> list[dict[str, Any]]:
+    """Issued reminders with their state, then what will come due next (state `upcoming`)."""
+    subjects = [r["subject"] for r in view.subjects()
+                if subject is None or r["subject"] == subject]
+    rows = [r.to_json(channels) for r in issued_reminders(store, subjects).values()]
+    if pending:
+        rows = [r for r in rows if r["state"] in ("issued", "failed")]
+    issued = {r["id"] for r in rows}
+    upcoming = [o for o in next_obligations(view, now) if o.reminder_id not in issued
+                and (subject is None or o.subject == subject)]
+    rows.sort(key=lambda r: (r["subject"], r["position"]))
+    return rows + [{"id": o.reminder_id, "subject": o.subject, "obligation": o.obligation,
+                    "kind": o.kind, "due_at": o.due_at, "state": "upcoming",
+                    "detail": o.detail} for o in upcoming]
+
+
+def next_obligations(view: View, now: datetime) -> list[Obligation]:
+    """The next reminder of each open visit window and running SAE clock, after `now`."""
+    clock = Clock(view, now)
+    subjects = view.subjects()
+    zones = {row["subject"]: zone_of(view.study, row["site"]) for row in subjects}
+    sites = {row["subject"]: row["site"] for row in subjects}
+    active = {row["subject"] for row in subjects if row["phase"] not in TERMINAL}
+    out: list[Obligation] = []
+    for row in visit_list(view, clock, None):
+        if row["subject"] not in active or row["status"] not in ("upcoming", "due"):
+            continue
+        protocol = view.study.protocol_of(row["protocol_version"])
+        start, end = date.fromisoformat(row["window_start"]), date.fromisoformat(
+            row["window_end"])
+        today = clock.today(sites[row["subject"]])
+        if row["visit"] == "screening":
+            lead = protocol.screening_expiring_lead_days
+            steps = [(end - timedelta(days=lead - 1), "screening_expiring",
+                      f"screening:{row['target_date']}")]
+        else:
+            lead = protocol.window_opening_lead_days
+            target = f"visit:{row['visit']}@{row['target_date']}"
+            steps = [(start - timedelta(days=lead), "window_opening", target),
+                     (start, "due", target), (end + timedelta(days=1), "overdue", target)]
+        for day, kind, obligation in steps:
+            if day > today:
+                out.append(Obligation(row["subject"], obligation, kind, datetime.combine(
+                    day, time(0), zones[row["subject"]]).isoformat(),
+                    f"{row['visit']} window {row['window_start']} to {row['window_end']}: "
+                    f"{kind.replace('_', ' ')}."))
+                break
+    for c in ae_windows(view, clock, None)["sae_clocks"]:
+        if c["clock"] == "sae_report" and c["state"] == "due":
+            out.append(Obligation(c["subject"], f"sae:{c['ae_position']}",
+                                  "sae_report_overdue", c["due_at"],
+                                  f"AE at position {c['ae_position']}: SAE report due by "
+                                  f"{c['due_at']}."))
+    return sorted(out, key=lambda o: (o.due_at, o.subject))
