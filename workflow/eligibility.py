@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any, Final, Literal
 
@@ -47,7 +47,7 @@ from workflow.instruments.sledai2k import sledai2k_score
 from workflow.instruments.sources import ARINGER_2019, GLADMAN_2002, STEROID_TABLE, TOUMA_2010
 from workflow.instruments.steroids import prednisone_equivalent
 from workflow.protocol import Protocol
-from workflow.records import Consent, RecordedForm
+from workflow.records import Consent, RecordedForm, as_date, as_number
 
 Status = Literal["met", "not_met", "pending", "not_applicable"]
 Overall = Literal["eligible", "ineligible", "pending"]
@@ -204,25 +204,6 @@ def _latest_with(forms: Iterable[RecordedForm], field: str) -> RecordedForm | No
 # --- value helpers ------------------------------------------------------------------------
 
 
-def _as_date(value: object) -> date | None:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value.strip()[:10])
-        except ValueError:
-            return None
-    return None
-
-
-def _as_number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
 def _as_bool(value: object) -> bool | None:
     return value if isinstance(value, bool) else None
 
@@ -348,7 +329,7 @@ def criterion_age(data: ScreeningData) -> CriterionResult:
     if data.consent is None:
         return _no_consent(code, "the age at consent")
     form = _latest_with(data.of("demographics"), "date_of_birth")
-    born = None if form is None else _as_date(form.get("date_of_birth"))
+    born = None if form is None else as_date(form.get("date_of_birth"))
     if form is None or born is None:
         return _result(code, "pending", "No demographics.date_of_birth is recorded.")
     consent = data.consent
@@ -374,7 +355,7 @@ def criterion_weight(data: ScreeningData) -> CriterionResult:
         return _no_consent(code, "the screening weight")
     screening = [item for item in data.of("vitals") if data.in_screening(item)]
     form = _latest_with(screening, "weight_kg")
-    weight = None if form is None else _as_number(form.get("weight_kg"))
+    weight = None if form is None else as_number(form.get("weight_kg"))
     if form is None or weight is None:
         return _result(code, "pending",
                        f"No vitals.weight_kg is recorded during {data.screening_text()}.")
@@ -497,9 +478,9 @@ class _Line:
             str(drug) if drug is not None else "unnamed drug",
             _drug_name(drug),
             str(form.get("drug_class") or ""),
-            _as_date(form.get("start_date")),
-            _as_date(form.get("stop_date")),
-            _as_date(form.get("dose_changed_on")),
+            as_date(form.get("start_date")),
+            as_date(form.get("stop_date")),
+            as_date(form.get("dose_changed_on")),
         )
 
     @property
@@ -613,7 +594,7 @@ class _SteroidCourse:
 
 def _prednisone_mg(line: _Line) -> tuple[Decimal | None, str]:
     """The line's dose in prednisone-equivalent mg/day, or None with the reason."""
-    dose = _as_number(line.form.get("dose_mg_per_day"))
+    dose = as_number(line.form.get("dose_mg_per_day"))
     if dose is None:
         return None, f"no medication.dose_mg_per_day is recorded for {line.label}"
     try:

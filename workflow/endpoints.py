@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any, Final
 
@@ -57,7 +57,7 @@ from workflow.instruments.sledai2k import sledai2k_improvement, sledai2k_score
 from workflow.instruments.steroids import prednisone_equivalent
 from workflow.instruments.study_days import date_of_day, study_day
 from workflow.protocol import Protocol
-from workflow.records import RecordedForm
+from workflow.records import RecordedForm, as_date, as_number
 from workflow.subject import SubjectState
 
 JsonScalar = str | int | float | bool | None
@@ -232,25 +232,6 @@ def _visit_gate(
     return window
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _as_date(value: object) -> date | None:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value.strip()[:10])
-        except ValueError:
-            return None
-    return None
-
-
 # --- SLEDAI-2K ----------------------------------------------------------------------------
 
 
@@ -339,8 +320,8 @@ class _Line:
     def of(cls, form: RecordedForm) -> _Line:
         drug = form.get("drug")
         return cls(form, drug.strip().lower() if isinstance(drug, str) else "unnamed drug",
-                   _as_date(form.get("start_date")), _as_date(form.get("stop_date")),
-                   _as_date(form.get("dose_changed_on")))
+                   as_date(form.get("start_date")), as_date(form.get("stop_date")),
+                   as_date(form.get("dose_changed_on")))
 
     @property
     def begin(self) -> date | None:
@@ -378,7 +359,7 @@ def _line_on(lines: Sequence[_Line], day: date) -> tuple[_Line | None, str | Non
 
 # Source: prednisolone label equivalence table (clinical-rules.md), via instruments.steroids.
 def _prednisone_mg(line: _Line) -> tuple[Decimal | None, str]:
-    dose = _number(line.form.get("dose_mg_per_day"))
+    dose = as_number(line.form.get("dose_mg_per_day"))
     if dose is None:
         return None, f"no medication.dose_mg_per_day is recorded for {line.label}"
     try:
@@ -471,11 +452,11 @@ class _Lab:
 
     @property
     def value(self) -> float | None:
-        return None if self.form is None else _number(self.form.get(self.field))
+        return None if self.form is None else as_number(self.form.get(self.field))
 
 
 def _lab(forms: Iterable[RecordedForm], field: str) -> _Lab:
-    return _Lab(field, _latest((item for item in forms if _number(item.get(field)) is not None),
+    return _Lab(field, _latest((item for item in forms if as_number(item.get(field)) is not None),
                                field))
 
 
@@ -483,8 +464,8 @@ def _rescue_lines(s: SubjectState, start: date, until: date) -> list[RecordedFor
     """Medication lines flagged rescue_therapy taken at some time from `start` to `until`."""
     found = []
     for form in _forms(s, "medication"):
-        began = _as_date(form.get("start_date")) or form.recorded_on
-        stopped = _as_date(form.get("stop_date"))
+        began = as_date(form.get("start_date")) or form.recorded_on
+        stopped = as_date(form.get("stop_date"))
         if form.get("rescue_therapy") is True and began <= until and (
             stopped is None or stopped >= start
         ):
@@ -580,7 +561,7 @@ def persistence_samples(s: SubjectState, infused_on: date) -> tuple[dict[int, Re
     by_day: dict[int, RecordedForm] = {}
     dropped: list[str] = []
     for form in _forms(s, "cart_persistence"):
-        if _number(form.get("copies_per_ug")) is None:
+        if as_number(form.get("copies_per_ug")) is None:
             continue
         day = study_day(infused_on, form_date(form))
         if day in by_day:

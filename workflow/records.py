@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 
@@ -35,3 +35,24 @@ class Consent:
     consent_form_version: str
     protocol_version: int
     position: int
+
+
+def as_date(value: object) -> date | None:
+    """A recorded date value (ISO text, date or datetime) as a date; None when it is not one."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip()[:10])
+        except ValueError:
+            return None
+    return None
+
+
+def as_number(value: object) -> float | None:
+    """A recorded number as a float; None for anything else (booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)

@@ -40,6 +40,7 @@ class Study:
     protocol_texts: dict[int, str] = field(default_factory=dict)
     protocol_version: int | None = None  # in force
     places: list[Place] = field(default_factory=list)
+    locked: bool = False  # StudyLocked: every subject write is refused until StudyUnlocked
 
     @cached_property
     def protocol(self) -> Protocol:
@@ -117,4 +118,6 @@ def apply_study(study: Study, event: RecordedEvent) -> None:
             Place(x.subject, x.order, x.cohort, True) if x.subject == p["subject"] else x
             for x in study.places
         ]
+    elif event.type in (T.STUDY_LOCKED, T.STUDY_UNLOCKED):
+        study.locked = event.type == T.STUDY_LOCKED
     study.__dict__.pop("protocol", None)  # the protocol in force may have changed

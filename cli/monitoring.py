@@ -1,0 +1,146 @@
+"""Data review commands: queries, source data verification, the study lock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cli.context import Env
+from cli.options import command_id_option
+from cli.render import emit, table
+from cli.writes import show, workflow
+from workflow.monitoring import Monitoring
+
+
+def monitoring(env: Env) -> Monitoring:
+    return Monitoring(workflow(env))
+
+
+# ---------------------------------------------------------------------- queries
+@click.group("query", help="Data queries: a monitor or data manager opens one on a field of a "
+             "recorded form, the site answers it (and may correct the form), the monitor "
+             "closes it.")
+def query() -> None:
+    pass
+
+
+@query.command("open", help="Open a query on FIELD of the form recorded at POSITION "
+               "(monitor or data_manager).")
+@click.argument("subject")
+@click.argument("position", type=int)
+@click.option("--field", "field_name", required=True, help="A field of that form.")
+@click.option("--text", required=True, help="The question for the site.")
+@command_id_option
+@click.pass_obj
+def query_open(env: Env, subject: str, position: int, field_name: str, text: str,
+               command_id: str | None) -> None:
+    outcome = monitoring(env).open_query(env.user, subject, position, field_name, text,
+                                         command_id)
+    show(env, f"Query {outcome.summary['query']} opened on {field_name} of the form at "
+         f"position {position} of {subject}", outcome)
+
+
+@query.command("answer", context_settings={"ignore_unknown_options": True},
+               help="Answer an open query (coordinator or investigator of the subject's site); "
+               "FIELD=VALUE… also corrects the queried form, by the rules of `trialflow "
+               "correct`, in the same append (reason: --reason, else the answer).")
+@click.argument("query_id", metavar="ID")
+@click.argument("fields", nargs=-1, type=click.UNPROCESSED)
+@click.option("--text", required=True, help="The answer.")
+@click.option("--reason", default=None, help="Reason of the correction (default: the answer).")
+@command_id_option
+@click.pass_obj
+def query_answer(env: Env, query_id: str, fields: tuple[str, ...], text: str,
+                 reason: str | None, command_id: str | None) -> None:
+    outcome = monitoring(env).answer_query(env.user, query_id, text, fields, reason,
+                                           command_id)
+    corrected = outcome.summary.get("correction_position")
+    note = f" and the form corrected (position {corrected})" if corrected else ""
+    show(env, f"Query {outcome.summary['query']} answered{note}", outcome)
+
+
+@query.command("close", help="Close a query (monitor or data_manager); an unanswered query "
+               "needs --reason.")
+@click.argument("query_id", metavar="ID")
+@click.option("--reason", default=None)
+@command_id_option
+@click.pass_obj
+def query_close(env: Env, query_id: str, reason: str | None, command_id: str | None) -> None:
+    outcome = monitoring(env).close_query(env.user, query_id, reason, command_id)
+    show(env, f"Query {outcome.summary.get('query', query_id)} closed", outcome)
+
+
+@click.command("queries", help="Data queries, with their state (open, answered, closed), "
+               "answer and correction; of one SUBJECT or all.")
+@click.argument("subject", required=False)
+@click.option("--open", "open_only", is_flag=True, help="Only queries not answered yet.")
+@click.pass_obj
+def queries(env: Env, subject: str | None, open_only: bool) -> None:
+    rows = [q.to_json() for q in monitoring(env).queries(subject, open_only=open_only)]
+    emit(env, rows, lambda: _queries_text(rows))
+
+
+def _queries_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No queries."
+    return table(
+        ["id", "subject", "pos", "form", "field", "state", "opened_by", "text", "answer",
+         "correction"],
+        [[r["id"], r["subject"], r["position"], r["form"], r["field"], r["state"],
+          r["opened_by"], r["text"], r["answer"], r["correction_position"]] for r in rows],
+    )
+
+
+# ---------------------------------------------------------------------- source data verification
+@click.command("sdv", help="Monitor: mark the form recorded at POSITION source-verified (a later "
+               "correction clears the mark).")
+@click.argument("subject")
+@click.argument("position", type=int)
+@command_id_option
+@click.pass_obj
+def sdv(env: Env, subject: str, position: int, command_id: str | None) -> None:
+    outcome = monitoring(env).verify_source(env.user, subject, position, command_id)
+    show(env, f"Form at position {position} of {subject} source-verified", outcome)
+
+
+@click.command("sdv-status", help="Each recorded form, whether it is source-verified and by "
+               "whom; of one SUBJECT or all.")
+@click.argument("subject", required=False)
+@click.pass_obj
+def sdv_status(env: Env, subject: str | None) -> None:
+    rows = [form.to_json() for form in monitoring(env).sdv_status(subject)]
+    emit(env, rows, lambda: _sdv_text(rows))
+
+
+def _sdv_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No forms recorded."
+    return table(
+        ["subject", "pos", "form", "on", "verified", "by", "at", "cleared_by"],
+        [[r["subject"], r["position"], r["form"], r["on"], r["verified"], r["verified_by"],
+          r["verified_at"], r["cleared_by"]] for r in rows],
+    )
+
+
+# ---------------------------------------------------------------------- the study lock
+@click.group("study", help="Study lock: while locked every subject write is refused "
+             "(rule study_locked); reading still works.")
+def study() -> None:
+    pass
+
+
+@study.command("lock", help="Data manager: lock the study.")
+@click.option("--reason", required=True)
+@command_id_option
+@click.pass_obj
+def study_lock(env: Env, reason: str, command_id: str | None) -> None:
+    show(env, "Study locked", monitoring(env).lock_study(env.user, reason, command_id))
+
+
+@study.command("unlock", help="Admin: unlock the study.")
+@click.option("--reason", required=True)
+@command_id_option
+@click.pass_obj
+def study_unlock(env: Env, reason: str, command_id: str | None) -> None:
+    show(env, "Study unlocked", monitoring(env).unlock_study(env.user, reason, command_id))
