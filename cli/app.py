@@ -56,9 +56,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ae": ("cli.queries:ae", "Adverse events, safety windows, SAE clocks."),
     "projections": ("cli.projections_cmd:projections", "Read models: status and rebuild."),
     "demo": ("cli.demo_cmd:demo", "A fresh database running the IM19-SLE study story."),
+    "report": ("cli.report_cmd:report", "Plots (swimmer, SLEDAI-2K, persistence) and the "
+               "monitoring page (HTML)."),
     "scheduler": ("cli.scheduler_cmd:scheduler", "Reminders: run the scheduler or one tick."),
     "reminders": ("cli.scheduler_cmd:reminders", "Issued, delivered, failed, upcoming "
                   "reminders."),
+    "export": ("cli.export_cmd:export", "Exports: CDISC ODM, FHIR R5, CSV, visit calendar."),
 }
 
 

@@ -1,0 +1,171 @@
+"""`trialflow export odm|fhir|csv|ics`: write an export, then record it in the study's log.
+
+The file is written first (atomically: a temporary file renamed over the target) and then
+recorded as `ExportRecorded` by the acting `--user`. When that write is impossible (no
+`--user`, a read-only database, a user who may not write) the export stands and a warning on
+stderr says it was not recorded; the exit status stays 0. Builders live in
+`projections/exports/` and import only the standard library; this module imports them inside
+the commands, so `trialflow --help` stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cli.context import Env
+from cli.options import command_id_option
+from cli.render import emit
+
+if TYPE_CHECKING:
+    from projections.exports.snapshot import Snapshot
+
+OUT_FILE = click.Path(dir_okay=False, path_type=Path)
+OUT_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@click.group("export", help="Exports for auditors, monitors and data managers: CDISC ODM "
+             "1.3.2, FHIR R5, CSV, a subject's visit calendar (iCalendar). The same log gives "
+             "the same bytes; each export is recorded in the study's log when --user may "
+             "write.")
+def export() -> None:
+    pass
+
+
+@export.command("odm", help="CDISC ODM 1.3.2 XML: metadata from the forms and the protocol, "
+                "every value with its audit trail (corrections with their reasons).")
+@click.option("--out", required=True, type=OUT_FILE, help="The XML file to write.")
+@command_id_option
+@click.pass_obj
+def odm(env: Env, out: Path, command_id: str | None) -> None:
+    from projections.exports.odm import build_odm
+
+    _single_file(env, "odm", out, build_odm, command_id)
+
+
+@export.command("fhir", help="FHIR R5 Bundle (collection) JSON: ResearchStudy, ResearchSubject "
+                "with its phases, pseudonymised Patient, AdverseEvent, SLEDAI-2K Observation.")
+@click.option("--out", required=True, type=OUT_FILE, help="The JSON file to write.")
+@command_id_option
+@click.pass_obj
+def fhir(env: Env, out: Path, command_id: str | None) -> None:
+    from projections.exports.fhir import build_fhir
+
+    _single_file(env, "fhir", out, build_fhir, command_id)
+
+
+@export.command("csv", help="One CSV per form (current values, corrected yes/no), events.csv "
+                "(the log's envelope) and SHA256SUMS, in DIR.")
+@click.option("--out", required=True, type=OUT_DIR, help="The directory to write into.")
+@command_id_option
+@click.pass_obj
+def csv(env: Env, out: Path, command_id: str | None) -> None:
+    from projections.exports.csv_export import MANIFEST, build_csv
+
+    snapshot = _snapshot(env)
+    files = build_csv(snapshot)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise click.FileError(str(out), hint=error.strerror) from error
+    for name, data in files.items():
+        _write(out / name, data)
+    digest = hashlib.sha256(files[MANIFEST]).hexdigest()
+    _finish(env, "csv", out, digest, snapshot.position, command_id,
+            {"files": sorted(files)})
+
+
+@export.command("ics", help="A subject's visit calendar (RFC 5545): one all-day event per "
+                "planned visit on its target date, the window in the description.")
+@click.argument("subject")
+@click.option("--out", required=True, type=OUT_FILE, help="The .ics file to write.")
+@command_id_option
+@click.pass_obj
+def ics(env: Env, subject: str, out: Path, command_id: str | None) -> None:
+    from events.streams import check_subject_id
+    from projections.exports.ics import build_ics
+
+    check_subject_id(subject)
+    snapshot = _snapshot(env)
+    data = build_ics(snapshot, subject)
+    _write(out, data)
+    _finish(env, "ics", out, hashlib.sha256(data).hexdigest(), snapshot.position, command_id,
+            {"subject": subject}, subject=subject)
+
+
+# --- plumbing -------------------------------------------------------------------------------
+
+
+def _snapshot(env: Env) -> Snapshot:
+    from projections.exports.snapshot import take_snapshot
+
+    return take_snapshot(env.app.store)
+
+
+def _single_file(env: Env, kind: str, out: Path, build: Callable[[Snapshot], bytes],
+                 command_id: str | None) -> None:
+    snapshot = _snapshot(env)
+    data = build(snapshot)
+    _write(out, data)
+    _finish(env, kind, out, hashlib.sha256(data).hexdigest(), snapshot.position, command_id,
+            {})
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (a reader never sees half a file)."""
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as error:
+        raise click.FileError(str(path), hint=error.strerror) from error
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _record(env: Env, kind: str, name: str, digest: str, position: int,
+            command_id: str | None, subject: str | None) -> tuple[int | None, str | None]:
+    """(position of the ExportRecorded event, None) or (None, why it was not recorded)."""
+    if not env.user:
+        return None, "no acting user (pass --user NAME to record exports)"
+    from events.errors import EventStoreError
+    from workflow.errors import WorkflowError
+    from workflow.exports_log import ExportLog
+
+    try:
+        outcome = ExportLog(env.app).record_export(env.user, kind, name, digest, position,
+                                                   subject=subject, command_id=command_id)
+    except WorkflowError as error:
+        return None, error.message
+    except EventStoreError as error:
+        return None, str(error)
+    return outcome.result.positions[0] if outcome.result.positions else None, None
+
+
+def _finish(env: Env, kind: str, out: Path, digest: str, position: int,
+            command_id: str | None, extra: dict[str, Any], *,
+            subject: str | None = None) -> None:
+    recorded_at, problem = _record(env, kind, out.name, digest, position, command_id,
+                                   subject)
+    warning = None
+    if problem is not None:
+        warning = f"the export was written but not recorded in the study's log: {problem}"
+        env.stderr.write(f"Warning: {warning}\n")
+    data = {"kind": kind, "file": str(out), "sha256": digest, "position": position, **extra,
+            "recorded": recorded_at is not None, "record_position": recorded_at,
+            "warning": warning}
+    note = (f"recorded at position {recorded_at}" if recorded_at is not None
+            else "not recorded")
+    emit(env, data, f"Exported {kind} to {out} (sha256 {digest}, log up to position "
+                    f"{position}); {note}.")

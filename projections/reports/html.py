@@ -1,0 +1,247 @@
+"""The monitoring-visit page: one self-contained HTML file (no external resource: inline CSS,
+the plots as base64 data URIs). Every text that comes from data is escaped.
+
+`monitoring_data(view, clock)` gathers the documents the query commands print (`status`,
+`visits`, `ae list`, `deviations`, `endpoints`: the same functions, never a second code path);
+`render_html(data, images)` is a pure function of them and of the images' bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any, Final
+
+from projections.queries import (
+    Clock,
+    ae_list,
+    deviation_list,
+    endpoint_list,
+    study_status,
+    visit_list,
+)
+from projections.views import View
+
+SECTIONS: Final = ("status", "subjects", "visits", "adverse-events", "deviations", "endpoints",
+                   "swimmer", "sledai", "persistence")
+PLOTS: Final = {
+    "swimmer": "Swimmer plot: subjects through the phases",
+    "sledai": "SLEDAI-2K over study days",
+    "persistence": "CAR-T persistence (transgene copies/µg, log scale)",
+}
+MIME: Final = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+@dataclass
+class MonitoringData:
+    title: str
+    generated: dict[str, Any]  # position, now, as_of
+    status: dict[str, Any]
+    subjects: list[dict[str, Any]]
+    visits: list[dict[str, Any]]  # due or overdue now
+    adverse_events: list[dict[str, Any]]
+    deviations: list[dict[str, Any]]
+    endpoints: list[dict[str, Any]]
+    notes: dict[str, str] = field(default_factory=dict)  # plot -> caption
+
+
+def monitoring_data(view: View, clock: Clock, *, now: str, as_of: str | None,
+                    title: str = "IM19-SLE monitoring report") -> MonitoringData:
+    return MonitoringData(
+        title=title,
+        generated={"position": view.position, "now": now, "as_of": as_of,
+                   "source": view.source},
+        status=study_status(view, clock),
+        subjects=view.subjects(),
+        visits=visit_list(view, clock, None, due=True, overdue=True),
+        adverse_events=ae_list(view, None),
+        deviations=deviation_list(view, None),
+        endpoints=endpoint_list(view, None),
+    )
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_text(v) for v in value) or "–"
+    return str(value)
+
+
+def _cell(value: Any, title: str | None = None) -> str:
+    attribute = f' title="{escape(title)}"' if title else ""
+    return f"<td{attribute}>{escape(_text(value))}</td>"
+
+
+Column = tuple[str, Callable[[Mapping[str, Any]], Any]]
+
+
+def _table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], empty: str,
+           titles: Callable[[Mapping[str, Any], int], str | None] | None = None) -> str:
+    if not rows:
+        return f'<p class="empty">{escape(empty)}</p>'
+    head = "".join(f"<th>{escape(name)}</th>" for name, _ in columns)
+    body = []
+    for row in rows:
+        cells = "".join(_cell(get(row), titles(row, i) if titles else None)
+                        for i, (_, get) in enumerate(columns))
+        body.append(f"<tr>{cells}</tr>")
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _key(name: str) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda row: row.get(name)
+
+
+def _path(*keys: str) -> Callable[[Mapping[str, Any]], Any]:
+    def get(row: Mapping[str, Any]) -> Any:
+        value: Any = row
+        for key in keys:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return value
+    return get
+
+
+def _section(ident: str, heading: str, body: str) -> str:
+    return (f'<section id="{escape(ident)}"><h2>{escape(heading)}</h2>\n{body}\n</section>')
+
+
+def _status_body(status: Mapping[str, Any]) -> str:
+    phases = ", ".join(f"{k} {v}" for k, v in status["phases"].items() if v) or "none"
+    cohorts = ", ".join(f"{c['cohort']} {c['filled']}/{c['places']}" for c in status["cohorts"])
+    primary = status.get("primary_endpoint") or {}
+    facts: list[tuple[str, Any]] = [
+        ("Protocol version in force", status.get("protocol_version")),
+        ("Subjects (consented)", status.get("subjects")),
+        ("Subjects per phase", phases),
+        ("Exits", ", ".join(f"{k} {v}" for k, v in status.get("exits", {}).items()) or None),
+        ("Enrolled / cap", f"{status.get('enrolled')} / {status.get('cap')}"),
+        ("Cohorts (filled/places)", cohorts),
+        ("Open safety windows", status.get("open_safety_windows")),
+        ("Overdue visits", len(status.get("overdue_visits", []))),
+        ("Overdue SAE reports", len(status.get("overdue_reports", []))),
+        ("Screening windows expiring", ", ".join(
+            f"{e['subject']} ({e['days_left']} days left)"
+            for e in status.get("screening_expiring", [])) or None),
+        ("Primary safety endpoint: events / subjects",
+         f"{primary.get('events', 0)} / {primary.get('subjects', 0)}"),
+    ]
+    rows = "".join(f"<tr><th>{escape(k)}</th>{_cell(v)}</tr>" for k, v in facts)
+    return f'<table class="facts"><tbody>{rows}</tbody></table>'
+
+
+SUBJECT_COLUMNS: Final[tuple[Column, ...]] = (
+    ("subject", _key("subject")), ("site", _key("site")), ("phase", _key("phase")),
+    ("since", _key("phase_since")), ("protocol", _key("protocol_version")),
+    ("cohort", _key("cohort")), ("consent", _key("consent_date")),
+    ("eligibility confirmed", _key("eligibility_confirmed_on")),
+    ("collected", _key("collected_on")), ("infused (D0)", _key("infused_on")),
+    ("exit reason", _key("exit_reason")), ("exited", _key("exited_on")),
+)
+VISIT_COLUMNS: Final[tuple[Column, ...]] = (
+    ("subject", _key("subject")), ("visit", _key("visit")), ("status", _key("status")),
+    ("target", _key("target_date")),
+    ("window", lambda r: f"{r.get('window_start')} to {r.get('window_end')}"),
+    ("days left", _key("days_left")),
+    ("reminders due", lambda r: [x["kind"] for x in r.get("reminders_due") or []]),
+)
+AE_COLUMNS: Final[tuple[Column, ...]] = (
+    ("subject", _key("subject")), ("position", _key("position")), ("term", _key("term")),
+    ("onset", _key("onset_date")), ("study day", _key("study_day")), ("grade", _key("grade")),
+    ("serious", _key("serious")), ("relatedness", _key("relatedness")),
+    ("safety window", _key("in_safety_window")), ("CRS", _key("crs_grade")),
+    ("ICANS", _key("icans_grade")), ("outcome", _key("outcome")),
+)
+DEVIATION_COLUMNS: Final[tuple[Column, ...]] = (
+    ("subject", _key("subject")), ("kind", _key("kind")), ("visit", _key("visit")),
+    ("on", _key("on")), ("position", _key("position")), ("detail", _key("detail")),
+)
+ENDPOINT_COLUMNS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("SLEDAI-2K baseline", "sledai2k", "baseline"), ("SLEDAI D90", "sledai2k", "D90"),
+    ("SLEDAI D180", "sledai2k", "D180"), ("SLEDAI D360", "sledai2k", "D360"),
+    ("change D360", "sledai2k", "change_D360"), ("improved D360", "sledai2k", "improved_D360"),
+    ("LLDAS D180", "lldas", "D180"), ("LLDAS D360", "lldas", "D360"),
+    ("renal D180", "renal_response", "D180"), ("renal D360", "renal_response", "D360"),
+    ("peak copies/µg", "persistence", "peak_copies_per_ug"),
+    ("peak day", "persistence", "peak_day"),
+    ("last detectable day", "persistence", "last_detectable_day"),
+    ("detectable D90", "persistence", "detectable_D90"),
+    ("detectable D180", "persistence", "detectable_D180"),
+    ("detectable D360", "persistence", "detectable_D360"),
+)
+
+
+def _endpoints_body(endpoints: Sequence[Mapping[str, Any]]) -> str:
+    columns: list[Column] = [("subject", _key("subject"))]
+    columns += [(label, _path(section, key)) for label, section, key in ENDPOINT_COLUMNS]
+
+    def why(row: Mapping[str, Any], index: int) -> str | None:
+        if index == 0:
+            return None
+        _, section, key = ENDPOINT_COLUMNS[index - 1]
+        return str((row.get("missing") or {}).get(f"{section}.{key}") or "") or None
+
+    note = ('<p class="note">A dash is a missing value; hover over it for the reason '
+            "(the <code>endpoints SUBJECT</code> document has them all).</p>")
+    return note + _table(columns, endpoints, "No subject yet.", why)
+
+
+def _image(name: str, data: bytes, fmt: str, caption: str | None) -> str:
+    uri = f"data:{MIME[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
+    text = f'<p class="note">{escape(caption)}</p>' if caption else ""
+    return (f'<figure><img alt="{escape(PLOTS[name])}" src="{escape(uri)}">'
+            f"<figcaption>{escape(PLOTS[name])}</figcaption></figure>{text}")
+
+
+CSS: Final = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem;
+color:#222;max-width:1400px}
+h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;border-bottom:1px solid #ccc;
+padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
+thead th{background:#f3f3f3}table.facts th{background:#f8f8f8;font-weight:600}
+.meta,.note,.empty{color:#555;font-size:.85rem}nav a{margin-right:.8rem}
+img{max-width:100%;height:auto;border:1px solid #eee}figure{margin:.5rem 0}
+"""
+
+
+def render_html(data: MonitoringData, images: Mapping[str, tuple[bytes, str]]) -> str:
+    """The page. `images`: plot name -> (bytes, format `png` or `svg`)."""
+    g = data.generated
+    meta = (f"Log position {g['position']}"
+            + (f", as of {g['as_of']}" if g.get("as_of") else "")
+            + f"; due and overdue computed for {g['now']}.")
+    nav = "".join(f'<a href="#{escape(s)}">{escape(s)}</a>' for s in SECTIONS)
+    body = [
+        _section("status", "Study status", _status_body(data.status)),
+        _section("subjects", "Subjects", _table(SUBJECT_COLUMNS, data.subjects,
+                                                "No subject has consented yet.")),
+        _section("visits", "Visits due or overdue", _table(
+            VISIT_COLUMNS, data.visits, "No visit is due or overdue.")),
+        _section("adverse-events", "Adverse events", _table(
+            AE_COLUMNS, data.adverse_events, "No adverse event recorded.")),
+        _section("deviations", "Protocol deviations", _table(
+            DEVIATION_COLUMNS, data.deviations, "No protocol deviation.")),
+        _section("endpoints", "Endpoints", _endpoints_body(data.endpoints)),
+    ]
+    for name, heading in PLOTS.items():
+        found = images.get(name)
+        content = (_image(name, found[0], found[1], data.notes.get(name)) if found
+                   else '<p class="empty">Not drawn.</p>')
+        body.append(_section(name, heading, content))
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{escape(data.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<header><h1>{escape(data.title)}</h1><p class=\"meta\">{escape(meta)}</p>"
+        f"<nav>{nav}</nav></header>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n"
+    )

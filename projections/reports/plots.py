@@ -1,0 +1,230 @@
+"""The report plots, drawn from the data of `data.py` on matplotlib Figures (Agg, headless).
+
+Figures are built with `matplotlib.figure.Figure` and an Agg canvas, never `pyplot`: no global
+figure registry, no GUI backend, nothing to close. Each function returns the Figure before it is
+saved, so tests inspect artists (found by their `gid`) instead of pixels; `render` turns a
+Figure into file bytes. Import this module only where a plot is made: matplotlib is heavy and
+the CLI's start-up stays light without it.
+
+Artist ids (`gid`) the tests rely on:
+- swimmer: `bar:SUBJECT:PHASE`, `infusion:SUBJECT`, `ae:SUBJECT:POSITION`, `exit:SUBJECT:KIND`,
+  `ongoing:SUBJECT`, `d0`;
+- sledai: `sledai:SUBJECT` (one line per subject), `baseline:SUBJECT`, `d0`;
+- persistence: `persistence:SUBJECT` (one line per subject), `below-lloq:SUBJECT`,
+  `lloq` (and `lloq:VALUE` for another protocol version's LLOQ), `d0`.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Final
+
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from projections.reports.data import (
+    PHASES,
+    PersistenceChart,
+    SledaiChart,
+    SwimmerChart,
+)
+
+PHASE_COLOURS: Final = {
+    "screening": "#9e9e9e", "cell_collection": "#6baed6", "lymphodepletion": "#fd8d3c",
+    "infusion": "#e6550d", "follow_up": "#31a354",
+}
+PHASE_LABELS: Final = {
+    "screening": "screening", "cell_collection": "cell collection",
+    "lymphodepletion": "lymphodepletion", "infusion": "infusion (last LD dose to D0)",
+    "follow_up": "follow-up",
+}
+AE_MARKERS: Final = {1: "o", 2: "s", 3: "^", 4: "D", 5: "X"}  # CTCAE grade -> marker
+AE_UNGRADED: Final = "."
+SERIOUS_COLOUR: Final = "#d62728"  # serious AEs are filled red; others white
+EXIT_STYLE: Final = {  # kind -> (marker, colour, legend)
+    "completed": ("*", "#006d2c", "completed"),
+    "screen_failed": ("x", "black", "screen failure"),
+    "off_study": ("P", "#a50f15", "off study"),
+}
+SLEDAI_DODGE: Final = 0.08  # points between neighbouring subjects' lines (drawing only)
+LEGEND_MAX: Final = 20  # subjects named in a line plot's legend
+FORMATS: Final = ("png", "svg", "pdf")
+_METADATA: Final[dict[str, dict[str, Any]]] = {  # no timestamps: same data, same bytes
+    "png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None},
+}
+
+
+def colours(count: int) -> list[Any]:
+    """One colour per subject, fixed by its place in the list (a marker drawn on top of a
+    line must not advance matplotlib's colour cycle and shift the next subject's colour)."""
+    palette = colormaps["tab10" if count <= 10 else "tab20"]
+    size = 10 if count <= 10 else 20
+    return [palette(index % size) for index in range(count)]
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def render(figure: Figure, fmt: str = "png") -> bytes:
+    """The figure as file bytes (png, svg or pdf)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt}")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=fmt, metadata=_METADATA[fmt])
+    return buffer.getvalue()
+
+
+# --- swimmer -----------------------------------------------------------------------------------
+
+
+def swimmer_figure(chart: SwimmerChart) -> Figure:
+    rows = chart.rows
+    figure = _figure(11, min(60.0, 2.2 + 0.45 * max(len(rows), 1)))
+    ax = figure.add_subplot()
+    for y, row in enumerate(rows):
+        hatch = "//" if row.axis == "consent" else None
+        for segment in row.segments:
+            ax.barh(y, segment.end_day - segment.start_day, left=segment.start_day, height=0.5,
+                    color=PHASE_COLOURS.get(segment.phase, "#cccccc"), hatch=hatch,
+                    edgecolor="white" if hatch is None else "#555555", linewidth=0.5,
+                    gid=f"bar:{row.subject}:{segment.phase}")
+        if row.infusion_day is not None:
+            ax.plot([row.infusion_day], [y], marker="|", markersize=16, markeredgewidth=2.5,
+                    color="black", linestyle="none", gid=f"infusion:{row.subject}")
+        for ae in row.adverse_events:
+            ax.plot([ae.day], [y - 0.42], marker=AE_MARKERS.get(ae.grade or 0, AE_UNGRADED),
+                    markersize=8, linestyle="none", markeredgecolor="black",
+                    markerfacecolor=SERIOUS_COLOUR if ae.serious else "white",
+                    gid=f"ae:{row.subject}:{ae.position}")
+        if row.exit is not None:
+            marker, colour, _ = EXIT_STYLE[row.exit.kind]
+            ax.plot([row.exit.day], [y], marker=marker, markersize=13, markeredgewidth=2,
+                    color=colour, linestyle="none", gid=f"exit:{row.subject}:{row.exit.kind}")
+        elif row.ongoing:
+            ax.plot([row.end_day], [y], marker=">", markersize=9, color="#444444",
+                    linestyle="none", gid=f"ongoing:{row.subject}")
+    ax.axvline(0, color="black", linewidth=0.8, linestyle=":", gid="d0")
+    ax.set_yticks(range(len(rows)),
+                  [r.subject + ("*" if r.axis == "consent" else "") for r in rows])
+    ax.set_ylim(len(rows) - 0.4, -0.9)
+    ax.set_xlabel("Study day (day 0 = CAR-T infusion; negative days before it)")
+    ax.set_title("Subjects through the study phases")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles=_swimmer_legend(chart), loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              fontsize=8, frameon=False)
+    return figure
+
+
+def _swimmer_legend(chart: SwimmerChart) -> list[Any]:
+    handles: list[Any] = [Patch(color=PHASE_COLOURS[p], label=PHASE_LABELS[p]) for p in PHASES]
+    handles.append(Line2D([], [], marker="|", markersize=12, markeredgewidth=2.5,
+                          color="black", linestyle="none", label="CAR-T infusion (D0)"))
+    for grade, marker in AE_MARKERS.items():
+        handles.append(Line2D([], [], marker=marker, linestyle="none", markeredgecolor="black",
+                              markerfacecolor="white", label=f"AE grade {grade}"))
+    handles.append(Line2D([], [], marker="o", linestyle="none", markeredgecolor="black",
+                          markerfacecolor=SERIOUS_COLOUR, label="serious AE (filled red)"))
+    for marker, colour, label in EXIT_STYLE.values():
+        handles.append(Line2D([], [], marker=marker, markersize=10, markeredgewidth=2,
+                              color=colour, linestyle="none", label=label))
+    handles.append(Line2D([], [], marker=">", color="#444444", linestyle="none",
+                          label="ongoing (to today)"))
+    if any(r.axis == "consent" for r in chart.rows):
+        handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="//",
+                             label=f"* never infused: consent-relative,\n  consent drawn at "
+                             f"day {chart.consent_day} (median of infused)"))
+    return handles
+
+
+# --- SLEDAI-2K ---------------------------------------------------------------------------------
+
+
+def sledai_figure(chart: SledaiChart) -> Figure:
+    figure = _figure(10, 5.5)
+    ax = figure.add_subplot()
+    count = len(chart.series)
+    for index, (series, colour) in enumerate(zip(chart.series, colours(count), strict=True)):
+        dodge = (index - (count - 1) / 2) * SLEDAI_DODGE
+        days = [p.day for p in series.points]
+        ax.plot(days, [p.score + dodge for p in series.points], marker="o", markersize=4,
+                linewidth=1.4, color=colour, label=series.subject,
+                gid=f"sledai:{series.subject}")
+        base = series.baseline
+        if base is not None:
+            ax.plot([base.day], [base.score + dodge], marker="o", markersize=11,
+                    linestyle="none", markerfacecolor="none", markeredgecolor=colour,
+                    markeredgewidth=1.5, gid=f"baseline:{series.subject}")
+    ax.axvline(0, color="black", linewidth=0.8, linestyle=":", gid="d0")
+    ax.set_xlabel("Study day (day 0 = CAR-T infusion)")
+    ax.set_ylabel("SLEDAI-2K score")
+    ax.set_ylim(bottom=-0.5)
+    ax.set_title("SLEDAI-2K per subject (large hollow circle: baseline; lines offset by "
+                 f"up to ±{SLEDAI_DODGE * (count - 1) / 2:.2g} so equal scores stay visible)",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    _subject_legend(ax, len(chart.series))
+    _note(ax, chart.not_plotted)
+    return figure
+
+
+def _subject_legend(ax: Any, subjects: int) -> None:
+    """A legend naming each subject, up to LEGEND_MAX subjects (beyond, it would hide the plot:
+    only the lines not named per subject, such as the LLOQ, stay in it)."""
+    labelled = [h for h in ax.get_lines() if not str(h.get_label()).startswith("_")]
+    if subjects <= LEGEND_MAX:
+        if labelled:
+            ax.legend(loc="upper right", fontsize=8)
+        return
+    handles = [h for h in labelled if not str(h.get_gid() or "").startswith(
+        ("sledai:", "persistence:", "baseline:", "below-lloq:"))]
+    ax.legend(handles=handles, loc="upper right", fontsize=8,
+              title=f"{subjects} subjects (not named above {LEGEND_MAX})", title_fontsize=8)
+
+
+def _note(ax: Any, skipped: dict[str, str]) -> None:
+    if skipped:
+        text = "Not plotted: " + "; ".join(f"{s} ({why})" for s, why in sorted(skipped.items()))
+        ax.annotate(text, xy=(0, -0.16), xycoords="axes fraction", fontsize=7, color="#555555",
+                    va="top")
+
+
+# --- persistence -------------------------------------------------------------------------------
+
+
+def persistence_figure(chart: PersistenceChart) -> Figure:
+    figure = _figure(10, 5.5)
+    ax = figure.add_subplot()
+    ax.set_yscale("log")
+    floor = chart.floor
+    top = max((p.copies_per_ug for s in chart.series for p in s.points), default=chart.lloq)
+    for series, colour in zip(chart.series, colours(len(chart.series)), strict=True):
+        days = [p.day for p in series.points]
+        ax.plot(days, [chart.plotted(p) for p in series.points], linewidth=1.4, color=colour,
+                marker="o", markersize=4, markevery=[p.detected for p in series.points],
+                label=series.subject, gid=f"persistence:{series.subject}", clip_on=False)
+        below = [p for p in series.points if not p.detected]
+        if below:
+            ax.plot([p.day for p in below], [floor] * len(below), marker="v", markersize=7,
+                    linestyle="none", markerfacecolor="white", markeredgecolor=colour,
+                    clip_on=False, gid=f"below-lloq:{series.subject}")
+    for value in chart.lloqs:
+        in_force = value == chart.lloq
+        ax.axhline(value, color="black", linestyle="--" if in_force else ":", linewidth=1,
+                   gid="lloq" if in_force else f"lloq:{value:g}",
+                   label=f"LLOQ {value:g} copies/µg" + ("" if in_force else " (other version)"))
+    ax.axvline(0, color="black", linewidth=0.8, linestyle=":", gid="d0")
+    ax.set_ylim(floor, max(top, chart.lloq) * 3)
+    ax.set_xlabel("Study day (day 0 = CAR-T infusion)")
+    ax.set_ylabel("CAR transgene copies/µg genomic DNA (log)")
+    ax.set_title(f"CAR-T persistence (hollow ▽ at the floor, LLOQ/10 = {floor:g}: "
+                 "below LLOQ, not detected)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    _subject_legend(ax, len(chart.series))
+    _note(ax, chart.not_plotted)
+    return figure
