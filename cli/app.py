@@ -164,6 +164,7 @@ def run(
             stdout=out,
             stderr=err,
             stdin=stdin or sys.stdin,
+            environ=environ,
         )
         json_mode = env.json
         with _redirected(out, err):

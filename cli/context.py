@@ -20,6 +20,7 @@ class Env:
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     stdin: TextIO = field(default_factory=lambda: sys.stdin)
+    environ: dict[str, str] = field(default_factory=dict)  # the environment run() was given
 
     @property
     def stdout_is_terminal(self) -> bool:

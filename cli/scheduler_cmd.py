@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,11 +28,11 @@ def notifier_options(function: F) -> F:
                         help="SMTP server for e-mail (env TRIALFLOW_SMTP).")(function)
 
 
-def _notifiers(smtp: str | None, mail_from: str | None, mail_to: tuple[str, ...],
+def _notifiers(env: Env, smtp: str | None, mail_from: str | None, mail_to: tuple[str, ...],
                webhook: str | None) -> list[Any]:
     from projections.notifiers import from_settings
 
-    return from_settings(os.environ, smtp=smtp, mail_from=mail_from, mail_to=mail_to,
+    return from_settings(env.environ, smtp=smtp, mail_from=mail_from, mail_to=mail_to,
                          webhook=webhook)
 
 
@@ -56,7 +55,7 @@ def tick(env: Env, now: datetime | None, smtp: str | None, mail_from: str | None
          mail_to: tuple[str, ...], webhook: str | None) -> None:
     from projections.scheduler import tick as one_pass
 
-    notifiers = _notifiers(smtp, mail_from, mail_to, webhook)
+    notifiers = _notifiers(env, smtp, mail_from, mail_to, webhook)
     report = one_pass(env.app.engine, env.app.store, _utc(now) or env.app.clock(), env.user,
                       notifiers)
     data = report.to_json()
@@ -77,7 +76,7 @@ def run(env: Env, interval: int, smtp: str | None, mail_from: str | None,
 
     from projections.scheduler import tick as one_pass
 
-    notifiers = _notifiers(smtp, mail_from, mail_to, webhook)
+    notifiers = _notifiers(env, smtp, mail_from, mail_to, webhook)
     app = env.app
     runner = BlockingScheduler(timezone=UTC)
 
@@ -93,7 +92,12 @@ def run(env: Env, interval: int, smtp: str | None, mail_from: str | None,
     runner.add_job(job, "interval", seconds=interval, next_run_time=datetime.now(UTC),
                    max_instances=1, coalesce=True, id="tick")
 
+    stopping: list[int] = []
+
     def stop(signum: int, _frame: object) -> None:
+        if stopping:  # a second signal while the pass in progress finishes: keep waiting
+            return
+        stopping.append(signum)
         runner.shutdown(wait=True)
 
     signal.signal(signal.SIGTERM, stop)
@@ -115,7 +119,7 @@ def reminders(env: Env, subject: str | None, pending: bool, now: datetime | None
     from projections.scheduler import reminder_list
     from projections.views import open_view
 
-    channels = [n.channel for n in _notifiers(smtp, mail_from, mail_to, webhook)]
+    channels = [n.channel for n in _notifiers(env, smtp, mail_from, mail_to, webhook)]
     view = open_view(env.app.engine, env.app.store)
     if subject is not None:
         from projections.queries import require_subject

@@ -20,7 +20,7 @@ reminders stop when a subject leaves the study or completes it; SAE clocks never
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -73,7 +73,8 @@ def due_obligations(view: View, now: datetime) -> tuple[list[Obligation], set[tu
     visits = visit_list(view, clock, None)
     clocks = ae_windows(view, clock, None)["sae_clocks"]
     wanted = visit_obligations([v for v in visits if v["subject"] in active], zones)
-    wanted += sae_obligations(clocks)
+    wanted += sae_obligations([c for c in clocks  # a clock runs from its start, not before
+                               if datetime.fromisoformat(c["starts_at"]) <= now])
     return wanted, planned_obligations(visits, clocks)
 
 
@@ -99,9 +100,17 @@ def tick(engine: Engine, store: EventStore, now: datetime, user: str | None,
     wanted, planned = due_obligations(view, now)
     subjects = [row["subject"] for row in view.subjects()]
     known = issued_reminders(store, subjects)
+    by_key: dict[tuple[str, str, str], list[Reminder]] = {}
+    for reminder in known.values():
+        by_key.setdefault((reminder.subject, reminder.obligation, reminder.kind),
+                          []).append(reminder)
     for obligation in wanted:
-        if obligation.reminder_id in known:
+        earlier = by_key.get((obligation.subject, obligation.obligation, obligation.kind), [])
+        if any(r.cancelled is None for r in earlier):
             continue
+        # planned again after a cancellation (e.g. an infusion time corrected back): a new
+        # reminder, numbered by the cancellations before it, so it too is issued once
+        obligation = replace(obligation, generation=len(earlier))
         result = desk.issue(obligation)
         if result.duplicate:
             report.already_issued += 1  # another scheduler issued it first
@@ -110,10 +119,11 @@ def tick(engine: Engine, store: EventStore, now: datetime, user: str | None,
     for reminder in known.values():
         base = reminder.obligation.split("/", 1)[0]
         if reminder.cancelled is None and (reminder.subject, base) not in planned:
-            desk.cancel(reminder, f"{reminder.obligation} is no longer planned (its target "
-                        "moved or it was withdrawn); a reminder for the new target replaces "
-                        "it.")
-            report.cancelled.append(reminder.reminder_id)
+            result = desk.cancel(reminder, f"{reminder.obligation} is no longer planned (its "
+                                 "target moved or it was withdrawn); a reminder for the new "
+                                 "target replaces it.")
+            if not result.duplicate:  # another scheduler may have cancelled it first
+                report.cancelled.append(reminder.reminder_id)
     _deliver(desk, issued_reminders(store, subjects), notifiers, now, report)
     log.info("scheduler pass", **report.to_json())
     return report

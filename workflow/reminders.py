@@ -39,10 +39,12 @@ class Obligation:
     kind: str
     due_at: str  # ISO 8601 with offset
     detail: str
+    generation: int = 0  # how many reminders of this key were cancelled before this one
 
     @property
     def key(self) -> str:
-        return f"{self.subject}|{self.obligation}|{self.kind}"
+        key = f"{self.subject}|{self.obligation}|{self.kind}"
+        return key if self.generation == 0 else f"{key}#{self.generation}"
 
     @property
     def reminder_id(self) -> str:

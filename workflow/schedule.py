@@ -195,10 +195,12 @@ def _visit_reminders(row: Mapping[str, Any], window: Window, today: date, status
 
 def _screening_reminders(row: Mapping[str, Any], window: Window, today: date, status: str,
                          lead_days: int) -> list[dict[str, Any]]:
-    """Only `screening_expiring`, in the window's last `lead_days` days: the window opens at
-    consent (nothing to announce) and, once it closes, the coordinator records the screen
-    failure, so neither an opening nor an overdue reminder is issued."""
-    expiring_from = window.window_end - timedelta(days=lead_days - 1)
+    """Only `screening_expiring`, from `lead_days` days before the window's last day (the
+    protocol's "warn 7 days before the screening window closes"; `status` lists the subject
+    from the same day): the window opens at consent (nothing to announce) and, once it
+    closes, the coordinator records the screen failure, so neither an opening nor an overdue
+    reminder is issued."""
+    expiring_from = window.window_end - timedelta(days=lead_days)
     if status == "due" and lead_days > 0 and expiring_from <= today:
         return [_reminder("screening_expiring", f"screening:{row['target_date']}",
                           expiring_from)]

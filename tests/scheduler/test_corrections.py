@@ -4,8 +4,6 @@ the next tick issues the reminders of the new target dates (DESIGN.md "Reminders
 
 from __future__ import annotations
 
-import pytest
-
 from tests.scheduler.study import SUBJECT, local, position_of, query, visits_of, write
 from tests.scheduler.support import Webhook, events, ids_by_key, issued, of_type, tick
 from tests.support.study import COORDINATOR
@@ -63,12 +61,6 @@ def test_a_corrected_infusion_date_cancels_the_old_reminders_and_issues_new_ones
     assert len(of_type(infused, "ReminderCancelled")) == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "workflow/reminders.py Obligation.reminder_id + projections/scheduler.py tick(): a "
-    "reminder id (and its command id reminder-issue-<id>) is derived from the obligation "
-    "key only, so an obligation that was cancelled and becomes planned again (the infusion "
-    "time corrected back) is skipped as 'known' and can never be issued again: its reminder "
-    "stays cancelled and is never delivered"))
 def test_an_infusion_date_corrected_back_restores_the_reminders(infused: str,
                                                                 webhook: Webhook) -> None:
     webhook.mode = "fail"

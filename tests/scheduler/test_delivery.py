@@ -10,8 +10,6 @@ from __future__ import annotations
 import signal
 from datetime import timedelta
 
-import pytest
-
 from tests.scheduler.study import SUBJECT, call, local, plus, query
 from tests.scheduler.support import (
     Mailbox,
@@ -137,10 +135,6 @@ def test_notifiers_configured_by_the_environment(infused: str, mailbox: Mailbox,
         ["cora@pku3.example", "mona@cro.example"]] * 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli/scheduler_cmd.py _notifiers() reads os.environ, not the environment given to "
-    "cli.app.run(environ=...): TRIALFLOW_WEBHOOK/SMTP/MAIL_* passed in-process are ignored "
-    "(while TRIALFLOW_DB and TRIALFLOW_USER are honoured)"))
 def test_in_process_environ_configures_the_notifiers(infused: str, webhook: Webhook) -> None:
     import io
 

@@ -148,11 +148,6 @@ def test_three_ticks_at_once_issue_and_cancel_each_reminder_once(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=(
-    "projections/scheduler.py tick(): the result of desk.cancel() is ignored, so a reminder "
-    "another scheduler cancelled first (a repeat of command reminder-cancel-<id>) is still "
-    "reported in this pass's `cancelled`; `issued` has `already_issued` for this, "
-    "cancellations have nothing"))
 def test_each_cancellation_is_reported_by_the_one_scheduler_that_made_it(
         two_subjects: tuple[str, int]) -> None:
     url, _ = two_subjects

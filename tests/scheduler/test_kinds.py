@@ -98,8 +98,8 @@ def test_screening_expiring_in_the_last_days_of_the_window(infused: str) -> None
     screen_eligible(flow, "S-002", date(2025, 2, 6), clock=clock)
     protocol = protocol_of(infused)
     end = date(2025, 2, 6) + timedelta(days=protocol.screening_window_days)
-    first = end - timedelta(days=protocol.screening_expiring_lead_days - 1)
-    assert (end, first) == (date(2025, 3, 6), date(2025, 2, 28))  # 28-day window, 7 days' lead
+    first = end - timedelta(days=protocol.screening_expiring_lead_days)  # 7 days before
+    assert (end, first) == (date(2025, 3, 6), date(2025, 2, 27))  # 28-day window, 7 days' lead
 
     def screening() -> set[tuple[str, str, str]]:
         return {k for k in issued_keys(infused) if k[1].startswith("screening:")}
@@ -111,7 +111,7 @@ def test_screening_expiring_in_the_last_days_of_the_window(infused: str) -> None
     (event,) = [e for e in events(infused, ("ReminderIssued",))
                 if e["payload"]["kind"] == "screening_expiring"]
     assert event["stream_id"] == "reminders-S-002"
-    assert event["payload"]["due_at"] == "2025-02-28T00:00:00+08:00"
+    assert event["payload"]["due_at"] == "2025-02-27T00:00:00+08:00"
     # Once the window closed the coordinator records the screen failure: no overdue alert,
     # and S-001 (enrolled) never had a screening reminder.
     tick(infused, local(end + timedelta(days=1)))

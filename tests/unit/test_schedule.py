@@ -287,11 +287,11 @@ def test_infusion_row_reminders_name_d0() -> None:
 
 
 @pytest.mark.parametrize(("today", "status", "reminders"), [
-    ("2025-03-03", "due", []),
-    ("2025-03-04", "due", [{"kind": "screening_expiring", "obligation": "screening:2025-02-10",
-                            "due_on": "2025-03-04"}]),
+    ("2025-03-02", "due", []),  # 8 days before the window's last day
+    ("2025-03-03", "due", [{"kind": "screening_expiring", "obligation": "screening:2025-02-10",
+                            "due_on": "2025-03-03"}]),  # 7 days before it
     ("2025-03-10", "due", [{"kind": "screening_expiring", "obligation": "screening:2025-02-10",
-                            "due_on": "2025-03-04"}]),
+                            "due_on": "2025-03-03"}]),
     ("2025-03-11", "overdue", []),  # the coordinator records the screen failure
 ])
 def test_screening_expiring_in_the_windows_last_lead_days(
