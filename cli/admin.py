@@ -9,7 +9,7 @@ import click
 from cli.context import Env
 from cli.options import command_id_option
 from cli.render import emit, table
-from cli.writes import show, workflow
+from cli.writes import show, workflow, writer
 
 
 @click.group("sites", help="Sites and their time zones.")
@@ -23,7 +23,7 @@ def sites() -> None:
 @command_id_option
 @click.pass_obj
 def sites_add(env: Env, site: str, tz: str, command_id: str | None) -> None:
-    show(env, f"Site {site} added ({tz})", workflow(env).add_site(env.user, site, tz, command_id))
+    show(env, f"Site {site} added ({tz})", writer(env).add_site(env.user, site, tz, command_id))
 
 
 @sites.command("list", help="List sites.")
@@ -47,8 +47,34 @@ def users() -> None:
 @command_id_option
 @click.pass_obj
 def users_add(env: Env, name: str, role: str, site: str | None, command_id: str | None) -> None:
-    outcome = workflow(env).add_user(env.user, name, role, site, command_id)
+    from cli.auth import read_secret
+    from workflow import identity
+    from workflow.signing import Signing
+
+    flow = writer(env)  # the acting admin authenticates first (first line of stdin)
+    password = None
+    if role != "scheduler":  # a service user has no password
+        password = read_secret(env, f"Password for the new user {name}")
+        identity.check_new_password(name, password)
+    outcome = flow.add_user(env.user, name, role, site, command_id)
+    if password is not None and not outcome.result.duplicate:
+        Signing(flow).change_password(env.user, name, password, None, env.app.clock())
     show(env, f"User {name} added as {role}", outcome)
+
+
+@users.command("passwd", help="Set a password: an admin for anyone, a user for themselves. "
+               "Ends the user's sessions.")
+@click.argument("name")
+@command_id_option
+@click.pass_obj
+def users_passwd(env: Env, name: str, command_id: str | None) -> None:
+    from cli.auth import read_secret
+    from workflow.signing import Signing
+
+    flow = writer(env)
+    password = read_secret(env, f"New password for {name}")
+    show(env, f"Password of {name} changed",
+         Signing(flow).change_password(env.user, name, password, command_id, env.app.clock()))
 
 
 @users.command("deactivate", help="Deactivate a user; their history stays.")
@@ -57,7 +83,7 @@ def users_add(env: Env, name: str, role: str, site: str | None, command_id: str 
 @click.pass_obj
 def users_deactivate(env: Env, name: str, command_id: str | None) -> None:
     show(env, f"User {name} deactivated",
-         workflow(env).deactivate_user(env.user, name, command_id))
+         writer(env).deactivate_user(env.user, name, command_id))
 
 
 @users.command("list", help="List users, roles, sites and whether they are active.")
@@ -83,7 +109,7 @@ def protocol_load(env: Env, file: Path, command_id: str | None) -> None:
     from workflow.protocol import read_protocol_file
 
     text = read_protocol_file(file)
-    outcome = workflow(env).load_protocol(env.user, text, str(file), command_id)
+    outcome = writer(env).load_protocol(env.user, text, str(file), command_id)
     show(env, f"Protocol version {outcome.summary['version']} loaded", outcome)
 
 
@@ -93,7 +119,7 @@ def protocol_load(env: Env, file: Path, command_id: str | None) -> None:
 @click.pass_obj
 def protocol_amend(env: Env, version: int, command_id: str | None) -> None:
     show(env, f"Protocol version {version} is in force",
-         workflow(env).amend_protocol(env.user, version, command_id))
+         writer(env).amend_protocol(env.user, version, command_id))
 
 
 @protocol.command("show", help="Show the protocol version in force.")

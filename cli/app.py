@@ -18,6 +18,7 @@ VERSION = "0.1.0"
 DEFAULT_DB = "sqlite:///trialflow.db"
 # Global options: name -> takes a value. Accepted before or after the command.
 GLOBAL_OPTIONS = {"--db": True, "--user": True, "--log-level": True, "--json": False,
+                  "--password-stdin": False,
                   "--version": False}
 # Command name -> (module:attribute, one-line help); imported only when used.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,6 +56,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "endpoints": ("cli.queries:endpoints", "SLEDAI-2K, LLDAS, renal response, persistence."),
     "ae": ("cli.queries:ae", "Adverse events, safety windows, SAE clocks."),
     "projections": ("cli.projections_cmd:projections", "Read models: status and rebuild."),
+    "login": ("cli.identity_cmd:login", "Start a session (password once, token after)."),
+    "logout": ("cli.identity_cmd:logout", "End your sessions."),
+    "sign": ("cli.identity_cmd:sign", "Sign a record electronically (password again)."),
+    "signatures": ("cli.identity_cmd:signatures", "A subject's signatures, checked."),
     "demo": ("cli.demo_cmd:demo", "A fresh database running the IM19-SLE study story."),
     "report": ("cli.report_cmd:report", "Plots (swimmer, SLEDAI-2K, persistence) and the "
                "monitoring page (HTML)."),
@@ -165,6 +170,7 @@ def run(
             stderr=err,
             stdin=stdin or sys.stdin,
             environ=environ,
+            password_stdin=bool(options.get("--password-stdin")),
         )
         json_mode = env.json
         with _redirected(out, err):

@@ -21,6 +21,7 @@ class Env:
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     stdin: TextIO = field(default_factory=lambda: sys.stdin)
     environ: dict[str, str] = field(default_factory=dict)  # the environment run() was given
+    password_stdin: bool = False  # passwords are read from stdin, one per line
 
     @property
     def stdout_is_terminal(self) -> bool:

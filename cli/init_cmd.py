@@ -24,10 +24,18 @@ def init(env: Env, admin: str | None, protocol_version: int, command_id: str | N
     data: dict[str, object] = {"database": _safe_url(env.db_url), "applied": applied,
                                "schema_version": latest_version()}
     if admin is not None:
+        from cli.auth import read_secret
+        from workflow import identity
         from workflow.commands import Workflow
+        from workflow.signing import Signing
 
-        outcome = Workflow(env.app).initialise(admin, protocol_version=protocol_version,
-                                               command_id=command_id)
+        password = read_secret(env, f"Password for the first admin {admin}")
+        identity.check_new_password(admin, password)
+        flow = Workflow(env.app)
+        outcome = flow.initialise(admin, protocol_version=protocol_version,
+                                  command_id=command_id)
+        if not outcome.result.duplicate:
+            Signing(flow).change_password(admin, admin, password, None, env.app.clock())
         data.update(outcome.summary)
     from projections.runner import Runner
 

@@ -9,12 +9,18 @@ import click
 from cli.context import Env
 from cli.options import command_id_option
 from cli.render import emit, table
-from cli.writes import show, workflow
+from cli.writes import show, workflow, writer
 from workflow.monitoring import Monitoring
 
 
 def monitoring(env: Env) -> Monitoring:
+    """For reads: no authentication."""
     return Monitoring(workflow(env))
+
+
+def monitoring_writer(env: Env) -> Monitoring:
+    """For writes: the acting user authenticated first (cli/auth.py)."""
+    return Monitoring(writer(env))
 
 
 # ---------------------------------------------------------------------- queries
@@ -35,7 +41,7 @@ def query() -> None:
 @click.pass_obj
 def query_open(env: Env, subject: str, position: int, field_name: str, text: str,
                command_id: str | None) -> None:
-    outcome = monitoring(env).open_query(env.user, subject, position, field_name, text,
+    outcome = monitoring_writer(env).open_query(env.user, subject, position, field_name, text,
                                          command_id)
     show(env, f"Query {outcome.summary['query']} opened on {field_name} of the form at "
          f"position {position} of {subject}", outcome)
@@ -53,7 +59,7 @@ def query_open(env: Env, subject: str, position: int, field_name: str, text: str
 @click.pass_obj
 def query_answer(env: Env, query_id: str, fields: tuple[str, ...], text: str,
                  reason: str | None, command_id: str | None) -> None:
-    outcome = monitoring(env).answer_query(env.user, query_id, text, fields, reason,
+    outcome = monitoring_writer(env).answer_query(env.user, query_id, text, fields, reason,
                                            command_id)
     corrected = outcome.summary.get("correction_position")
     note = f" and the form corrected (position {corrected})" if corrected else ""
@@ -67,7 +73,7 @@ def query_answer(env: Env, query_id: str, fields: tuple[str, ...], text: str,
 @command_id_option
 @click.pass_obj
 def query_close(env: Env, query_id: str, reason: str | None, command_id: str | None) -> None:
-    outcome = monitoring(env).close_query(env.user, query_id, reason, command_id)
+    outcome = monitoring_writer(env).close_query(env.user, query_id, reason, command_id)
     show(env, f"Query {outcome.summary.get('query', query_id)} closed", outcome)
 
 
@@ -100,7 +106,7 @@ def _queries_text(rows: list[dict[str, Any]]) -> str:
 @command_id_option
 @click.pass_obj
 def sdv(env: Env, subject: str, position: int, command_id: str | None) -> None:
-    outcome = monitoring(env).verify_source(env.user, subject, position, command_id)
+    outcome = monitoring_writer(env).verify_source(env.user, subject, position, command_id)
     show(env, f"Form at position {position} of {subject} source-verified", outcome)
 
 
@@ -135,7 +141,7 @@ def study() -> None:
 @command_id_option
 @click.pass_obj
 def study_lock(env: Env, reason: str, command_id: str | None) -> None:
-    show(env, "Study locked", monitoring(env).lock_study(env.user, reason, command_id))
+    show(env, "Study locked", monitoring_writer(env).lock_study(env.user, reason, command_id))
 
 
 @study.command("unlock", help="Admin: unlock the study.")
@@ -143,4 +149,4 @@ def study_lock(env: Env, reason: str, command_id: str | None) -> None:
 @command_id_option
 @click.pass_obj
 def study_unlock(env: Env, reason: str, command_id: str | None) -> None:
-    show(env, "Study unlocked", monitoring(env).unlock_study(env.user, reason, command_id))
+    show(env, "Study unlocked", monitoring_writer(env).unlock_study(env.user, reason, command_id))

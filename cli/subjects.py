@@ -8,7 +8,7 @@ import click
 
 from cli.context import Env
 from cli.options import command_id_option
-from cli.writes import DATE, DATETIME, show, workflow
+from cli.writes import DATE, DATETIME, show, writer
 
 
 @click.command("consent", help="Register a candidate in screening: consent signed on DATE.")
@@ -20,7 +20,7 @@ from cli.writes import DATE, DATETIME, show, workflow
 def consent(env: Env, subject: str, on: date, consent_form_version: str,
             command_id: str | None) -> None:
     show(env, f"Subject {subject} consented on {on}; phase screening",
-         workflow(env).consent(env.user, subject, on, consent_form_version, command_id))
+         writer(env).consent(env.user, subject, on, consent_form_version, command_id))
 
 
 @click.command("reconsent", help="Record re-consent under the protocol version in force.")
@@ -31,7 +31,7 @@ def consent(env: Env, subject: str, on: date, consent_form_version: str,
 @click.pass_obj
 def reconsent(env: Env, subject: str, consent_form_version: str, on: date | None,
               command_id: str | None) -> None:
-    outcome = workflow(env).reconsent(env.user, subject, on, consent_form_version, command_id)
+    outcome = writer(env).reconsent(env.user, subject, on, consent_form_version, command_id)
     show(env, f"Subject {subject} re-consented under protocol version "
          f"{outcome.summary.get('protocol_version')}", outcome)
 
@@ -47,7 +47,7 @@ def reconsent(env: Env, subject: str, consent_form_version: str, on: date | None
 @click.pass_obj
 def record(env: Env, subject: str, form: str, fields: tuple[str, ...], on: date | None,
            visit: str | None, command_id: str | None) -> None:
-    outcome = workflow(env).record(env.user, subject, form, fields, on, visit, command_id)
+    outcome = writer(env).record(env.user, subject, form, fields, on, visit, command_id)
     show(env, f"Form {form} recorded for {subject}", outcome)
 
 
@@ -62,7 +62,7 @@ def record(env: Env, subject: str, form: str, fields: tuple[str, ...], on: date 
 @click.pass_obj
 def correct(env: Env, subject: str, position: int, fields: tuple[str, ...], reason: str,
             command_id: str | None) -> None:
-    outcome = workflow(env).correct(env.user, subject, position, fields, reason, command_id)
+    outcome = writer(env).correct(env.user, subject, position, fields, reason, command_id)
     show(env, f"Form at position {position} of {subject} corrected", outcome)
 
 
@@ -71,7 +71,7 @@ def correct(env: Env, subject: str, position: int, fields: tuple[str, ...], reas
 @command_id_option
 @click.pass_obj
 def confirm_eligibility(env: Env, subject: str, command_id: str | None) -> None:
-    outcome = workflow(env).confirm_eligibility(env.user, subject, command_id)
+    outcome = writer(env).confirm_eligibility(env.user, subject, command_id)
     show(env, f"Subject {subject} enrolled as number {outcome.summary.get('enrolment_order')} "
          f"(cohort {outcome.summary.get('cohort')}); phase cell_collection", outcome)
 
@@ -83,7 +83,7 @@ def confirm_eligibility(env: Env, subject: str, command_id: str | None) -> None:
 @click.pass_obj
 def screen_fail(env: Env, subject: str, reason: str, command_id: str | None) -> None:
     show(env, f"Subject {subject} screen-failed ({reason})",
-         workflow(env).screen_fail(env.user, subject, reason, command_id))
+         writer(env).screen_fail(env.user, subject, reason, command_id))
 
 
 @click.command("leukapheresis", help="Record the cell collection and its chain-of-identity id.")
@@ -94,7 +94,7 @@ def screen_fail(env: Env, subject: str, reason: str, command_id: str | None) -> 
 @click.pass_obj
 def leukapheresis(env: Env, subject: str, on: date, coi_id: str, command_id: str | None) -> None:
     show(env, f"Leukapheresis of {subject} recorded (coi {coi_id})",
-         workflow(env).leukapheresis(env.user, subject, on, coi_id, command_id))
+         writer(env).leukapheresis(env.user, subject, on, coi_id, command_id))
 
 
 @click.command("release", help="Record product release (or --fail with --reason).")
@@ -108,7 +108,7 @@ def leukapheresis(env: Env, subject: str, on: date, coi_id: str, command_id: str
 @click.pass_obj
 def release(env: Env, subject: str, lot: str, coi_id: str, viable_cells: float | None,
             failed: bool, reason: str | None, command_id: str | None) -> None:
-    outcome = workflow(env).release(env.user, subject, lot, coi_id, failed=failed,
+    outcome = writer(env).release(env.user, subject, lot, coi_id, failed=failed,
                                     reason=reason, viable_cells=viable_cells,
                                     command_id=command_id)
     show(env, f"Product {lot} of {subject} {'failed QC' if failed else 'released'}", outcome)
@@ -127,7 +127,7 @@ def release(env: Env, subject: str, lot: str, coi_id: str, viable_cells: float |
 def lymphodepletion(env: Env, subject: str, doses: tuple[str, ...], on: date, deviation: bool,
                     reason: str | None, command_id: str | None) -> None:
     values = _doses(doses)
-    outcome = workflow(env).lymphodepletion(
+    outcome = writer(env).lymphodepletion(
         env.user, subject, on, values.get("fludarabine_mg", 0.0),
         values.get("cyclophosphamide_mg", 0.0), deviation=deviation, reason=reason,
         command_id=command_id)
@@ -161,7 +161,7 @@ def _doses(tokens: tuple[str, ...]) -> dict[str, float]:
 @click.pass_obj
 def infuse(env: Env, subject: str, at: datetime, cells: float, coi_id: str, deviation: bool,
            reason: str | None, command_id: str | None) -> None:
-    outcome = workflow(env).infuse(env.user, subject, at, cells, coi_id, deviation=deviation,
+    outcome = writer(env).infuse(env.user, subject, at, cells, coi_id, deviation=deviation,
                                    reason=reason, command_id=command_id)
     show(env, f"Subject {subject} infused; D0 is {outcome.summary.get('d0')}; phase follow_up",
          outcome)
@@ -180,7 +180,7 @@ def visit(env: Env, subject: str, visit: str, status: str | None, on: date | Non
     if status is None:
         raise click.UsageError("Say --done or --missed.")
     show(env, f"Visit {visit} of {subject} recorded {status}",
-         workflow(env).visit(env.user, subject, visit, status, on, command_id))
+         writer(env).visit(env.user, subject, visit, status, on, command_id))
 
 
 @click.command("complete", help="Complete the study after the D360 visit is done or missed.")
@@ -189,7 +189,7 @@ def visit(env: Env, subject: str, visit: str, status: str | None, on: date | Non
 @click.pass_obj
 def complete(env: Env, subject: str, command_id: str | None) -> None:
     show(env, f"Subject {subject} completed the study",
-         workflow(env).complete(env.user, subject, command_id))
+         writer(env).complete(env.user, subject, command_id))
 
 
 @click.command("off-study", help="Take a subject off study with a reason.")
@@ -200,4 +200,4 @@ def complete(env: Env, subject: str, command_id: str | None) -> None:
 @click.pass_obj
 def off_study(env: Env, subject: str, reason: str, command_id: str | None) -> None:
     show(env, f"Subject {subject} is off study ({reason})",
-         workflow(env).off_study(env.user, subject, reason, command_id))
+         writer(env).off_study(env.user, subject, reason, command_id))

@@ -12,6 +12,15 @@ from workflow.commands import Outcome, Workflow
 
 
 def workflow(env: Env) -> Workflow:
+    """The workflow for reads (no authentication)."""
+    return Workflow(env.app)
+
+
+def writer(env: Env) -> Workflow:
+    """The workflow for a write, once the acting user is authenticated (cli/auth.py)."""
+    from cli.auth import authenticate
+
+    authenticate(env)
     return Workflow(env.app)
 
 

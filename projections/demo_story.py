@@ -229,7 +229,7 @@ def _safety(plan: Plan, flow: Workflow, subject: str, d0: date) -> None:
             at = _ae(flow, subject, onset, [
                 "term=pneumonia", "category=infection", "grade=3",
                 "serious_criteria=hospitalisation", "expected=yes",
-                f"awareness_at={onset}T09:30:00{UTC_OFFSET}"])
+                f"awareness_at={onset}T08:30:00{UTC_OFFSET}"])
             flow.record(inv, subject, "causality", [f"ae_position={at}",
                                                     "relatedness=possible"], None, None, None)
             positions.append(at)

@@ -44,3 +44,7 @@ REMINDER_ISSUED: Final = "ReminderIssued"
 REMINDER_CANCELLED: Final = "ReminderCancelled"
 REMINDER_DELIVERED: Final = "ReminderDelivered"
 REMINDER_DELIVERY_FAILED: Final = "ReminderDeliveryFailed"
+
+# identity and signatures (21 CFR Part 11)
+CREDENTIALS_CHANGED: Final = "CredentialsChanged"  # study stream; never the hash
+SIGNATURE_RECORDED: Final = "SignatureRecorded"  # subject stream, bound to an event's hash

@@ -54,10 +54,11 @@ STATUS_KEYS = ("phase", "days_in_phase", "study_day", "cohort", "next_step")
 
 
 def call(db: str, *argv: str, stdout: Any = None) -> tuple[int, str, str]:
-    from cli.app import run
+    from tests.support.auth import run_cli
 
     out, err = stdout or io.StringIO(), io.StringIO()
-    status = int(run(["--db", db, *argv], stdout=out, stderr=err, environ={}))
+    status = int(run_cli(["--db", db, *argv], stdout=out, stderr=err,
+                     environ=None))
     return status, out.getvalue() if stdout is None else "", err.getvalue()
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import click
 import pytest
 
-from cli.app import run, split_globals
+from cli.app import split_globals
 from cli.errors import failure_of
 from cli.exit_codes import ExitStatus
 from events.envelope import NewEvent
 from events.errors import ConcurrencyConflict, StoreUnavailable
 from events.store import AppendContext
+from tests.support.auth import run_cli
 from workflow.bootstrap import build_app
 from workflow.errors import RuleViolation
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def call(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    status = run(list(argv), stdout=out, stderr=err, environ={})
+    status = run_cli(list(argv), stdout=out, stderr=err)
     return status, out.getvalue(), err.getvalue()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cli.app import run
+from tests.support.auth import run_cli
 from workflow.bootstrap import build_app
 
 CONSENT = (date.today() - timedelta(days=3)).isoformat()
@@ -23,7 +23,8 @@ SDV_KEYS = {"subject", "position", "form", "on", "verified", "verified_by", "ver
 
 def call(db: str, *argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    status = run(["--db", db, *argv], stdout=out, stderr=err, environ={})
+    status = run_cli(["--db", db, *argv], stdout=out, stderr=err,
+                 environ=None)
     return status, out.getvalue(), err.getvalue()
 
 

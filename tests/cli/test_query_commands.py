@@ -59,9 +59,9 @@ def call(db: str, *argv: str) -> tuple[int, str, str]:
 
 
 def run_cli(argv: list[str], out: io.StringIO, err: io.StringIO) -> int:
-    from cli.app import run
+    from tests.support.auth import run_cli as authenticated
 
-    return int(run(argv, stdout=out, stderr=err, environ={}))
+    return authenticated(argv, stdout=out, stderr=err)
 
 
 def query(db: str, *argv: str) -> Any:

@@ -8,7 +8,7 @@ import json
 from datetime import date, timedelta
 from pathlib import Path
 
-from cli.app import run
+from tests.support.auth import run_cli
 from workflow.bootstrap import build_app
 
 CONSENT = (date.today() - timedelta(days=3)).isoformat()
@@ -16,7 +16,8 @@ CONSENT = (date.today() - timedelta(days=3)).isoformat()
 
 def call(db: str, *argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    status = run(["--db", db, *argv], stdout=out, stderr=err, environ={})
+    status = run_cli(["--db", db, *argv], stdout=out, stderr=err,
+                 environ=None)
     return status, out.getvalue(), err.getvalue()
 
 

@@ -49,11 +49,11 @@ def store_of(url: str) -> EventStore:
 
 
 def cli(db: str, *argv: str, user: str | None = None) -> tuple[int, str, str]:
-    from cli.app import run
+    from tests.support.auth import run_cli
 
     out, err = io.StringIO(), io.StringIO()
     args = ["--db", db, *(["--user", user] if user else []), *argv]
-    status = run(args, stdout=out, stderr=err, environ={})
+    status = run_cli(args, stdout=out, stderr=err, environ=None)
     return int(status), out.getvalue(), err.getvalue()
 
 

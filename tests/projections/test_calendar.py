@@ -73,10 +73,11 @@ BY_CODE = {site.code: site for site in SITES}
 
 
 def call(db: str, *argv: str) -> tuple[int, str, str]:
-    from cli.app import run
+    from tests.support.auth import run_cli
 
     out, err = io.StringIO(), io.StringIO()
-    status = run(["--db", db, *argv], stdout=out, stderr=err, environ={})
+    status = run_cli(["--db", db, *argv], stdout=out, stderr=err,
+                 environ=None)
     return int(status), out.getvalue(), err.getvalue()
 
 

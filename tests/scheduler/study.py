@@ -52,10 +52,11 @@ def protocol_of(url: str) -> Protocol:
 
 
 def call(url: str, *argv: str) -> tuple[int, str, str]:
-    from cli.app import run
+    from tests.support.auth import run_cli
 
     out, err = io.StringIO(), io.StringIO()
-    status = int(run(["--db", url, *argv], stdout=out, stderr=err, environ={}))
+    status = int(run_cli(["--db", url, *argv], stdout=out, stderr=err,
+                     environ=None))
     return status, out.getvalue(), err.getvalue()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.auth import login_environ
 from tests.support.clock import FakeClock
 from tests.support.study import INVESTIGATOR, enrol, new_study, screen_eligible
 
@@ -26,10 +28,12 @@ def test_two_processes_cannot_both_take_the_last_place(postgres_url: str) -> Non
     for subject in ("S-006", "S-007"):
         screen_eligible(flow, subject, start, clock=clock)
     clock.set(f"{today.isoformat()}T04:00:00+00:00")
+    environ = {**os.environ, **login_environ(["--db", postgres_url, "--user", INVESTIGATOR])}
     procs = [
         subprocess.Popen([sys.executable, "-m", "cli", "--db", postgres_url, "--user",
                           INVESTIGATOR, "--json", "confirm-eligibility", subject],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=environ)
         for subject in ("S-006", "S-007")
     ]
     codes = []
