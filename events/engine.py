@@ -3,20 +3,41 @@
 SQLite: WAL, synchronous=FULL (a committed clinical record survives power loss), a busy
 timeout, foreign keys on, and the driver's own transaction handling switched off so that
 writers open with BEGIN IMMEDIATE (they take the write lock before reading the stream head).
+The connections of a file database are pooled (SQLAlchemy's QueuePool, as for any file
+database): each is opened and configured once, not per command; closing the last connection
+of a WAL database checkpoints and removes the WAL, which NullPool did on every command. The
+pool never makes a caller wait (its overflow is unbounded, as NullPool's was); SQLite's own
+locks, not the pool, serialise writers across threads and processes. An in-memory database
+keeps SQLAlchemy's default (one connection per thread).
 PostgreSQL: psycopg 3; appends serialise on a transaction-level advisory lock (store.py).
+Connections are pinged on checkout like `pool_pre_ping`, by a listener the event store can
+switch off for its own checkouts (see `_postgres_engine`).
+
+Pooled connections must not cross a fork: a child process starts with empty pools (the
+parent's connections are left to the parent), see `_forget_pools_after_fork`.
 """
 
 from __future__ import annotations
 
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 DEFAULT_URL = "sqlite:///trialflow.db"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_POOL_SIZE = 5  # connections kept open per engine (more are opened, then closed, on demand)
 WRITE = {"trialflow_write": True}  # execution option: this connection's transaction writes
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+_FRESH = "trialflow_fresh"  # connection-record info key: not yet checked out
+_UNPINGED: ContextVar[bool] = ContextVar("trialflow_unpinged", default=False)
 
 
 def normalise_url(url: str) -> str:
@@ -32,15 +53,67 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, busy_timeout_ms)
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        engine = _sqlite_engine(url, busy_timeout_ms)
+    else:
+        engine = _postgres_engine(url)
+    _ENGINES.add(engine)
+    return engine
+
+
+def _postgres_engine(url: str) -> Engine:
+    """A pool whose connections are pinged on checkout, exactly as `pool_pre_ping=True` does
+    (a dead one is replaced, and the connections older than it are recycled), except for a
+    checkout made inside `unpinged()`: the event store proves a connection alive with its own
+    first round trip instead, and retries on a fresh one when that trip finds it dead
+    (events/store.py), which saves a round trip per command."""
+    engine = create_engine(url, pool_size=2, max_overflow=4)
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_FRESH] = True  # a new connection needs no ping (nor does pre-ping)
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.info.pop(_FRESH, False) or _UNPINGED.get():
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if not dialect.is_disconnect(error, dbapi_connection, None):
+                raise
+            alive = False
+        if not alive:  # the pool reconnects, and recycles the connections older than this
+            raise sa_exc.InvalidatePoolError("the connection failed its ping")
+
+    return engine
+
+
+@contextmanager
+def unpinged() -> Iterator[None]:
+    """Checkouts in this block skip the ping: the caller's first round trip is the check."""
+    token = _UNPINGED.set(True)
+    try:
+        yield
+    finally:
+        _UNPINGED.reset(token)
+
+
+def _is_file_database(url: str) -> bool:
+    parsed = make_url(url)
+    return bool(parsed.database) and parsed.database != ":memory:" and (
+        parsed.query.get("mode") != "memory"
+    )
 
 
 def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
+    pool_args: dict[str, Any] = {}
+    if _is_file_database(url):  # QueuePool, SQLAlchemy's choice for file databases
+        pool_args = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": -1}
     engine = create_engine(
         url,
-        poolclass=NullPool,
         connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+        **pool_args,
     )
     read_only = "mode=ro" in url
 
@@ -65,3 +138,15 @@ def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def _forget_pools_after_fork() -> None:
+    """In a forked child, drop the pools' references to the parent's connections without
+    closing them (SQLAlchemy's `dispose(close=False)` recipe): a SQLite or PostgreSQL
+    connection must never be used by two processes."""
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Final
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final, overload
 
 GENESIS_HASH: Final = "0" * 64
 
@@ -41,10 +40,33 @@ ENVELOPE_FIELDS: Final[tuple[str, ...]] = (
 HASHED_FIELDS: Final[tuple[str, ...]] = ENVELOPE_FIELDS[:-1]
 
 
+# json.dumps with these arguments builds a new encoder on every call; one shared encoder gives
+# the same text (`encode` keeps no state between calls and is safe across threads).
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, compact separators, no NaN or infinity (RFC 8785 for our value types)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return _CANONICAL.encode(value)
+
+
+_encode_string: Final = json.encoder.encode_basestring  # what the encoder above uses for str
+
+
+def canonical_value(value: Any) -> str:
+    """`canonical_json(value)`, faster for the envelope's usual types (str, int, None): the
+    same text, since for them the encoder does exactly this; anything else goes to it."""
+    cls = value.__class__
+    if cls is str:
+        text: str = _encode_string(value)
+        return text
+    if value is None:
+        return "null"
+    if cls is int:
+        return int.__repr__(value)
+    return canonical_json(value)
 
 
 def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
@@ -66,6 +88,25 @@ class NewEvent:
     occurred_at: str | None = None  # ISO 8601 with offset; defaults to the recorded time
     reason: str | None = None
     causation_id: str | None = None
+
+
+class _DecodedPayload:
+    """`RecordedEvent.payload`: the stored JSON text decoded on first access, then kept in the
+    instance (like `functools.cached_property`, without its lock, which on Python 3.11 is one
+    lock shared by every instance)."""
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> _DecodedPayload: ...
+    @overload
+    def __get__(self, instance: RecordedEvent, owner: type[Any]) -> dict[str, Any]: ...
+    def __get__(
+        self, instance: RecordedEvent | None, owner: type[Any]
+    ) -> dict[str, Any] | _DecodedPayload:
+        if instance is None:
+            return self
+        value: dict[str, Any] = json.loads(instance.payload_text)
+        instance.__dict__["payload"] = value  # found first from now on (a non-data descriptor)
+        return value
 
 
 @dataclass(frozen=True)
@@ -90,10 +131,7 @@ class RecordedEvent:
     prev_hash: str
     hash: str
 
-    @cached_property
-    def payload(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.payload_text)
-        return value
+    payload = _DecodedPayload()  # not a dataclass field: no annotation
 
     def envelope(self) -> dict[str, Any]:
         """The row as stored, with the envelope's names (`payload` as its JSON text)."""
@@ -121,6 +159,24 @@ class RecordedEvent:
         return event_hash(self.envelope())
 
 
-def from_row(row: Any) -> RecordedEvent:
+_RECORDED_FIELDS: Final = tuple(f.name for f in fields(RecordedEvent))
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def from_row(row: Sequence[Any]) -> RecordedEvent:
     """Build a RecordedEvent from a row in ENVELOPE_FIELDS order."""
     return RecordedEvent(*row)
+
+
+def from_rows(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
+    """`from_row` for many rows at once, filling each instance's attributes in one step (the
+    generated `__init__` of a frozen dataclass sets them one by one through
+    `object.__setattr__`). The result is the same: equal, hashable, frozen instances."""
+    names, new, set_attribute = _RECORDED_FIELDS, _new_object, _set_attribute
+    events = []
+    for row in rows:  # rows come from a SELECT of exactly these columns
+        event = new(RecordedEvent)
+        set_attribute(event, "__dict__", dict(zip(names, row)))  # noqa: B905
+        events.append(event)
+    return events

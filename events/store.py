@@ -1,4 +1,4 @@
-"""The append-only event store on SQLAlchemy Core: atomic, optimistic, idempotent appends.
+"""The append-only event store: atomic, optimistic, idempotent appends.
 
 Appends are serialised: SQLite by `BEGIN IMMEDIATE` (the database write lock), PostgreSQL by a
 transaction-level advisory lock taken before anything is read. Under that lock the appender
@@ -8,46 +8,72 @@ therefore position order, and a follower reading `position > checkpoint` can nev
 event that commits late with a lower position (the high-water-mark problem of sequences
 under concurrent writers). An advisory lock, unlike `LOCK TABLE … IN EXCLUSIVE MODE`, needs no
 privilege beyond INSERT and SELECT, so it works for per-person logins (docs/event-store.md).
+
+The store talks to the driver's own connection (`sqlite3` / `psycopg`), taken from the
+engine's pool (`events.translate.driver_connection`): its statements are plain SQL text with
+no SQLAlchemy construct to compile and no result to process, so the engine only pools and
+configures the connections. Under the lock one statement reads everything an append needs
+(the last position and time, the command id's earlier result, each stream's head). On
+PostgreSQL BEGIN, the lock and that read go out together, as do the inserts and COMMIT
+(psycopg's pipeline mode), so an append costs two round trips; the pool's checkout ping is
+skipped, since the first of them proves the connection alive, and an append or read whose
+connection turns out dead before it answered is retried on a fresh one (engine.py).
+Reads of the whole log run one query and fetch it a batch at a time (a server-side cursor on
+PostgreSQL), so memory stays bounded by the batch size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
-from events.engine import WRITE
 from events.envelope import (
     ENVELOPE_FIELDS,
     GENESIS_HASH,
     NewEvent,
     RecordedEvent,
     canonical_json,
-    event_hash,
+    canonical_value,
+    from_rows,
 )
-from events.errors import ConcurrencyConflict, IdempotencyMismatch
+from events.errors import ConcurrencyConflict, IdempotencyMismatch, StoreUnavailable
 from events.streams import check_stream_id
-from events.translate import translated
+from events.translate import driver_connection, lost_connection
 
 APPEND_LOCK_KEY: Final = 7_320_002  # pg_advisory_xact_lock id shared by every appender
 ANY_VERSION: Final = None
 _COLUMNS: Final = ", ".join(ENVELOPE_FIELDS)
+_READ_CURSOR: Final = "trialflow_read_all"  # PostgreSQL server-side cursor of read_batches
+SQLITE_ROWS_PER_INSERT: Final = 200  # rows per multi-row INSERT statement on SQLite
+_UNSET: Final = object()
 
 log = structlog.get_logger("trialflow.events")
+
+_sha256 = hashlib.sha256
+_encode = canonical_value
 
 
 def format_utc(moment: datetime) -> str:
     """Recorded times: UTC, microseconds, `Z`; fixed width, so text order is time order."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = moment.astimezone(UTC)
+    if moment.year >= 1000:  # the same text as strftime below, in a third of the time
+        return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,11 @@ class _Head:
     hash: str
 
 
+# The payloads of an append as their canonical JSON text, one list per StreamAppend; None when
+# they could not be serialised before the lock (see `_payload_texts`).
+_Texts = list[list[str]] | None
+
+
 @dataclass
 class EventStore:
     """Append and read events. `clock` overrides the database clock (tests, simulations)."""
@@ -115,10 +146,27 @@ class EventStore:
     clock: Callable[[], datetime] | None = None
     _sqlite: bool = field(init=False)
     _mark: str = field(init=False)
+    _insert_event: str = field(init=False)
+    _insert_command: str = field(init=False)
+    _insert_event_and_command: str = field(init=False)
+    _state_sql: dict[int, str] = field(init=False)
+    _multi_insert: dict[int, str] = field(init=False)
 
     def __post_init__(self) -> None:
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._mark = "?" if self._sqlite else "%s"
+        marks = ", ".join([self._mark] * len(ENVELOPE_FIELDS))
+        self._insert_event = f"INSERT INTO events ({_COLUMNS}) VALUES ({marks})"
+        self._insert_command = (
+            "INSERT INTO commands (command_id, request_hash, result, recorded_at) VALUES "
+            f"({self._mark}, {self._mark}, {self._mark}, {self._mark})"
+        )
+        # PostgreSQL: a data-modifying CTE inserts the event and the command in one statement
+        self._insert_event_and_command = (
+            f"WITH event AS ({self._insert_event}) {self._insert_command}"
+        )
+        self._state_sql = {}
+        self._multi_insert = {}
 
     # ---------------------------------------------------------------- appending
     def append(
@@ -137,129 +185,308 @@ class EventStore:
         for item in appends:
             check_stream_id(item.stream_id)
         command_id = context.command_id or str(uuid.uuid4())
-        request_hash = context.request_hash or _request_hash(appends, context)
-        with (
-            translated(),
-            self.engine.connect().execution_options(**WRITE) as conn,
-            conn.begin(),
-        ):
-            self._lock(conn)
-            existing = self._find_command(conn, command_id)
-            if existing is not None:
-                return _repeat(existing, request_hash)
-            result, rows = self._write(conn, appends, context, command_id, request_hash)
-        for row in rows:
-            log.info(
-                "event appended",
-                stream=row[1], version=row[2], type=row[3], actor=row[8], position=row[0],
-            )
+        # Serialising the payloads needs no lock: done first, it also shortens the lock's hold.
+        texts = _payload_texts(appends, strict=context.request_hash is None)
+        request_hash = context.request_hash or _request_hash(appends, context, texts)
+        args = (appends, context, command_id, request_hash, texts)
+        if self._sqlite:
+            with driver_connection(self.engine) as driver:  # translates the driver's errors
+                result, rows = self._append_sqlite(driver, *args)
+        else:
+            attempts = self._attempts()
+            for attempt in range(1, attempts + 1):
+                trip = _Trip()
+                token = _TRIP.set(trip)
+                try:
+                    with driver_connection(self.engine, unpinged=True) as driver:
+                        result, rows = self._append_postgres(driver, *args)
+                    break
+                except StoreUnavailable as error:
+                    # The connection was dead before it answered (a server restart, say):
+                    # nothing was sent but BEGIN, the lock and the read, so try a fresh one,
+                    # as the pool's ping would have.
+                    if trip.answered or attempt == attempts or not lost_connection(error):
+                        raise
+                finally:
+                    _TRIP.reset(token)
+        if rows:
+            _log_appended(rows)
         return result
 
-    def _lock(self, conn: Connection) -> None:
-        if not self._sqlite:  # SQLite already holds the write lock (BEGIN IMMEDIATE)
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+    def _attempts(self) -> int:
+        """Tries of an unpinged operation: enough to meet every pooled connection dead."""
+        size = getattr(self.engine.pool, "size", None)
+        return (int(size()) if callable(size) else 0) + 1
+
+    def _append_sqlite(
+        self, driver: Any, *args: Any
+    ) -> tuple[AppendResult, list[tuple[Any, ...]]]:
+        cursor = driver.cursor()
+        self._lock(cursor)
+        try:
+            written = self._write(cursor, *args)
+            driver.commit()
+        except BaseException:
+            _rollback(driver)
+            raise
+        return written
+
+    def _append_postgres(
+        self, driver: Any, *args: Any
+    ) -> tuple[AppendResult, list[tuple[Any, ...]]]:
+        # Autocommit, so the transaction is our own BEGIN … COMMIT, and pipeline mode: BEGIN,
+        # the lock and the read go out together (the server runs them in order, so the read's
+        # snapshot is taken once the lock is held), then the inserts and COMMIT together.
+        # Two round trips instead of six.
+        with _autocommit(driver):
+            cursor = driver.cursor()  # one cursor for all (each execute's result is read
+            # before the next, or not at all)
+            try:
+                with driver.pipeline():
+                    self._lock(cursor)
+                    written = self._write(cursor, *args)
+                    cursor.execute("COMMIT")
+            except BaseException:
+                _rollback(driver)
+                raise
+        return written
+
+    def _lock(self, cursor: Any) -> None:
+        """Open the append's transaction holding the append lock, before anything is read."""
+        if self._sqlite:
+            cursor.execute("BEGIN IMMEDIATE")  # the database's write lock
+        else:  # released by COMMIT or ROLLBACK
+            cursor.execute("BEGIN")
+            cursor.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
 
     def _write(
         self,
-        conn: Connection,
+        cursor: Any,
         appends: Sequence[StreamAppend],
         context: AppendContext,
         command_id: str,
         request_hash: str,
+        texts: _Texts,
     ) -> tuple[AppendResult, list[tuple[Any, ...]]]:
-        last_position, last_recorded = self._tail(conn)
-        recorded_at = max(self._now(conn), last_recorded)
+        """Under the append lock: read the log's state, then either return the command's first
+        result (a repeat), or check the expected versions and insert the events and the
+        command. Returns the result and the inserted rows (none for a repeat)."""
+        streams = list(dict.fromkeys(item.stream_id for item in appends))
+        row = cursor.execute(self._state_query(len(streams)), (command_id, *streams)).fetchone()
+        _answered()  # the connection is alive: from here on a lost one is not retried
+        last_position = 0 if row[0] is None else int(row[0])
+        last_recorded = "" if row[1] is None else str(row[1])
+        if row[2] is not None:  # this command id was carried out before
+            earlier = AppendResult.from_json(json.loads(row[3]), duplicate=True)
+            return _repeat(CommandRecord(command_id, str(row[2]), earlier), request_hash), []
+        if texts is None:  # a payload is not serialisable: raise here, under the lock
+            texts = _payload_texts(appends, strict=True)
+            assert texts is not None
+        if self.clock is not None:
+            now = format_utc(self.clock())
+        elif self._sqlite:  # an embedded database: its clock is this host's clock
+            now = format_utc(datetime.now(UTC))
+        else:
+            now = format_utc(row[4])  # clock_timestamp(), read under the lock
+        recorded_at = max(now, last_recorded)
+        heads: dict[str, _Head] = {}
+        column = 4 if self._sqlite else 5  # the first head, after tail, command (and clock)
+        for stream in streams:
+            version_value, hash_value = row[column], row[column + 1]
+            heads[stream] = (
+                _Head(0, GENESIS_HASH) if version_value is None
+                else _Head(int(version_value), str(hash_value))
+            )
+            column += 2
         correlation_id = context.correlation_id or command_id
+        actor, role, site = context.actor, context.role, context.site
         rows: list[tuple[Any, ...]] = []
         versions: dict[str, int] = {}
-        heads: dict[str, _Head] = {}
         position = last_position
-        for item in appends:
-            if item.stream_id not in heads:  # a stream named twice continues from its first part
-                heads[item.stream_id] = self._head(conn, item.stream_id)
-            head = heads[item.stream_id]
+        # The hash of an event is SHA-256 of the canonical JSON of its envelope without `hash`
+        # (events.envelope.canonical_bytes: sorted keys, compact separators). It is written
+        # out here directly: the values the events of an append share are encoded once, None
+        # is `null`, our own hex digests need no escaping, and `canonical_value` does the
+        # rest. tests/contract checks the result against `event_hash` (verify() after every
+        # append scenario, and a test of awkward values).
+        encode = _encode
+        shared_head = f'{{"actor":{encode(actor)},"causation_id":'
+        shared_ids = (
+            f',"command_id":{encode(command_id)},"correlation_id":{encode(correlation_id)},'
+            '"occurred_at":'
+        )
+        recorded_j = encode(recorded_at)
+        shared_tail = f',"recorded_at":{recorded_j},"role":{encode(role)},"schema_version":'
+        site_j = encode(site)
+        # the events of an append mostly share their type and schema version
+        last_kind: object = _UNSET
+        last_schema: object = _UNSET
+        kind_j = schema_j = ""
+        for item, payloads in zip(appends, texts, strict=True):
+            stream_id = item.stream_id
+            head = heads[stream_id]
             if item.expected_version is not None and item.expected_version != head.version:
-                raise ConcurrencyConflict(item.stream_id, item.expected_version, head.version)
-            for new in item.events:
+                raise ConcurrencyConflict(stream_id, item.expected_version, head.version)
+            stream_part = f',"site":{site_j},"stream_id":{encode(stream_id)},"type":'
+            version, prev_hash = head.version, head.hash
+            prev_j = encode(prev_hash)
+            for new, payload in zip(item.events, payloads, strict=True):
                 position += 1
-                head.version += 1
-                fields = {
-                    "position": position,
-                    "stream_id": item.stream_id,
-                    "version": head.version,
-                    "type": new.type,
-                    "schema_version": new.schema_version,
-                    "payload": canonical_json(new.payload),
-                    "occurred_at": new.occurred_at or recorded_at,
-                    "recorded_at": recorded_at,
-                    "actor": context.actor,
-                    "role": context.role,
-                    "site": context.site,
-                    "reason": new.reason,
-                    "command_id": command_id,
-                    "correlation_id": correlation_id,
-                    "causation_id": new.causation_id,
-                    "prev_hash": head.hash,
-                }
-                head.hash = event_hash(fields)
-                rows.append((*fields.values(), head.hash))
-            versions[item.stream_id] = head.version
-        marks = ", ".join([self._mark] * len(ENVELOPE_FIELDS))
-        if rows:
-            conn.exec_driver_sql(f"INSERT INTO events ({_COLUMNS}) VALUES ({marks})", rows)
+                version += 1
+                causation, reason, kind, schema = (
+                    new.causation_id, new.reason, new.type, new.schema_version
+                )
+                if kind is not last_kind:
+                    last_kind, kind_j = kind, encode(kind)
+                if schema is not last_schema:
+                    last_schema, schema_j = schema, encode(schema)
+                occurred_at = new.occurred_at or recorded_at
+                text = (
+                    f'{shared_head}{"null" if causation is None else encode(causation)}'
+                    f'{shared_ids}'
+                    f'{recorded_j if occurred_at is recorded_at else encode(occurred_at)}'
+                    f',"payload":{encode(payload)},"position":{position},"prev_hash":{prev_j},'
+                    f'"reason":{"null" if reason is None else encode(reason)}'
+                    f'{shared_tail}{schema_j}{stream_part}{kind_j},"version":{version}}}'
+                )
+                digest = _sha256(text.encode()).hexdigest()
+                rows.append((
+                    position, stream_id, version, kind, schema, payload,
+                    occurred_at, recorded_at, actor, role, site, reason, command_id,
+                    correlation_id, causation, prev_hash, digest,
+                ))
+                prev_hash, prev_j = digest, f'"{digest}"'
+            head.version, head.hash = version, prev_hash
+            versions[stream_id] = version
         result = AppendResult(
             command_id=command_id,
-            positions=tuple(row[0] for row in rows),
+            positions=tuple(range(last_position + 1, position + 1)),
             versions=versions,
             recorded_at=recorded_at,
         )
-        conn.exec_driver_sql(
-            "INSERT INTO commands (command_id, request_hash, result, recorded_at) VALUES "
-            f"({self._mark}, {self._mark}, {self._mark}, {self._mark})",
-            (command_id, request_hash, canonical_json(result.to_json()), recorded_at),
+        # canonical_json(result.to_json()), written out: sorted keys at both levels
+        versions_j = ",".join([f"{encode(k)}:{v}" for k, v in sorted(versions.items())])
+        result_j = (
+            f'{{"command_id":{encode(command_id)},'
+            f'"positions":[{",".join(map(str, result.positions))}],'
+            f'"recorded_at":{recorded_j},"versions":{{{versions_j}}}}}'
         )
+        command = (command_id, request_hash, result_j, recorded_at)
+        self._insert(cursor, rows, command)
         return result, rows
 
-    def _now(self, conn: Connection) -> str:
-        if self.clock is not None:
-            return format_utc(self.clock())
-        if self._sqlite:  # an embedded database: its clock is this host's clock
-            return format_utc(datetime.now(UTC))
-        return format_utc(conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one())
+    def _insert(self, cursor: Any, rows: list[tuple[Any, ...]], command: tuple[Any, ...]) -> None:
+        """Insert the events and the command. PostgreSQL: one statement for a single event,
+        else psycopg's pipelined `executemany`. SQLite: `INSERT … VALUES (…), (…), …` of up to
+        SQLITE_ROWS_PER_INSERT rows per statement (fewer statement steps than `executemany`),
+        the remainder and single events row by row."""
+        if len(rows) == 1 and not self._sqlite:  # one statement for both
+            cursor.execute(self._insert_event_and_command, (*rows[0], *command))
+            return
+        if self._sqlite and len(rows) >= SQLITE_ROWS_PER_INSERT:
+            chunk = self._sqlite_rows_per_insert(cursor.connection)
+            full = len(rows) - len(rows) % chunk
+            if full:
+                sql = self._insert_events_sql(chunk)
+                execute = cursor.execute
+                for start in range(0, full, chunk):
+                    execute(sql, [value for row in rows[start:start + chunk] for value in row])
+            rows = rows[full:]
+        if len(rows) == 1:
+            cursor.execute(self._insert_event, rows[0])
+        elif rows:
+            cursor.executemany(self._insert_event, rows)
+        cursor.execute(self._insert_command, command)
 
-    def _tail(self, conn: Connection) -> tuple[int, str]:
-        row = conn.exec_driver_sql(
-            "SELECT position, recorded_at FROM events ORDER BY position DESC LIMIT 1"
-        ).first()
-        return (0, "") if row is None else (int(row[0]), str(row[1]))
+    def _sqlite_rows_per_insert(self, connection: Any) -> int:
+        """SQLITE_ROWS_PER_INSERT, fewer if this SQLite binds fewer variables per statement."""
+        limit = int(connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        return max(1, min(SQLITE_ROWS_PER_INSERT, limit // len(ENVELOPE_FIELDS)))
 
-    def _head(self, conn: Connection, stream_id: str) -> _Head:
-        row = conn.exec_driver_sql(
-            f"SELECT version, hash FROM events WHERE stream_id = {self._mark} "
-            "ORDER BY version DESC LIMIT 1",
-            (stream_id,),
-        ).first()
-        return _Head(0, GENESIS_HASH) if row is None else _Head(int(row[0]), str(row[1]))
+    def _insert_events_sql(self, rows: int) -> str:
+        sql = self._multi_insert.get(rows)
+        if sql is None:
+            one = f"({', '.join([self._mark] * len(ENVELOPE_FIELDS))})"
+            sql = self._multi_insert[rows] = (
+                f"INSERT INTO events ({_COLUMNS}) VALUES {', '.join([one] * rows)}"
+            )
+        return sql
 
-    def _find_command(self, conn: Connection, command_id: str) -> CommandRecord | None:
-        row = conn.exec_driver_sql(
-            f"SELECT request_hash, result FROM commands WHERE command_id = {self._mark}",
-            (command_id,),
-        ).first()
-        if row is None:
-            return None
-        result = AppendResult.from_json(json.loads(row[1]), duplicate=True)
-        return CommandRecord(command_id, str(row[0]), result)
+    def _state_query(self, streams: int) -> str:
+        """One statement for everything an append reads under the lock: the last position and
+        recorded time, the command id's earlier request hash and result, on PostgreSQL the
+        database clock, then each stream's last version and hash (NULLs when absent).
+        Parameters: the command id, then the stream ids. Each part is an index lookup; SQLite
+        runs scalar subqueries fastest, PostgreSQL plans joined subqueries fastest."""
+        sql = self._state_sql.get(streams)
+        if sql is None:
+            if self._sqlite:
+                last = "(SELECT {} FROM events ORDER BY position DESC LIMIT 1)"
+                command = "(SELECT {} FROM commands WHERE command_id = ?1)"
+                head = "(SELECT {} FROM events WHERE stream_id = ?{} ORDER BY version DESC LIMIT 1)"
+                columns = [last.format("position"), last.format("recorded_at"),
+                           command.format("request_hash"), command.format("result")]
+                for i in range(streams):
+                    columns += [head.format("version", i + 2), head.format("hash", i + 2)]
+                sql = f"SELECT {', '.join(columns)}"
+            else:
+                columns = ["t.position", "t.recorded_at", "c.request_hash", "c.result",
+                           "clock_timestamp()"]
+                joins = [
+                    "LEFT JOIN (SELECT position, recorded_at FROM events "
+                    "ORDER BY position DESC LIMIT 1) t ON true",
+                    "LEFT JOIN (SELECT request_hash, result FROM commands "
+                    "WHERE command_id = %s) c ON true",
+                ]
+                for i in range(streams):
+                    columns += [f"h{i}.version", f"h{i}.hash"]
+                    joins.append(
+                        "LEFT JOIN (SELECT version, hash FROM events WHERE stream_id = %s "
+                        f"ORDER BY version DESC LIMIT 1) h{i} ON true"
+                    )
+                sql = f"SELECT {', '.join(columns)} FROM (SELECT 1) o {' '.join(joins)}"
+            self._state_sql[streams] = sql
+        return sql
 
     # ---------------------------------------------------------------- reading
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one query, which is its own transaction (no BEGIN … ROLLBACK around
+        it: on PostgreSQL two round trips fewer, and psycopg keeps its prepared statements).
+        On PostgreSQL the query itself checks the connection (a read can always be retried)."""
+        rows: list[Any]
+        if self._sqlite:
+            with driver_connection(self.engine) as driver:
+                rows = driver.execute(sql, tuple(params)).fetchall()
+            return rows
+        attempts = self._attempts()
+        for attempt in range(1, attempts + 1):
+            try:
+                with driver_connection(self.engine, unpinged=True) as driver, _autocommit(driver):
+                    rows = driver.execute(sql, tuple(params)).fetchall()
+                break
+            except StoreUnavailable as error:
+                if attempt == attempts or not lost_connection(error):
+                    raise
+        return rows
+
     def find_command(self, command_id: str) -> CommandRecord | None:
         """The first result of a command id, if that command was already carried out."""
-        with translated(), self.engine.connect() as conn:
-            return self._find_command(conn, command_id)
+        rows = self._fetch(
+            f"SELECT request_hash, result FROM commands WHERE command_id = {self._mark}",
+            (command_id,),
+        )
+        if not rows:
+            return None
+        result = AppendResult.from_json(json.loads(rows[0][1]), duplicate=True)
+        return CommandRecord(command_id, str(rows[0][0]), result)
 
     def stream_version(self, stream_id: str) -> int:
-        with translated(), self.engine.connect() as conn:
-            return self._head(conn, stream_id).version
+        rows = self._fetch(
+            f"SELECT version FROM events WHERE stream_id = {self._mark} "
+            "ORDER BY version DESC LIMIT 1",
+            (stream_id,),
+        )
+        return int(rows[0][0]) if rows else 0
 
     def read_stream(self, stream_id: str, *, up_to_version: int | None = None,
                     up_to_position: int | None = None) -> list[RecordedEvent]:
@@ -271,79 +498,182 @@ class EventStore:
         if up_to_position is not None:
             sql += f" AND position <= {self._mark}"
             params.append(up_to_position)
-        with translated(), self.engine.connect() as conn:
-            rows = conn.exec_driver_sql(sql + " ORDER BY version", tuple(params)).all()
-        return [RecordedEvent(*row) for row in rows]
+        return from_rows(self._fetch(sql + " ORDER BY version", params))
 
     def read_all(
         self, *, after: int = 0, up_to: int | None = None, batch_size: int = 1000
     ) -> Iterator[RecordedEvent]:
-        """Every event with `after < position <= up_to`, in order, a batch at a time."""
-        for batch in self.read_batches(after=after, up_to=up_to, batch_size=batch_size):
-            yield from batch
+        """Every event with `after < position <= up_to`, in order, a batch at a time (lazily:
+        nothing is read before the first event is asked for)."""
+        return chain.from_iterable(
+            self.read_batches(after=after, up_to=up_to, batch_size=batch_size)
+        )
 
     def read_batches(
         self, *, after: int = 0, up_to: int | None = None, batch_size: int = 1000
     ) -> Iterator[list[RecordedEvent]]:
+        """Lists of at most `batch_size` events, in position order. One query, fetched a batch
+        at a time (a server-side cursor on PostgreSQL, SQLite's own stepping otherwise): it
+        reads one consistent snapshot and holds one pooled connection until it is exhausted
+        or closed."""
+        size = int(batch_size)
+        if size < 1:  # as `LIMIT 0` did
+            return
         sql = (
             f"SELECT {_COLUMNS} FROM events WHERE position > {self._mark} "
-            f"AND position <= {self._mark} ORDER BY position LIMIT {int(batch_size)}"
+            f"AND position <= {self._mark} ORDER BY position"
         )
         bound = up_to if up_to is not None else 2**62
-        while True:
-            with translated(), self.engine.connect() as conn:
-                rows = conn.exec_driver_sql(sql, (after, bound)).all()
-            if not rows:
+        attempts = 1 if self._sqlite else self._attempts()
+        for attempt in range(1, attempts + 1):
+            started = False
+            try:
+                with driver_connection(self.engine, unpinged=not self._sqlite) as driver:
+                    # SQLite: a plain statement, stepped as rows are fetched. PostgreSQL: a
+                    # server-side cursor (DECLARE … FETCH n) in a read-only transaction.
+                    cursor = driver.cursor() if self._sqlite else driver.cursor(name=_READ_CURSOR)
+                    try:
+                        cursor.execute(sql, (after, bound))
+                        while True:
+                            rows = cursor.fetchmany(size)
+                            started = True
+                            if rows:
+                                yield from_rows(rows)
+                            if len(rows) < size:
+                                break
+                        if not self._sqlite:
+                            driver.commit()  # ends the read; a commit, unlike a rollback,
+                            # keeps psycopg's prepared statements
+                    finally:
+                        cursor.close()
                 return
-            batch = [RecordedEvent(*row) for row in rows]
-            yield batch
-            after = batch[-1].position
-            if len(rows) < batch_size:
-                return
+            except StoreUnavailable as error:
+                # only before the first batch: the query itself checked the connection
+                if started or attempt == attempts or not lost_connection(error):
+                    raise
 
     def position_at(self, recorded_at: datetime | str) -> int:
         """The last position recorded at or before a moment (0 when none was)."""
         moment = recorded_at if isinstance(recorded_at, str) else format_utc(recorded_at)
-        with translated(), self.engine.connect() as conn:
-            value = conn.exec_driver_sql(
-                f"SELECT max(position) FROM events WHERE recorded_at <= {self._mark}", (moment,)
-            ).scalar()
-        return int(value or 0)
+        rows = self._fetch(
+            f"SELECT max(position) FROM events WHERE recorded_at <= {self._mark}", (moment,)
+        )
+        return int(rows[0][0] or 0)
 
     def read_until(self, recorded_at: datetime | str) -> Iterator[RecordedEvent]:
         """Everything the system had recorded at a moment (recorded_at ≤ moment)."""
         return self.read_all(up_to=self.position_at(recorded_at))
 
     def last_position(self) -> int:
-        with translated(), self.engine.connect() as conn:
-            return self._tail(conn)[0]
+        rows = self._fetch("SELECT position FROM events ORDER BY position DESC LIMIT 1")
+        return int(rows[0][0]) if rows else 0
 
     def stream_heads(self) -> dict[str, tuple[int, str]]:
         """Each stream's last version and hash."""
-        with translated(), self.engine.connect() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT e.stream_id, e.version, e.hash FROM events e JOIN ("
-                " SELECT stream_id, max(version) AS version FROM events GROUP BY stream_id"
-                ") m ON e.stream_id = m.stream_id AND e.version = m.version"
-            ).all()
+        rows = self._fetch(
+            "SELECT e.stream_id, e.version, e.hash FROM events e JOIN ("
+            " SELECT stream_id, max(version) AS version FROM events GROUP BY stream_id"
+            ") m ON e.stream_id = m.stream_id AND e.version = m.version"
+        )
         return {str(r[0]): (int(r[1]), str(r[2])) for r in rows}
 
 
-def _request_hash(appends: Sequence[StreamAppend], context: AppendContext) -> str:
-    request = {
-        "actor": context.actor,
-        "appends": [
-            {
-                "stream_id": a.stream_id,
-                "events": [
-                    [e.type, e.schema_version, e.payload, e.occurred_at, e.reason]
-                    for e in a.events
-                ],
-            }
-            for a in appends
-        ],
-    }
-    return hashlib.sha256(canonical_json(request).encode("utf-8")).hexdigest()
+class _Trip:
+    """Whether an append's connection has answered yet (see `append_streams`)."""
+
+    __slots__ = ("answered",)
+
+    def __init__(self) -> None:
+        self.answered = False
+
+
+_TRIP: ContextVar[_Trip | None] = ContextVar("trialflow_append_trip", default=None)
+
+
+def _answered() -> None:
+    trip = _TRIP.get()
+    if trip is not None:
+        trip.answered = True
+
+
+def _payload_texts(appends: Sequence[StreamAppend], *, strict: bool) -> _Texts:
+    """Each payload's canonical JSON text. When the caller supplied the request hash, a payload
+    that cannot be serialised must not fail a repeat of an earlier command (which appends
+    nothing); then None, and `_write` serialises again after the repeat check, raising there."""
+    try:
+        return [[canonical_json(new.payload) for new in item.events] for item in appends]
+    except (TypeError, ValueError):
+        if strict:
+            raise
+        return None
+
+
+def _request_hash(
+    appends: Sequence[StreamAppend], context: AppendContext, texts: _Texts
+) -> str:
+    """SHA-256 of the canonical JSON of
+    `{"actor": …, "appends": [{"stream_id": …, "events": [[type, schema_version, payload,
+    occurred_at, reason], …]}, …]}`, assembled from the payloads' canonical texts (a nested
+    value serialises to the same text as on its own), so each payload is serialised once."""
+    assert texts is not None  # strict when no request hash was supplied
+    encode = _encode
+    last_kind: object = _UNSET
+    last_schema: object = _UNSET
+    prefix = ""
+    parts = []
+    for item, payloads in zip(appends, texts, strict=True):
+        events = []
+        for event, payload in zip(item.events, payloads, strict=True):
+            kind, schema, occurred, reason = (
+                event.type, event.schema_version, event.occurred_at, event.reason
+            )
+            if kind is not last_kind or schema is not last_schema:
+                last_kind, last_schema = kind, schema
+                prefix = f"[{encode(kind)},{encode(schema)},"
+            events.append(
+                f"{prefix}{payload},{'null' if occurred is None else encode(occurred)},"
+                f"{'null' if reason is None else encode(reason)}]"
+            )
+        parts.append(f'{{"events":[{",".join(events)}],"stream_id":{encode(item.stream_id)}}}')
+    text = f'{{"actor":{_encode(context.actor)},"appends":[{",".join(parts)}]}}'
+    return _sha256(text.encode("utf-8")).hexdigest()
+
+
+def _log_appended(rows: list[tuple[Any, ...]]) -> None:
+    """Every appended event is logged at info: stream, version, type, actor and position. The
+    logger is bound once per append and, when it filters info out, asked so once."""
+    logger = log.bind()
+    enabled = getattr(logger, "is_enabled_for", None)
+    if enabled is not None and not enabled(logging.INFO):
+        return
+    for row in rows:
+        logger.info(
+            "event appended",
+            stream=row[1], version=row[2], type=row[3], actor=row[8], position=row[0],
+        )
+
+
+@contextlib.contextmanager
+def _autocommit(driver: Any) -> Iterator[None]:
+    """psycopg in autocommit mode for the duration: no implicit BEGIN (a round trip of its
+    own), so a single statement is its own transaction and `BEGIN … COMMIT` is ours to send.
+    The connection goes back to the pool as it came (autocommit off); one that cannot be put
+    back so is closed, and the pool discards it."""
+    driver.autocommit = True
+    try:
+        yield
+    finally:
+        try:
+            driver.autocommit = False
+        except Exception:
+            driver.close()
+
+
+def _rollback(driver: Any) -> None:
+    """Roll back after a failed append. If even that fails (a lost connection), the pool rolls
+    back or discards the connection when it comes back; the first error is the one raised."""
+    with contextlib.suppress(Exception):
+        driver.rollback()
 
 
 def _repeat(existing: CommandRecord, request_hash: str) -> AppendResult:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
+from events.engine import unpinged as skip_ping
 from events.errors import EventStoreError, SchemaMissing, StoreUnavailable
 
 
@@ -18,6 +21,53 @@ def translated() -> Iterator[None]:
         raise
     except sa_exc.DBAPIError as error:
         raise translate(error) from error
+
+
+def lost_connection(error: BaseException) -> bool:
+    """Whether a translated error came from a connection found dead (and invalidated)."""
+    cause = error.__cause__
+    return isinstance(cause, sa_exc.DBAPIError) and bool(cause.connection_invalidated)
+
+
+@contextmanager
+def driver_connection(engine: Engine, *, unpinged: bool = False) -> Iterator[Any]:
+    """A pooled connection as the driver's own object (`sqlite3` / `psycopg`), for the store's
+    hot paths, which need no SQL construction or result processing from SQLAlchemy.
+
+    It comes from the engine's pool (with its connect-time settings and, unless `unpinged`, its
+    checkout ping) and goes back to it afterwards, where the pool rolls back whatever is still
+    open. A driver error is wrapped exactly as SQLAlchemy would wrap it (`DBAPIError.instance`)
+    and then translated like any other; a connection the dialect finds dead is invalidated so
+    the pool replaces it (`lost_connection` tells the caller, who may then retry).
+    """
+    dialect = engine.dialect
+    dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
+    fairy = None
+    try:
+        if unpinged:
+            with skip_ping():
+                fairy = engine.raw_connection()
+        else:
+            fairy = engine.raw_connection()
+        yield fairy.driver_connection
+    except EventStoreError:
+        raise
+    except sa_exc.DBAPIError as error:
+        raise translate(error) from error
+    except dbapi_error as error:
+        driver = fairy.driver_connection if fairy is not None else None
+        lost = bool(dialect.is_disconnect(error, driver, None))  # type: ignore[arg-type]
+        if lost and fairy is not None:
+            fairy.invalidate(error)
+        wrapped = sa_exc.DBAPIError.instance(
+            None, None, error, dbapi_error, connection_invalidated=lost, dialect=dialect
+        )
+        if not isinstance(wrapped, sa_exc.DBAPIError):  # pragma: no cover - never for DB-API
+            raise wrapped from error
+        raise translate(wrapped) from wrapped
+    finally:
+        if fairy is not None:
+            fairy.close()
 
 
 def translate(error: sa_exc.DBAPIError) -> EventStoreError:
