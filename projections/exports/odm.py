@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Final
 
+from events.envelope import RecordedEvent
 from projections.exports.records import (
     AE_LOG,
     CELL_COLLECTION,
@@ -50,6 +51,7 @@ from projections.exports.values import value_text
 from workflow import event_types as T
 from workflow.forms import FORMS, FieldSpec, Kind
 from workflow.protocol import Protocol, VisitWindow
+from workflow.signing import MEANINGS
 from workflow.study import Study
 
 ODM_NS: Final = "http://www.cdisc.org/ns/odm/v1.3"
@@ -363,6 +365,12 @@ def _admin(root: ET.Element, snapshot: Snapshot, mdv_oid: str,
                                        "LocationType": "Sponsor"})
     _add(element, "MetaDataVersionRef", {"StudyOID": registry, "MetaDataVersionOID": mdv_oid,
                                          "EffectiveDate": since})
+    for meaning in MEANINGS:  # 21 CFR Part 11 §11.50: the meaning of each signature
+        definition = _add(admin, "SignatureDef", {"OID": f"SD.{meaning}",
+                                                  "Methodology": "Electronic"})
+        _add(definition, "Meaning", text=f"The signer {meaning} this record.")
+        _add(definition, "LegalReason", text="Electronic signature under 21 CFR Part 11, "
+             "bound to the signed record's hash.")
 
 
 # --- clinical data ------------------------------------------------------------------------
@@ -378,9 +386,29 @@ def _audit(parent: ET.Element, entry: Entry, study: Study) -> None:
     _add(audit, "SourceID", text=f"trialflow event position {entry.position}")
 
 
+def _signature(parent: ET.Element, event: RecordedEvent, study: Study) -> None:
+    p = event.payload
+    signature = _add(parent, "Signature")
+    _add(signature, "UserRef", {"UserOID": f"U.{p['printed_name']}"})
+    user = study.users.get(p["printed_name"])
+    _add(signature, "LocationRef", {"LocationOID": _location(user.site if user else None)})
+    _add(signature, "SignatureRef", {"SignatureOID": f"SD.{p['meaning']}"})
+    _add(signature, "DateTimeStamp", text=event.recorded_at)
+
+
+def _signatures(streams: Iterable[RecordedEvent]) -> dict[int, list[RecordedEvent]]:
+    """Signatures by the position of the record they sign, in log order."""
+    found: dict[int, list[RecordedEvent]] = {}
+    for event in streams:
+        if event.type == T.SIGNATURE_RECORDED:
+            found.setdefault(int(event.payload["target_position"]), []).append(event)
+    return found
+
+
 def _clinical(root: ET.Element, snapshot: Snapshot, mdv_oid: str,
               records: Mapping[str, list[FormRecord]]) -> None:
     study = snapshot.study
+    signatures = _signatures(e for events in snapshot.streams.values() for e in events)
     order = {spec.key: index for index, spec in enumerate(study_event_specs(study))}
     clinical = _add(root, "ClinicalData", {"StudyOID": snapshot.registry_id,
                                            "MetaDataVersionOID": mdv_oid})
@@ -395,6 +423,9 @@ def _clinical(root: ET.Element, snapshot: Snapshot, mdv_oid: str,
             for record in by_event[key]:
                 form = _add(event, "FormData", {"FormOID": f"F.{record.form}",
                                                 "FormRepeatKey": str(record.position)})
+                signed = signatures.get(record.position)
+                if signed:  # ODM allows one Signature per FormData: the latest
+                    _signature(form, signed[-1], study)
                 group = _add(form, "ItemGroupData", {"ItemGroupOID": f"IG.{record.form}"})
                 for entry in record.entries:
                     transaction = "Insert" if entry.kind == "original" else "Update"
