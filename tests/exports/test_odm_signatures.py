@@ -3,6 +3,7 @@ SignatureDef (meaning), still valid against the ODM 1.3.2 schema."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lxml import etree
@@ -38,3 +39,30 @@ def test_a_signed_form_carries_its_signature(db: str, tmp_path: Path) -> None:
     signed = next(e for e in store_of(db).read_stream("S-001")
                   if e.type == T.SIGNATURE_RECORDED)
     assert signatures[0].find("odm:DateTimeStamp", NS).text == signed.recorded_at
+
+
+def test_a_query_answered_with_a_correction_is_an_audited_update(db: str,
+                                                                tmp_path: Path) -> None:
+    vitals = next(e for e in store_of(db).read_stream("S-001")
+                  if e.type == T.FORM_RECORDED and e.payload["form"] == "vitals")
+    status, opened, err = cli(db, "--json", "query", "open", "S-001", str(vitals.position),
+                              "--field", "weight_kg", "--text", "Source says 58.4 kg.",
+                              user="mona")
+    assert status == 0, err
+    query_id = json.loads(opened)["query"]
+    status, _, err = cli(db, "query", "answer", query_id, "--text", "Corrected.",
+                         "weight_kg=58.4", user="cora")
+    assert status == 0, err
+    out = tmp_path / "queried.xml"
+    assert cli(db, "export", "odm", "--out", str(out))[0] == 0
+    document = etree.fromstring(out.read_bytes())
+    schema = etree.XMLSchema(etree.parse(str(odm_schema_path())))
+    assert schema.validate(document), schema.error_log
+    form = next(f for f in document.findall(".//odm:FormData", NS)
+                if f.get("FormRepeatKey") == str(vitals.position))
+    updates = [i for i in form.findall(".//odm:ItemData", NS)
+               if i.get("TransactionType") == "Update"]
+    assert [(i.get("ItemOID"), i.get("Value")) for i in updates] == [("I.vitals.weight_kg",
+                                                                      "58.4")]
+    reason = updates[0].find("odm:AuditRecord/odm:ReasonForChange", NS).text
+    assert query_id in reason
