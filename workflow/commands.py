@@ -311,29 +311,7 @@ class Workflow:
                 reason: str, command_id: str | None) -> Outcome:
         def body(study: Study, actor: User, state: SubjectState, today: date
                  ) -> tuple[list[NewEvent], dict[str, Any]]:
-            _consented(state)
-            if state.infusion is not None and position == state.infusion.position:
-                return _infusion_correction(study, state, tokens, reason, today)
-            target = state.forms.get(position)
-            if target is None:
-                raise InvalidInput(f"Subject {subject} has no form recorded at position "
-                                   f"{position}.", field="position", subject=subject)
-            if not reason or not reason.strip():
-                raise InvalidInput("A correction needs --reason.", field="reason")
-            try:
-                changes = parse_form(target.form, tokens, today=today, partial=True)
-                merged = validate_values(target.form, {**target.values, **changes}, today=today)
-            except InvalidInput as error:
-                raise InvalidInput(f"Subject {subject}: {error.message}", field=error.field,
-                                   subject=subject) from None
-            if not changes:
-                raise InvalidInput("A correction needs at least one field=value.", field="fields")
-            _check_assessment_date(state, target.form, merged, target.recorded_on)
-            previous = {k: target.values.get(k) for k in changes}
-            payload = {"target_position": position, "form": target.form, "changes": changes,
-                       "previous": previous}
-            return [NewEvent(T.FORM_CORRECTED, payload, reason=reason.strip())], {
-                "form": target.form, "changes": changes, "previous": previous}
+            return correction_events(study, state, position, tokens, reason, today)
         return self._subject_write("correct", subject, {"position": position,
                                    "tokens": list(tokens), "reason": reason}, user, command_id,
                                    body)
@@ -542,6 +520,36 @@ class Workflow:
 
 
 # ---------------------------------------------------------------------- helpers
+def correction_events(study: Study, state: SubjectState, position: int, tokens: Sequence[str],
+                      reason: str, today: date) -> tuple[list[NewEvent], dict[str, Any]]:
+    """The events of a correction (`trialflow correct`, and a query answered with one): the
+    corrected values checked like the original, the reason required, the old values kept."""
+    subject = state.subject
+    _consented(state)
+    if state.infusion is not None and position == state.infusion.position:
+        return _infusion_correction(study, state, tokens, reason, today)
+    target = state.forms.get(position)
+    if target is None:
+        raise InvalidInput(f"Subject {subject} has no form recorded at position {position}.",
+                           field="position", subject=subject)
+    if not reason or not reason.strip():
+        raise InvalidInput("A correction needs --reason.", field="reason")
+    try:
+        changes = parse_form(target.form, tokens, today=today, partial=True)
+        merged = validate_values(target.form, {**target.values, **changes}, today=today)
+    except InvalidInput as error:
+        raise InvalidInput(f"Subject {subject}: {error.message}", field=error.field,
+                           subject=subject) from None
+    if not changes:
+        raise InvalidInput("A correction needs at least one field=value.", field="fields")
+    _check_assessment_date(state, target.form, merged, target.recorded_on)
+    previous = {k: target.values.get(k) for k in changes}
+    payload = {"target_position": position, "form": target.form, "changes": changes,
+               "previous": previous}
+    return [NewEvent(T.FORM_CORRECTED, payload, reason=reason.strip())], {
+        "form": target.form, "changes": changes, "previous": previous}
+
+
 def _infusion_correction(study: Study, state: SubjectState, tokens: Sequence[str],
                          reason: str, today: date) -> tuple[list[NewEvent], dict[str, Any]]:
     """The infusion time is the one phase fact a correction may change (D0 moves, and with

@@ -25,13 +25,11 @@ from workflow import event_types as T
 from workflow.commands import (
     Outcome,
     Workflow,
-    _check_assessment_date,
-    _consented,
-    _infusion_correction,
     _require,
+    correction_events,
 )
 from workflow.errors import InvalidInput, RuleViolation
-from workflow.forms import form_spec, parse_form, validate_values
+from workflow.forms import form_spec
 from workflow.study import Study, User
 from workflow.subject import SubjectState, fold_subject, to_date
 
@@ -340,36 +338,6 @@ class Monitoring:
 
 
 # ---------------------------------------------------------------------- helpers
-def correction_events(study: Study, state: SubjectState, position: int, tokens: Sequence[str],
-                      reason: str, today: date) -> tuple[list[NewEvent], dict[str, Any]]:
-    """What `trialflow correct SUBJECT POSITION tokens --reason REASON` decides, by the same
-    rules and helpers (workflow/commands.py `Workflow.correct`)."""
-    subject = state.subject
-    _consented(state)
-    if state.infusion is not None and position == state.infusion.position:
-        return _infusion_correction(study, state, tokens, reason, today)
-    target = state.forms.get(position)
-    if target is None:
-        raise InvalidInput(f"Subject {subject} has no form recorded at position {position}.",
-                           field="position", subject=subject)
-    if not reason or not reason.strip():
-        raise InvalidInput("A correction needs --reason.", field="reason")
-    try:
-        changes = parse_form(target.form, tokens, today=today, partial=True)
-        merged = validate_values(target.form, {**target.values, **changes}, today=today)
-    except InvalidInput as error:
-        raise InvalidInput(f"Subject {subject}: {error.message}", field=error.field,
-                           subject=subject) from None
-    if not changes:
-        raise InvalidInput("A correction needs at least one field=value.", field="fields")
-    _check_assessment_date(state, target.form, merged, target.recorded_on)
-    previous = {k: target.values.get(k) for k in changes}
-    payload = {"target_position": position, "form": target.form, "changes": changes,
-               "previous": previous}
-    return [NewEvent(T.FORM_CORRECTED, payload, reason=reason.strip())], {
-        "form": target.form, "changes": changes, "previous": previous}
-
-
 def _form_at(review: MonitoringState, position: int) -> FormReview:
     form = review.forms.get(position)
     if form is None:
