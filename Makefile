@@ -34,5 +34,10 @@ demo: $(STAMP)
 	@echo "  $(BIN)/trialflow --db sqlite:///demo.db audit log S-004"
 	@echo "  $(BIN)/trialflow --db sqlite:///demo.db status --as-of 2024-10-15T00:00:00Z"
 
+# The long reliability runs (docs/reliability.md): 200+ kills, a minute of load with 16
+# coordinators on PostgreSQL, the bad-input corpus with fresh randomness and many examples.
+soak: $(STAMP)
+	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -m soak -v -s tests/reliability
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,13 @@
-"""`trialflow demo`: a fresh database running the IM19-SLE story (projections/demo_story.py)."""
+"""`trialflow demo`: a fresh database running the IM19-SLE story (projections/demo_story.py),
+then the study status, endpoints, adverse events and data queries, and the four reports written
+by `trialflow report …` into --reports (default `NAME-reports` beside the SQLite file
+`NAME.db`)."""
 
 from __future__ import annotations
 
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,38 +19,106 @@ if TYPE_CHECKING:
     from projections.demo_story import DemoResult
 
 
+REPORTS = (("swimmer", "swimmer.png"), ("sledai", "sledai.png"),
+           ("persistence", "persistence.png"), ("html", "report.html"))
+
+
 @click.command("demo", help="Create a fresh database and run the IM19-SLE study through the "
                "application's commands: 8 candidates, 6 enrolled, a year of follow-up with "
                "the scheduler ticking every day. Then print the study status, endpoints and "
-               "adverse events.")
-@click.option("--subjects", type=click.IntRange(1, 100_000), default=8, show_default=True,
-              help="Candidates: the story has 8; more are copies of a completed subject's "
-              "history (for benchmarks).")
+               "adverse events, and write the reports (swimmer, SLEDAI-2K and persistence "
+               "PNGs, the HTML monitoring page) into --reports.")
+@click.option("--subjects", type=click.IntRange(8, 100_000), default=8, show_default=True,
+              help="Candidates: the story has 8; beyond them the study is amended to a "
+              "protocol variant whose cap is N (version 102) and N-8 more subjects are copies "
+              "of story subjects (for benchmarks).")
 @click.option("--seed", type=int, default=7, show_default=True,
               help="Same seed, same events in the same order.")
 @click.option("--start", type=DATE, default="2024-09-02", show_default=True,
               help="The first consent (the story's calendar).")
 @click.option("--replace", is_flag=True, help="Replace an existing database (never implied).")
+@click.option("--reports", "reports", default=None, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where the reports go (created if missing; the four files are replaced). "
+              "Default: NAME-reports beside a SQLite file NAME.db, else demo-reports in the "
+              "working directory.")
+@click.option("--no-reports", is_flag=True, help="Write no reports (large benchmarks).")
 @click.pass_obj
-def demo(env: Env, subjects: int, seed: int, start: date, replace: bool) -> None:
-    from workflow.errors import RuleViolation
+def demo(env: Env, subjects: int, seed: int, start: date, replace: bool,
+         reports: Path | None, no_reports: bool) -> None:
+    from workflow.errors import InvalidInput, RuleViolation
 
+    if reports is not None and no_reports:
+        raise InvalidInput("--reports and --no-reports exclude each other.", field="reports")
+    folder = None if no_reports else (reports or default_reports_dir(env.db_url))
+    if folder is not None:
+        _check_folder(folder, create=False)
     if _has_data(env.db_url):
         if not replace:
             raise RuleViolation(f"The database {env.db_url} already holds a study; pass "
                                 "--replace to overwrite it (its data will be lost).",
                                 rule="database_not_empty", field="db")
+        if folder is not None:
+            _check_folder(folder, create=True)
         _wipe(env.db_url)
+    elif folder is not None:
+        _check_folder(folder, create=True)
     from projections.demo_story import run_demo
 
     def progress(line: str) -> None:
         env.stderr.write(line + "\n")
 
     verbose = env.log_level in ("info", "debug")
-    result = run_demo(env.db_url, seed=seed, start=start, progress=progress if verbose else None)
-    if subjects > len(result.subjects):
-        _more_subjects(env.db_url, subjects, result)
-    _summary(env, result)
+    result = run_demo(env.db_url, seed=seed, start=start, subjects=subjects,
+                      progress=progress if verbose else None)
+    written = [] if folder is None else write_reports(env, folder, result.now)
+    _summary(env, result, written)
+
+
+def _check_folder(folder: Path, *, create: bool) -> None:
+    """Refuse (exit 2) a --reports that is not a usable directory, before anything is written;
+    with `create`, make it (and its parents)."""
+    from workflow.errors import InvalidInput
+
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise InvalidInput(f"--reports {folder}: not a directory.", field="reports")
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInput(f"--reports {str(folder)[:80]}: {error.strerror or error}.",
+                           field="reports") from None
+
+
+def default_reports_dir(url: str) -> Path:
+    """`NAME-reports` beside the SQLite file `NAME.db`; `demo-reports` in the working
+    directory for other databases."""
+    if url.startswith("sqlite"):
+        path = _sqlite_path(url)
+        if path and path != ":memory:":
+            file = Path(path)
+            return file.with_name(f"{file.stem}-reports")
+    return Path("demo-reports")
+
+
+def write_reports(env: Env, folder: Path, now: datetime) -> list[dict[str, str]]:
+    """The four reports, each written by its own command (`trialflow report KIND --out
+    FILE --now NOW`, cli/report_cmd.py) with the story's clock; their files and SHA-256."""
+    import io
+    import json
+    from dataclasses import replace
+
+    from cli.report_cmd import report
+
+    written = []
+    for kind, name in REPORTS:
+        out = io.StringIO()
+        inner = replace(env, json=True, stdout=out)
+        inner.__dict__["app"] = env.app  # the same engine (Env.app is a cached property)
+        report.main(args=[kind, "--out", str(folder / name), "--now", now.isoformat()],
+                    prog_name="trialflow report", standalone_mode=False, obj=inner)
+        written.append(json.loads(out.getvalue()))
+    return written
 
 
 def _has_data(url: str) -> bool:
@@ -88,42 +159,53 @@ def _wipe(url: str) -> None:
     app.engine.dispose()
 
 
-def _more_subjects(url: str, subjects: int, result: DemoResult) -> None:
-    """Copies of S-001's complete history (workflow/demo.py), appended in batches."""
-    from workflow.bootstrap import build_app
-    from workflow.demo import clone_subjects, subject_ids, template_of
-
-    app = build_app(url)
-    extra = [s for s in subject_ids(subjects, prefix="X")][: subjects - len(result.subjects)]
-    clone_subjects(app.store, template_of(app.store, "S-001"), extra, first_order=7)
-    result.subjects += extra
-    result.events = app.store.last_position()
-
-
-def _summary(env: Env, result: DemoResult) -> None:
+def _summary(env: Env, result: DemoResult, reports: list[dict[str, str]]) -> None:
     from projections.queries import Clock, ae_list, endpoint_list, study_status
     from projections.views import open_view
+    from workflow.commands import Workflow
+    from workflow.monitoring import Monitoring
+    from workflow.signing import signatures
 
     app = env.app
     view = open_view(app.engine, app.store)
-    end = result.end
-    clock = Clock(view, datetime.combine(end, datetime.min.time()).astimezone())
+    clock = Clock(view, result.now)
     status = study_status(view, clock)
     endpoints = endpoint_list(view, None)
     aes = ae_list(view, None)
+    story = result.subjects[: len(result.subjects) - result.copies]
+    monitoring = Monitoring(Workflow(app))  # copies have no queries: their streams are skipped
+    queries, signed = [], []
+    for subject in story:
+        signed += signatures(list(app.store.read_stream(subject)))
+        state, review = monitoring.review(subject)
+        for _, query in sorted(review.queries.items()):
+            form = state.forms.get(query.position)
+            queries.append({**query.to_json(), "current_value": None if form is None
+                            else form.values.get(query.field)})
     data = {"database": env.db_url, "events": result.events,
             "scheduler_ticks": result.ticks,
-            "reminders_issued": result.reminders_issued,
-            "status": status, "endpoints": endpoints, "adverse_events": aes}
+            "reminders_issued": result.reminders_issued, "now": result.now.isoformat(),
+            "subjects": len(result.subjects), "copies": result.copies,
+            "protocol_version": result.protocol_version,
+            "status": status, "endpoints": endpoints, "adverse_events": aes,
+            "queries": queries, "signatures": signed, "reports": reports}
+
+    def shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r["subject"] in story]
 
     def text() -> str:
         lines = [f"Demo study in {env.db_url}: {data['events']} events, "
                  f"{data['scheduler_ticks']} scheduler ticks, {data['reminders_issued']} "
-                 "reminders issued.", "",
-                 f"Phases: {', '.join(f'{k} {v}' for k, v in status['phases'].items() if v)}",
-                 f"Enrolled {status['enrolled']} of {status['cap']}; cohorts "
-                 + ", ".join(f"{c['cohort']} {c['filled']}/{c['places']}"
-                             for c in status["cohorts"]), "", "Endpoints:"]
+                 "reminders issued.", ""]
+        if result.copies:
+            lines += [f"Protocol version {result.protocol_version} (cap {status['cap']}, "
+                      f"cohorts scaled) in force; {result.copies} subjects copied from the "
+                      "story (X-…; the tables below show the story's subjects, --json all).",
+                      ""]
+        lines += [f"Phases: {', '.join(f'{k} {v}' for k, v in status['phases'].items() if v)}",
+                  f"Enrolled {status['enrolled']} of {status['cap']}; cohorts "
+                  + ", ".join(f"{c['cohort']} {c['filled']}/{c['places']}"
+                              for c in status["cohorts"]), "", "Endpoints:"]
         lines.append(table(
             ["subject", "SLEDAI base", "D90", "D180", "D360", "improved", "LLDAS D360",
              "renal D360", "peak copies/µg", "last detectable day"],
@@ -131,10 +213,23 @@ def _summary(env: Env, result: DemoResult) -> None:
               e["sledai2k"]["D180"], e["sledai2k"]["D360"], e["sledai2k"]["improved_D360"],
               e["lldas"]["D360"], e["renal_response"]["D360"],
               e["persistence"]["peak_copies_per_ug"], e["persistence"]["last_detectable_day"]]
-             for e in endpoints if e["sledai2k"]["D90"] is not None]))
+             for e in shown(endpoints) if e["sledai2k"]["D90"] is not None]))
         lines += ["", "Adverse events:", table(
             ["subject", "term", "day", "grade", "serious", "related", "CRS", "ICANS"],
             [[a["subject"], a["term"], a["study_day"], a["grade"], a["serious"],
-              a["relatedness"], a["crs_grade"], a["icans_grade"]] for a in aes])]
+              a["relatedness"], a["crs_grade"], a["icans_grade"]] for a in shown(aes)])]
+        lines += ["", "Data queries:", table(
+            ["query", "subject", "form", "field", "queried value", "now", "state",
+             "correction at"],
+            [[q["id"], q["subject"], q["form"], q["field"], q["value"], q["current_value"],
+              q["state"], q["correction_position"]] for q in queries])]
+        lines += ["", "Signatures:", table(
+            ["subject", "position", "signs", "meaning", "by", "at", "state"],
+            [[r["subject"], r["position"], f"{r['target_type']} @{r['target_position']}",
+              r["meaning"], r["printed_name"],
+              r["signed_at"], r["state"]] for r in signed])]
+        if reports:
+            lines += ["", "Reports:", *(f"  {r['file']}" for r in reports)]
         return "\n".join(lines)
     emit(env, data, text)
+

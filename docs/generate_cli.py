@@ -1,11 +1,26 @@
 """Regenerate docs/cli.md from real command output: `.venv/bin/python docs/generate_cli.py`.
 
-Runs a short tour against a fresh SQLite file in a temporary directory and writes every
-command with what it printed and its exit code, so the page cannot drift from the program.
+Runs a tour against a fresh SQLite file (`tour.db`) in a temporary directory, which is also
+the working directory, so files the commands write (`--out`) and the paths they print are
+relative and the same on every run. Writes every command with what it printed and its exit
+code, so the page cannot drift from the program. The calendar is today's (a candidate
+consents three days ago), so dates, days left and the reminders due move with the day the
+page is generated; positions, rules and exit codes do not.
+
+Placeholders in a command are filled from earlier output: POSITION (the vitals form the tour
+records, before its corrections), QUERY (the query the monitor opens), HEAD (the last
+position written so far).
+
+Writes prove the acting user by a password (docs/identity.md): on a terminal a hidden prompt
+asks for it. The tour passes `--password-stdin` and feeds the passwords below on stdin (for
+`init --admin NAME` the first admin's; for `users add NAME` the acting admin's, then NAME's);
+the pages show the commands as typed on a terminal, without them.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import subprocess
 import sys
@@ -16,6 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TODAY = date.today()
 CONSENT = (TODAY - timedelta(days=3)).isoformat()
+PASSWORDS = {"ada": "tour-admin-secret", "cora": "tour-coordinator-secret",
+             "ivan": "tour-investigator-secret", "mona": "tour-monitor-secret",
+             "dora": "tour-data-manager-secret"}
 
 TOUR: list[tuple[str, str]] = [
     ("Create the database and the first admin", "trialflow init --admin ada"),
@@ -23,6 +41,8 @@ TOUR: list[tuple[str, str]] = [
     ("Sites and users (admin)", "trialflow --user ada sites add PKU3 --tz Asia/Shanghai"),
     ("", "trialflow --user ada users add cora --role coordinator --site PKU3"),
     ("", "trialflow --user ada users add ivan --role investigator --site PKU3"),
+    ("", "trialflow --user ada users add mona --role monitor"),
+    ("", "trialflow --user ada users add dora --role data_manager"),
     ("", "trialflow users list"),
     ("The protocol in force", "trialflow protocol show"),
     ("The state diagram, generated from the machine", "trialflow protocol diagram"),
@@ -49,7 +69,7 @@ TOUR: list[tuple[str, str]] = [
     ("Status", "trialflow status S-001 --json"),
     ("Eligibility, criterion by criterion", "trialflow eligibility S-001"),
     ("What the system showed then: --as-of a position (or an ISO time)",
-     "trialflow eligibility S-001 --as-of @13 --json"),
+     "trialflow eligibility S-001 --as-of @POSITION --json"),
     ("The study at a glance", "trialflow status"),
     ("Planned visits with windows and the reminders due (screening is anchored on consent)",
      "trialflow visits S-001"),
@@ -62,37 +82,100 @@ TOUR: list[tuple[str, str]] = [
     ("The read models: checkpoint and lag of each, rebuild from the log",
      "trialflow projections status"),
     ("", "trialflow projections rebuild visits"),
-    ("The audit trail of a stream", "trialflow audit log S-001"),
+    ("Data queries: a monitor asks about a value",
+     "trialflow --user mona query open S-001 POSITION --field weight_kg --text 'The scale "
+     "printout says 58.2 kg: please check.'"),
+    ("Only a monitor or a data manager opens queries (exit 1)",
+     "trialflow --user cora query open S-001 POSITION --field weight_kg --text 'Mine?'"),
+    ("The site answers, correcting the form in the same append",
+     "trialflow --user cora query answer QUERY --text 'Checked: 58.2 kg on the printout.' "
+     "weight_kg=58.2 --reason 'scale printout'"),
+    ("", "trialflow queries"),
+    ("The monitor closes it", "trialflow --user mona query close QUERY"),
+    ("Source data verification (a later correction clears the mark)",
+     "trialflow --user mona sdv S-001 POSITION"),
+    ("", "trialflow sdv-status S-001"),
+    ("Study lock: every subject write is refused while it holds (exit 1) until an admin "
+     "unlocks", "trialflow --user dora study lock --reason 'interim analysis'"),
+    ("", f"trialflow --user cora record S-001 vitals temperature_c=36.9 --on {CONSENT}"),
+    ("", "trialflow --user ada study unlock --reason 'interim analysis done'"),
+    ("The audit trail of a stream: corrections old → new, with who and why",
+     "trialflow audit log S-001"),
+    ("Every subject as the system showed it at a moment",
+     "trialflow audit replay --as-of @POSITION"),
+    ("What changed between two moments", "trialflow audit diff @POSITION @HEAD"),
     ("Verify every hash chain", "trialflow audit verify"),
+    ("Reminders: one scheduler pass issues what came due and delivers it (to the log here)",
+     "trialflow --user scheduler scheduler tick"),
+    ("", "trialflow reminders S-001"),
+    ("Exports: CDISC ODM, FHIR R5, CSV per form, a subject's visit calendar",
+     "trialflow --user dora export odm --out study.xml"),
+    ("", "trialflow export fhir --out study.json"),
+    ("", "trialflow export csv --out csv"),
+    ("", "trialflow export ics S-001 --out S-001.ics"),
+    ("Reports: swimmer, SLEDAI-2K and persistence plots, the monitoring page",
+     "trialflow report swimmer --out swimmer.png"),
+    ("", "trialflow report html --out report.html --json"),
     ("Clinical instruments", "trialflow calc sledai2k arthritis proteinuria low_complement"),
     ("", "trialflow calc crs temperature_c=39 hypotension=one_vasopressor hypoxia=low_flow "
      "--json"),
     ("", "trialflow calc icans ice_score=11"),
+    ("The demo: the IM19-SLE story in a database of its own (`make demo`), its reports "
+     "beside it", "trialflow --db sqlite:///demo.db demo"),
 ]
 
 HEADER = (Path(__file__).parent / "cli-header.md").read_text(encoding="utf-8")
 
 
+def _passwords(argv: list[str]) -> list[str]:
+    """What the command reads on stdin with --password-stdin, in order."""
+    if argv[1:3] == ["init", "--admin"]:
+        return [PASSWORDS[argv[3]]]
+    user = argv[argv.index("--user") + 1] if "--user" in argv else None
+    if user not in PASSWORDS:  # a read, or the scheduler service user (no password)
+        return []
+    feed = [PASSWORDS[user]]
+    if "users" in argv and argv[argv.index("users") + 1] == "add":
+        feed.append(PASSWORDS[argv[argv.index("users") + 2]])
+    return feed
+
+
 def main() -> None:
+    filled: dict[str, str] = {}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("TRIALFLOW_DB", "TRIALFLOW_USER", "TRIALFLOW_SESSION"):
+        env.pop(name, None)
     with tempfile.TemporaryDirectory() as tmp:
-        db = f"sqlite:///{tmp}/tour.db"
         parts = [HEADER]
-        position = None
         for title, command in TOUR:
-            if "POSITION" in command:
-                command = command.replace("POSITION", str(position))
+            for name, value in filled.items():
+                command = command.replace(name, value)
             argv = shlex.split(command)
+            feed = _passwords(argv)
+            options = ([] if "--db" in argv else ["--db", "sqlite:///tour.db"]) + (
+                ["--password-stdin"] if feed else [])
             done = subprocess.run(
-                [sys.executable, "-m", "cli", "--db", db, *argv[1:]], cwd=ROOT,
-                capture_output=True, text=True, check=False,
+                [sys.executable, "-m", "cli", *options, *argv[1:]], cwd=tmp, env=env,
+                input="".join(f"{p}\n" for p in feed), capture_output=True, text=True,
+                check=False,
             )
-            if "vitals weight_kg=58 height_cm" in command:
-                position = done.stdout.rsplit("Positions: ", 1)[1].strip(". \n")
+            _remember(filled, command, done.stdout)
             if title:
                 parts.append(f"\n### {title}\n")
             output = (done.stdout + done.stderr).rstrip()
             parts.append(f"```console\n$ {command}\n{output}\n[exit {done.returncode}]\n```\n")
         (ROOT / "docs" / "cli.md").write_text("".join(parts), encoding="utf-8")
+
+
+def _remember(filled: dict[str, str], command: str, output: str) -> None:
+    positions = re.findall(r"Positions?: ([0-9][0-9, .-]*)", output)
+    if positions:
+        filled["HEAD"] = re.findall(r"\d+", positions[-1])[-1]
+        if " vitals weight_kg=58 height_cm" in command:
+            filled["POSITION"] = re.findall(r"\d+", positions[-1])[0]
+    query = re.search(r"\bQ-\d+\b", output)
+    if " query open " in command and query:
+        filled["QUERY"] = query.group(0)
 
 
 if __name__ == "__main__":

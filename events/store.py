@@ -140,10 +140,13 @@ _Texts = list[list[str]] | None
 
 @dataclass
 class EventStore:
-    """Append and read events. `clock` overrides the database clock (tests, simulations)."""
+    """Append and read events. `clock` overrides the database clock (tests, simulations);
+    `new_id` makes the ids of commands that bring none (default: random UUIDs; the demo
+    passes a seeded one so that the same seed gives the same hashes)."""
 
     engine: Engine
     clock: Callable[[], datetime] | None = None
+    new_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
     _sqlite: bool = field(init=False)
     _mark: str = field(init=False)
     _insert_event: str = field(init=False)
@@ -184,7 +187,7 @@ class EventStore:
         """Append to one or more streams atomically: all or nothing."""
         for item in appends:
             check_stream_id(item.stream_id)
-        command_id = context.command_id or str(uuid.uuid4())
+        command_id = context.command_id or self.new_id()
         # Serialising the payloads needs no lock: done first, it also shortens the lock's hold.
         texts = _payload_texts(appends, strict=context.request_hash is None)
         request_hash = context.request_hash or _request_hash(appends, context, texts)

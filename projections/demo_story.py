@@ -7,8 +7,18 @@ to version 2 (6 subjects) after the second enrolment; subjects consented under v
 re-consent before their next phase change. Every infusion passes the chain-of-identity check.
 In the safety window: a CRS of grade 2 and an ICANS of grade 1; an SAE (infection needing
 hospitalisation) with its causality and its 24-hour report. One visit is missed, one is done
-outside its window. The scheduler ticks every day of the simulated calendar, and everyone is
-followed to D360.
+outside its window. A monitor queries a CAR-T persistence value entered ten times too high
+(S-002, D10); the coordinator answers with a correction, the monitor closes the query and
+marks the corrected form source-verified. The scheduler ticks every day of the simulated
+calendar, and everyone is followed to D360; the investigator then signs each completion
+electronically (meaning `approved`). Every user of the story has the password
+`DEMO_PASSWORD`, so a newcomer can try writes on the demo database.
+
+`subjects > 8` scales the story for benchmarks: after it, the admin loads a variant of
+protocol version 2 whose enrolment cap is `subjects` and whose cohorts are scaled in
+proportion (`Protocol.with_cap`), as version 102, and amends the study to it through the same
+commands; then copies of completed story subjects (workflow/demo.py) take the enrolment places
+7, 8, … under it, each copying a story subject of the cohort its place belongs to.
 
 Each action runs as the user who would do it (coordinator, investigator, monitor, admin,
 scheduler) through `Workflow`, so the machine's guards and the roles decide, and the clock is
@@ -18,24 +28,39 @@ Deterministic: the same seed gives the same events in the same order.
 
 from __future__ import annotations
 
+import json
 import random
+import re
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
 
 from events.schema import upgrade
 from projections.notifiers import Notifier
+from workflow import event_types as T
 from workflow.bootstrap import build_app
 from workflow.commands import Workflow
-from workflow.demo import EXCLUSIONS, SCREENING
+from workflow.demo import EXCLUSIONS, SCREENING, Template, clone_subjects, subject_ids, template_of
+from workflow.monitoring import Monitoring
+from workflow.protocol import builtin_protocol, builtin_protocol_text, load_protocol_text
+from workflow.signing import Signing
 
 ADMIN, COORDINATOR, INVESTIGATOR, MONITOR = "ada", "cora", "ivan", "mona"
 DATA_MANAGER, AUDITOR, SCHEDULER = "dora", "audrey", "scheduler"
 SITE, TZ, UTC_OFFSET = "PKU3", "Asia/Shanghai", "+08:00"
 DEFAULT_START = date(2024, 9, 2)
 VISITS = ("D1", "D4", "D7", "D10", "D14", "D21", "D28", "D60", "D90", "D180", "D270", "D360")
+STORY_SUBJECTS = 8
+BASE_VERSION = 2  # the builtin version the story ends under and the variant is made from
+VARIANT_OFFSET = 100  # the variant of version 2 is version 102
+# The story subject each cohort's copies are made from: enrolled in that cohort, no query in
+# its stream (copies do not renumber query ids).
+TEMPLATES = {"1e6_per_kg": "S-001", "1e8_flat": "S-007"}
+QUERIED = ("S-002", "D10")  # the persistence value entered ten times too high
+DEMO_PASSWORD = "im19-demo-password"  # every story user's (documented in the README)
 
 
 class SimulatedClock:
@@ -72,22 +97,27 @@ class DemoResult:
     events: int
     ticks: int
     reminders_issued: int
-    end: date
+    end: date  # the story's last day
+    now: datetime  # the simulated clock when the story ended (the summary's and reports' now)
+    protocol_version: int = BASE_VERSION  # in force at the end
+    copies: int = 0  # subjects copied beyond the story's eight
 
 
-def run_demo(url: str, *, seed: int = 7, start: date = DEFAULT_START,
+def run_demo(url: str, *, seed: int = 7, start: date = DEFAULT_START, subjects: int = 8,
              notifiers: Sequence[Notifier] = (),
              progress: Callable[[str], None] | None = None) -> DemoResult:
     clock = SimulatedClock(start)
-    app = build_app(url, clock=clock, store_clock=clock)
+    ids = random.Random(f"command ids {seed}")  # same seed, same ids, same hashes
+    app = build_app(url, clock=clock, store_clock=clock,
+                    new_id=lambda: str(uuid.UUID(int=ids.getrandbits(128), version=4)))
     upgrade(app.engine)
     flow = Workflow(app)
     rng = random.Random(seed)
     _setup(flow)
     plan = Plan()
-    subjects = [f"S-{n:03d}" for n in range(1, 9)]
+    story = [f"S-{n:03d}" for n in range(1, STORY_SUBJECTS + 1)]
     fails = {"S-003": "weight", "S-006": "exclusion"}
-    for index, subject in enumerate(subjects):
+    for index, subject in enumerate(story):
         consent = start + timedelta(days=14 * index)
         _candidate(plan, flow, rng, subject, consent, fails.get(subject))
     amend_on = start + timedelta(days=35)
@@ -96,7 +126,10 @@ def run_demo(url: str, *, seed: int = 7, start: date = DEFAULT_START,
     for subject in ("S-001", "S-002"):
         plan.at(amend_on + timedelta(days=1), f"{subject} re-consents",
                 partial(flow.reconsent, COORDINATOR, subject, None, "2.0", None))
-    return _play(flow, clock, plan, subjects, notifiers, progress)
+    result = _play(flow, clock, plan, story, notifiers, progress)
+    if subjects > STORY_SUBJECTS:
+        _scale(flow, result, subjects, progress)
+    return result
 
 
 def _setup(flow: Workflow) -> None:
@@ -106,6 +139,9 @@ def _setup(flow: Workflow) -> None:
                              (INVESTIGATOR, "investigator", SITE), (MONITOR, "monitor", None),
                              (DATA_MANAGER, "data_manager", None), (AUDITOR, "auditor", None)):
         flow.add_user(ADMIN, name, role, site, None)
+    signing = Signing(flow)
+    for name in (ADMIN, COORDINATOR, INVESTIGATOR, MONITOR, DATA_MANAGER, AUDITOR):
+        signing.change_password(ADMIN, name, DEMO_PASSWORD, None, flow.clock())
 
 
 def _play(flow: Workflow, clock: SimulatedClock, plan: Plan, subjects: list[str],
@@ -128,7 +164,114 @@ def _play(flow: Workflow, clock: SimulatedClock, plan: Plan, subjects: list[str]
         ticks += 1
         issued += len(report.issued)
         day += timedelta(days=1)
-    return DemoResult(subjects, flow.store.last_position(), ticks, issued, end)
+    return DemoResult(subjects, flow.store.last_position(), ticks, issued, end, clock.now)
+
+
+# --- more subjects: a protocol variant and copies ------------------------------------------
+
+
+def variant_version(base: int = BASE_VERSION) -> int:
+    return VARIANT_OFFSET + base
+
+
+def protocol_variant(cap: int, base: int = BASE_VERSION) -> str:
+    """The text of builtin version `base` with enrolment cap `cap`, its cohorts scaled as
+    `Protocol.with_cap` scales them, as version `variant_version(base)`. Checked: the text
+    loads to exactly `builtin_protocol(base).with_cap(cap)` with the new version and title."""
+    version = variant_version(base)
+    original = builtin_protocol(base)
+    scaled = original.with_cap(cap)
+    title = f"{original.title} (demo variant of version {base}, cap {cap})"
+    text = builtin_protocol_text(base)
+    head, sep, rest = text.partition("[[enrolment.cohorts]]")
+    section, sep2, tail = rest.partition("\n[screening]")
+    if not sep or not sep2:
+        raise RuntimeError(f"protocol version {base}: no [[enrolment.cohorts]] before "
+                           "[screening]; the variant cannot be written.")
+    originals = {_code(block): block for block in section.split("[[enrolment.cohorts]]")}
+    blocks = [_sub(_sub(originals[c.code], r"^first = \d+$", f"first = {c.first}"),
+                   r"^last = \d+$", f"last = {c.last}") for c in scaled.cohorts]
+    head = _sub(head, r"^version = \d+$", f"version = {version}")
+    head = _sub(head, r"^title = .*$", f"title = {json.dumps(title)}")
+    head = _sub(head, r"^cap = \d+", f"cap = {cap}")
+    note = (f"# Variant for `trialflow demo --subjects {cap}` (projections/demo_story.py): "
+            f"version {base} with\n# enrolment.cap = {cap} and the cohorts scaled in "
+            "proportion (Protocol.with_cap).\n")
+    variant = note + head + "[[enrolment.cohorts]]".join(["", *blocks]) + "\n[screening]" + tail
+    loaded = load_protocol_text(variant, f"demo variant of protocol version {base}")
+    if loaded != replace(scaled, version=version, title=title):
+        raise RuntimeError(f"The demo variant of protocol version {base} does not load as "
+                           f"version {base} with cap {cap}.")
+    return variant
+
+
+def _code(block: str) -> str:
+    found = re.search(r'^code = "([^"]+)"$', block, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"A cohort of the builtin protocol has no code: {block!r}.")
+    return found.group(1)
+
+
+def _sub(text: str, pattern: str, new: str) -> str:
+    changed, count = re.subn(pattern, new.replace("\\", "\\\\"), text, count=1,
+                             flags=re.MULTILINE)
+    if count != 1:
+        raise RuntimeError(f"The builtin protocol has no line matching {pattern!r}.")
+    return changed
+
+
+def _scale(flow: Workflow, result: DemoResult, subjects: int,
+           progress: Callable[[str], None] | None) -> None:
+    """Load and amend to the variant with cap `subjects`, then copy story subjects into the
+    places 7.. (`subjects` - 2 enrolled: the story's two screen failures are not copied)."""
+    version = variant_version()
+    text = protocol_variant(subjects)
+    flow.load_protocol(ADMIN, text, f"demo variant of version {BASE_VERSION}, cap {subjects}",
+                       None)
+    flow.amend_protocol(ADMIN, version, None)
+    if progress is not None:
+        progress(f"{result.end}  protocol version {version} loaded (cap {subjects}) and "
+                 "amended to")
+    protocol = flow.study().protocol
+    first = len(flow.study().taken_places()) + 1
+    extra = list(subject_ids(subjects, prefix="X"))[: subjects - len(result.subjects)]
+    orders = range(first, first + len(extra))
+    templates: dict[str, Template] = {}
+    for code in {protocol.cohort_for(order).code for order in orders}:
+        templates[code] = _as_enrolled_under(template_of(flow.store, TEMPLATES[code]), version)
+    start = 0
+    while start < len(extra):  # one run of consecutive places per cohort
+        code = protocol.cohort_for(orders[start]).code
+        end = start
+        while end < len(extra) and protocol.cohort_for(orders[end]).code == code:
+            end += 1
+        clone_subjects(flow.store, templates[code], extra[start:end],
+                       first_order=orders[start])
+        if progress is not None:
+            progress(f"{result.end}  {extra[start]}..{extra[end - 1]}: copies of "
+                     f"{TEMPLATES[code]} in cohort {code}")
+        start = end
+    result.subjects += extra
+    result.copies = len(extra)
+    result.protocol_version = version
+    result.events = flow.store.last_position()
+
+
+def _as_enrolled_under(template: Template, version: int) -> Template:
+    """A story subject's history as if it had consented under protocol `version`: its
+    re-consent and signatures left out, every `protocol_version` in payloads set to `version`
+    (consent, lymphodepletion, infusion), so the copies' places are valid under the protocol
+    in force."""
+    events = []
+    for event in template.events:
+        if event.type in (T.SUBJECT_RECONSENTED, T.SIGNATURE_RECORDED):
+            continue  # a copied signature would name the template's hash, not the copy's
+        if "protocol_version" in event.payload:
+            payload = {**event.payload, "protocol_version": version}
+            event = replace(event, payload_text=json.dumps(payload, sort_keys=True,
+                                                           separators=(",", ":")))
+        events.append(event)
+    return Template(tuple(events), template.place)
 
 
 class _QuietLog:
@@ -264,19 +407,69 @@ def _follow_up(plan: Plan, flow: Workflow, rng: random.Random, subject: str, d0:
             peak * (day_number / 10 if day_number < 10 else (10 / day_number) ** 1.6), 1)
         upcr = round(max(0.1, 1.2 - day_number / 200 + rng.uniform(-0.05, 0.05)), 2)
 
+        entered = copies * 10 if (subject, visit) == QUERIED else copies  # a slipped point
+
         def visit_day(v: str = visit, d: date = day, flags: list[str] = activity,
-                      cp: float = copies, u: float = upcr) -> None:
+                      cp: float = entered, u: float = upcr) -> None:
             flow.record(c, subject, "disease_activity", [
                 *flags, "pga=0.5", "new_activity=no", "hemolytic_anemia=no", "gi_activity=no",
                 "maintenance_tolerated=yes"], d, v, None)
             flow.record(c, subject, "labs", [f"upcr_g_per_g={u}", "egfr_ml_min=96"], d, v,
                         None)
-            flow.record(c, subject, "cart_persistence", [f"copies_per_ug={cp}"], d, v, None)
+            flow.record(c, subject, "cart_persistence", [f"copies_per_ug={round(cp, 1)}"], d, v,
+                        None)
             if v in ("D180", "D360"):
                 flow.record(c, subject, "medication", [
                     "drug=prednisone", "drug_class=glucocorticoid", "dose_mg_per_day=5",
                     f"start_date={d - timedelta(days=60)}"], d, v, None)
             flow.visit(c, subject, v, "done", d, None)
         plan.at(day, f"{subject} visit {visit}", visit_day)
+        if (subject, visit) == QUERIED:
+            _query(plan, flow, subject, visit, copies, d0)
     plan.at(d0 + timedelta(days=375), f"{subject} completes the study",
             lambda: flow.complete(c, subject, None))
+    plan.at(d0 + timedelta(days=376), f"{subject} investigator signs the completion",
+            partial(_sign_completion, flow, subject))
+
+
+def _sign_completion(flow: Workflow, subject: str) -> None:
+    """The investigator's electronic signature (meaning `approved`) on the subject's
+    completion, bound to that event's hash (workflow/signing.py)."""
+    completed = next(e for e in flow.store.read_stream(subject)
+                     if e.type == T.SUBJECT_COMPLETED)
+    Signing(flow).sign(INVESTIGATOR, subject, completed.position, "approved", None, flow.clock)
+
+
+def _query(plan: Plan, flow: Workflow, subject: str, visit: str, copies: float,
+           d0: date) -> None:
+    """The monitor's query on the persistence value of `visit` (entered ten times too high),
+    raised at the D28 monitoring visit, answered by the coordinator with a correction two days
+    later; the monitor then closes it and source-verifies the corrected form."""
+    monitoring = Monitoring(flow)
+    asked: list[str] = []
+
+    def form_position() -> int:
+        return next(f.position for f in flow.subject(subject).forms.values()
+                    if f.form == "cart_persistence" and f.visit == visit)
+
+    def open_query() -> None:
+        outcome = monitoring.open_query(
+            MONITOR, subject, form_position(), "copies_per_ug",
+            f"{visit} is ten times the D7 and D14 values: please check against the qPCR "
+            "report.", None)
+        asked.append(outcome.summary["query"])
+
+    def answer() -> None:
+        monitoring.answer_query(
+            COORDINATOR, asked[0], "Transcription error, the decimal point slipped; corrected "
+            "from the qPCR report.", [f"copies_per_ug={round(copies, 1)}"],
+            f"qPCR report of {visit}: {round(copies, 1)} copies/ug (entered ten times too "
+            "high)", None)
+
+    def close() -> None:
+        monitoring.close_query(MONITOR, asked[0], None, None)
+        monitoring.verify_source(MONITOR, subject, form_position(), None)
+    review = d0 + timedelta(days=28)
+    plan.at(review, f"{subject} monitor queries the {visit} persistence value", open_query)
+    plan.at(review + timedelta(days=2), f"{subject} query answered with a correction", answer)
+    plan.at(review + timedelta(days=3), f"{subject} query closed, form source-verified", close)

@@ -29,8 +29,11 @@ def build_app(
     *,
     clock: Callable[[], datetime] = system_clock,
     store_clock: Callable[[], datetime] | None = None,
+    new_id: Callable[[], str] | None = None,
 ) -> App:
     """`clock` is the application's "now"; `store_clock` overrides the recorded time (tests and
     simulations only: by default `recorded_at` is the database's own clock)."""
     engine = create_store_engine(db_url)
-    return App(engine=engine, store=EventStore(engine, clock=store_clock), clock=clock)
+    store = (EventStore(engine, clock=store_clock) if new_id is None
+             else EventStore(engine, clock=store_clock, new_id=new_id))
+    return App(engine=engine, store=store, clock=clock)

@@ -595,9 +595,11 @@ def _require(actor: User, roles: frozenset[str] | set[str], action: str,
              subject: str | None = None) -> None:
     if actor.role not in roles:
         who = " or ".join(sorted(roles))
+        article = "an" if who[0] in "aeiou" else "a"
         target = f" for subject {subject}" if subject else ""
         raise RuleViolation(f"User {actor.name} ({actor.role}) may not {action}{target}: only "
-                            f"a {who} may.", rule="role", subject=subject, field="user")
+                            f"{article} {who} may.", rule="role", subject=subject,
+                            field="user")
 
 
 def _consented(state: SubjectState) -> None:

@@ -4,7 +4,6 @@ a user with the `scheduler` role."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from events.envelope import NewEvent
@@ -46,7 +45,7 @@ class ReminderDesk:
             stream_of(reminder.subject), None,
             [NewEvent(T.REMINDER_DELIVERED, {"reminder_id": reminder.reminder_id,
                                              "channel": channel, "attempt": attempt})],
-            self._context(str(uuid.uuid4())))
+            self._context(self.store.new_id()))
 
     def failed(self, reminder: Reminder, channel: str, error: str, now: datetime
                ) -> AppendResult:
@@ -57,7 +56,7 @@ class ReminderDesk:
             [NewEvent(T.REMINDER_DELIVERY_FAILED, {
                 "reminder_id": reminder.reminder_id, "channel": channel, "attempt": attempt,
                 "error": error[:500], "retry_at": retry_at})],
-            self._context(str(uuid.uuid4())))
+            self._context(self.store.new_id()))
 
 
 def _scheduler(store: EventStore, user: str | None) -> User:
