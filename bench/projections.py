@@ -4,9 +4,11 @@ read-and-decode rate of the same events table, and the latency of one incrementa
     python -m bench.projections                    # 10,000 subjects (about 830,000 events)
     python -m bench.projections --subjects 500 --no-docs   # a quick run, figures not written
 
-The study is made by `workflow.demo`: one subject's complete history through the real
-commands, copied to every other subject. Memory: the peak resident set size during the
-rebuild is sampled and reported for two study sizes; it must not grow with the events.
+The study is made by the generator of `trialflow demo --subjects N`
+(projections/demo_story.py): the story through the real commands, then copies of its
+completed subjects under a protocol variant whose cap is N. Memory: the peak resident set
+size during the rebuild is sampled and reported for two study sizes; it must not grow with
+the events.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,28 +65,15 @@ class PeakRss:
 
 
 def build_study(url: str, subjects: int) -> Any:
+    """The study of `trialflow demo --subjects N`: the IM19-SLE story through the real
+    commands, then the study amended to a protocol variant whose cap is N and N - 8 copies of
+    completed story subjects (projections/demo_story.py)."""
+    from projections.demo_story import run_demo
     from workflow.bootstrap import build_app
     from workflow.commands import Workflow
-    from workflow.demo import clone_subjects, run_subject, subject_ids, template_of
 
-    now = [datetime(2024, 1, 1, 4, tzinfo=UTC)]
-    app = build_app(url, clock=lambda: now[0])
-    from events.schema import upgrade
-
-    upgrade(app.engine)
-    flow = Workflow(app)
-    flow.initialise("ada")
-    flow.add_site("ada", "PKU3", "Asia/Shanghai", None)
-    flow.add_user("ada", "cora", "coordinator", "PKU3", None)
-    flow.add_user("ada", "ivan", "investigator", "PKU3", None)
-
-    def at(day: date) -> None:
-        now[0] = datetime.combine(day, datetime.min.time(), UTC).replace(hour=4)
-
-    ids = list(subject_ids(subjects))
-    run_subject(flow, ids[0], date(2024, 1, 8), at)
-    clone_subjects(app.store, template_of(app.store, ids[0]), ids[1:], first_order=2)
-    return flow
+    run_demo(url, subjects=max(subjects, 8))
+    return Workflow(build_app(url))
 
 
 def raw_read(path: Path) -> tuple[int, float]:
@@ -116,15 +105,15 @@ def rebuild(flow: Any) -> tuple[int, float, float]:
 def incremental(flow: Any, rounds: int = 200) -> list[float]:
     """One new event (a vitals form) to a subject with a complete history, then one catch-up
     with its commit: milliseconds."""
+    from projections.demo_story import COORDINATOR
     from projections.runner import Runner
-    from workflow.demo import COORDINATOR
 
     runner = Runner(flow.store.engine, flow.store)
     runner.catch_up()
-    subjects = sorted(s for s in flow.store.stream_heads() if s.startswith("S-"))[:rounds]
+    subjects = sorted(s for s in flow.store.stream_heads() if s.startswith("X-"))[:rounds]
     times = []
     for i in range(rounds):
-        subject = subjects[i % len(subjects)]  # a complete history of about 83 events each
+        subject = subjects[i % len(subjects)]  # a copy's complete history
         state = flow.subject(subject)
         day = state.infused_on or state.consent.consent_date
         flow.record(COORDINATOR, subject, "vitals", [f"heart_rate={60 + i % 40}"], day, None,
