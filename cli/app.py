@@ -149,12 +149,15 @@ def run(
     environ = dict(os.environ) if environ is None else environ
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    json_mode = "--json" in (argv if argv is not None else sys.argv[1:])
-    try:
-        options, rest = split_globals(sys.argv[1:] if argv is None else argv)
-        level = str(options.get("--log-level", "warning")).lower()
-        from cli.logging_setup import LEVELS, configure
+    argv = list(sys.argv[1:] if argv is None else argv)
+    json_mode = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+    from cli.logging_setup import LEVELS, configure
 
+    configure("warning", err)  # until --log-level is known: never structlog's default stdout
+    try:
+        check_utf8(argv, environ)
+        options, rest = split_globals(argv)
+        level = str(options.get("--log-level", "warning")).lower()
         if level not in LEVELS:
             raise click.UsageError(f"--log-level must be one of {', '.join(LEVELS)}, not {level}")
         configure(level, err)
@@ -185,16 +188,73 @@ def run(
         return _report(error, json_mode, out, err, environ)
 
 
+def check_utf8(argv: Sequence[str], environ: dict[str, str]) -> None:
+    """Refuse (exit 2) an argument or a TRIALFLOW_* variable that is not valid UTF-8: Python
+    hands such bytes over as surrogate escapes, which no database, hash or JSON takes."""
+    from workflow.errors import InvalidInput
+
+    for i, word in enumerate(argv):
+        if not is_utf8(word):
+            previous = argv[i - 1] if i else ""
+            name, equals, _ = word.partition("=")
+            if previous.startswith("--") and "=" not in previous:
+                what = f"The value of {previous}"
+            elif equals and name.startswith("--") and is_utf8(name):
+                what = f"The value of {name}"
+            elif equals and name.isidentifier():
+                what = f"The value of field {name}"
+            else:
+                what = f"Argument {i + 1}"
+            raise InvalidInput(f"{what} is not valid UTF-8: {shown_bytes(word)}.",
+                               rule="invalid_utf8", field="argv")
+    for name in sorted(environ):
+        if name.startswith("TRIALFLOW_") and not is_utf8(environ[name]):
+            raise InvalidInput(f"The environment variable {shown_bytes(name)} is not valid "
+                               f"UTF-8: {shown_bytes(environ[name])}.", rule="invalid_utf8",
+                               field=name if is_utf8(name) else "environment")
+
+
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_bytes(text: str, limit: int = 200) -> str:
+    """`text` for a one-line message: undecodable bytes as \\xNN, control characters escaped,
+    cut at `limit` characters."""
+    from cli.errors import one_line
+
+    parts = [f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else one_line(c)
+             for c in text]
+    shown = "".join(parts)
+    if len(shown) <= limit:
+        return shown
+    kept, length = [], 0
+    for part in parts:  # cut between characters, never inside an escape
+        if length + len(part) > limit:
+            break
+        kept.append(part)
+        length += len(part)
+    return "".join(kept) + "…"
+
+
 def _report(error: Exception, json_mode: bool, out: TextIO, err: TextIO,
             environ: dict[str, str]) -> int:
-    from cli.errors import failure_of
+    from dataclasses import replace
+
+    from cli.errors import failure_of, one_line
     from cli.render import to_json
 
     failure = failure_of(error)
     if failure is None:
         raise error
-    if json_mode:
-        out.write(to_json(failure.to_json()) + "\n")
+    failure = replace(failure, message=one_line(failure.message))
+    if json_mode:  # no lone surrogate reaches stdout: a script reads bytes
+        document = to_json(failure.to_json())
+        out.write(document.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
     else:
         err.write(f"Error: {failure.message}\n")
     import structlog

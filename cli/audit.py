@@ -15,6 +15,7 @@ import click
 
 from cli.context import Env
 from cli.render import emit, table
+from projections.as_of import MAX_POSITION
 
 if TYPE_CHECKING:
     from events.envelope import RecordedEvent
@@ -42,7 +43,7 @@ position a reader got.""")
 @click.argument("stream", required=False)
 @click.option("--all", "whole_log", is_flag=True, help="Every stream, in position order, as "
               "JSON lines.")
-@click.option("--after", type=click.IntRange(min=0), default=None, metavar="POSITION",
+@click.option("--after", type=click.IntRange(0, MAX_POSITION), default=None, metavar="POSITION",
               help="With --all: start after this position (resume).")
 @click.option("--as-of", "as_of", default=None, metavar="TIME|@N",
               help="Only what was recorded by then: ISO 8601 time (UTC if no offset) or "

@@ -17,13 +17,18 @@ import click
 
 from cli.context import Env
 from workflow import identity
-from workflow.errors import RuleViolation
+from workflow.errors import InvalidInput, RuleViolation
 
 
 def read_secret(env: Env, prompt: str) -> str:
     """The next line of stdin with --password-stdin, else a hidden prompt on a terminal."""
     if env.password_stdin:
-        line = env.stdin.readline()
+        try:
+            line = env.stdin.readline()
+            line.encode("utf-8")
+        except UnicodeError:  # bytes that are not UTF-8 (decoded strictly or as surrogates)
+            raise InvalidInput(f"{prompt} on stdin (--password-stdin) is not valid UTF-8.",
+                               rule="invalid_utf8", field="password") from None
         if not line:
             raise RuleViolation(f"{prompt} was expected on stdin (--password-stdin) but stdin "
                                 "ended.", rule="authentication_required", field="password")
@@ -40,7 +45,9 @@ def database_login(env: Env) -> str | None:
     engine = env.app.engine
     if engine.dialect.name != "postgresql":
         return None
-    with engine.connect() as conn:
+    from events.translate import translated
+
+    with translated(), engine.connect() as conn:  # an unreachable server: exit 3, not a crash
         login = str(conn.exec_driver_sql("SELECT session_user").scalar_one())
     from events.streams import STUDY_STREAM
     from workflow.study import fold_study

@@ -66,6 +66,7 @@ def fhir(env: Env, out: Path, command_id: str | None) -> None:
 @command_id_option
 @click.pass_obj
 def csv(env: Env, out: Path, command_id: str | None) -> None:
+    from cli.errors import output_error
     from projections.exports.csv_export import MANIFEST, build_csv
 
     snapshot = _snapshot(env)
@@ -73,7 +74,7 @@ def csv(env: Env, out: Path, command_id: str | None) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise click.FileError(str(out), hint=error.strerror) from error
+        raise output_error("--out", out, error) from error
     for name, data in files.items():
         _write(out / name, data)
     digest = hashlib.sha256(files[MANIFEST]).hexdigest()
@@ -119,18 +120,22 @@ def _single_file(env: Env, kind: str, out: Path, build: Callable[[Snapshot], byt
 
 def _write(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (a reader never sees half a file)."""
+    from cli.errors import output_error
+
     try:
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     except OSError as error:
-        raise click.FileError(str(path), hint=error.strerror) from error
+        raise output_error("--out", path, error) from error
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # e.g. --out '' (a folder) or a name too long
+            raise output_error("--out", path, error) from error
         raise
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.context import Env
-from cli.options import command_id_option
+from cli.options import POSITION, command_id_option
 from cli.render import emit, table
 from cli.writes import show
 
@@ -49,7 +49,7 @@ def logout(env: Env) -> None:
 @click.command("sign", help="Sign a record electronically (the password is asked again, a "
                "session is not enough): bound to the exact event hash it signs.")
 @click.argument("subject")
-@click.argument("position", type=int)
+@click.argument("position", type=POSITION)
 @click.option("--meaning", required=True, type=click.Choice(["reviewed", "approved",
                                                                "authored"]))
 @command_id_option

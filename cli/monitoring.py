@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from cli.context import Env
-from cli.options import command_id_option
+from cli.options import POSITION, command_id_option
 from cli.render import emit, table
 from cli.writes import show, workflow, writer
 from workflow.monitoring import Monitoring
@@ -34,7 +34,7 @@ def query() -> None:
 @query.command("open", help="Open a query on FIELD of the form recorded at POSITION "
                "(monitor or data_manager).")
 @click.argument("subject")
-@click.argument("position", type=int)
+@click.argument("position", type=POSITION)
 @click.option("--field", "field_name", required=True, help="A field of that form.")
 @click.option("--text", required=True, help="The question for the site.")
 @command_id_option
@@ -102,7 +102,7 @@ def _queries_text(rows: list[dict[str, Any]]) -> str:
 @click.command("sdv", help="Monitor: mark the form recorded at POSITION source-verified (a later "
                "correction clears the mark).")
 @click.argument("subject")
-@click.argument("position", type=int)
+@click.argument("position", type=POSITION)
 @command_id_option
 @click.pass_obj
 def sdv(env: Env, subject: str, position: int, command_id: str | None) -> None:

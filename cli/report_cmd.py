@@ -9,6 +9,7 @@ the CLI's start-up stays light. `--as-of` without `--now` sets the clock to the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -112,24 +113,36 @@ def _plot_format(out: Path) -> str:
 
 def check_out(out: Path) -> Path:
     """The folder `out` goes to, refused (exit 2) before any work when it does not exist."""
+    from cli.errors import output_error
     from workflow.errors import InvalidInput
 
     folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
+    try:
+        is_folder, is_file_name = folder.is_dir(), not out.is_dir()
+    except OSError as error:  # a name too long
+        raise output_error("--out", out, error) from error
+    if not is_folder:
         raise InvalidInput(f"--out {out}: the folder {folder} does not exist.", field="out")
+    if not is_file_name:
+        raise InvalidInput(f"--out {out}: a folder, not a file.", field="out")
     return folder
 
 
 def write_output(env: Env, out: Path, data: bytes) -> None:
     """Write `data` to `out` atomically and say where (and its SHA-256 with --json)."""
+    from cli.errors import output_error
+
     folder = check_out(out)
     temporary = folder / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
         with open(temporary, "xb") as stream:  # the usual permissions (umask), unlike mkstemp
             stream.write(data)
         os.replace(temporary, out)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+    except BaseException as error:
+        with contextlib.suppress(OSError):  # the name may be one the system cannot take
+            temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # e.g. --out '' (the working folder), a name too long
+            raise output_error("--out", out, error) from error
         raise
     digest = hashlib.sha256(data).hexdigest()
     emit(env, {"file": str(out), "sha256": digest}, str(out))

@@ -7,7 +7,7 @@ from datetime import date, datetime
 import click
 
 from cli.context import Env
-from cli.options import command_id_option
+from cli.options import FINITE_FLOAT, POSITION, command_id_option
 from cli.writes import DATE, DATETIME, show, writer
 
 
@@ -55,7 +55,7 @@ def record(env: Env, subject: str, form: str, fields: tuple[str, ...], on: date 
                help="Correct an earlier form: trialflow correct SUBJECT POSITION field=value… "
                "--reason TEXT (the original stays in the log).")
 @click.argument("subject")
-@click.argument("position", type=int)
+@click.argument("position", type=POSITION)
 @click.argument("fields", nargs=-1, type=click.UNPROCESSED)
 @click.option("--reason", required=True)
 @command_id_option
@@ -101,7 +101,7 @@ def leukapheresis(env: Env, subject: str, on: date, coi_id: str, command_id: str
 @click.argument("subject")
 @click.option("--lot", required=True)
 @click.option("--coi-id", required=True)
-@click.option("--viable-cells", type=float, default=None)
+@click.option("--viable-cells", type=FINITE_FLOAT, default=None)
 @click.option("--fail", "failed", is_flag=True)
 @click.option("--reason", default=None)
 @command_id_option
@@ -143,9 +143,10 @@ def _doses(tokens: tuple[str, ...]) -> dict[str, float]:
         if name not in ("fludarabine_mg", "cyclophosphamide_mg") or not raw:
             raise click.UsageError(f"{token!r}: give fludarabine_mg=N and cyclophosphamide_mg=N.")
         try:
-            values[name] = float(raw)
-        except ValueError:
-            raise click.UsageError(f"{name} must be a number of mg, got {raw!r}.") from None
+            values[name] = FINITE_FLOAT.convert(raw, None, None)
+        except click.BadParameter:
+            raise click.UsageError(f"{name} must be a finite number of mg, got {raw!r}."
+                                   ) from None
     return values
 
 
@@ -153,7 +154,7 @@ def _doses(tokens: tuple[str, ...]) -> dict[str, float]:
                "identity and dose.")
 @click.argument("subject")
 @click.option("--at", "at", type=DATETIME, required=True)
-@click.option("--cells", type=float, required=True)
+@click.option("--cells", type=FINITE_FLOAT, required=True)
 @click.option("--coi-id", required=True)
 @click.option("--deviation", is_flag=True)
 @click.option("--reason", default=None)

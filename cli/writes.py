@@ -8,6 +8,7 @@ import click
 
 from cli.context import Env
 from cli.render import emit
+from projections.as_of import FIRST_YEAR, LAST_YEAR, in_range
 from workflow.commands import Outcome, Workflow
 
 
@@ -40,9 +41,12 @@ class DateParam(click.ParamType[date]):
         if isinstance(value, date):
             return value
         try:
-            return date.fromisoformat(str(value))
+            day = date.fromisoformat(str(value))
         except ValueError:
             self.fail(f"{value!r} is not a date (YYYY-MM-DD).", param, ctx)
+        if not in_range(day):
+            self.fail(f"{value!r} is not a date from {FIRST_YEAR} to {LAST_YEAR}.", param, ctx)
+        return day
 
 
 class DateTimeParam(click.ParamType[datetime]):
@@ -53,10 +57,13 @@ class DateTimeParam(click.ParamType[datetime]):
         if isinstance(value, datetime):
             return value
         try:
-            return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
             self.fail(f"{value!r} is not an ISO 8601 time (e.g. 2025-03-01T09:30+08:00).",
                       param, ctx)
+        if not in_range(moment):
+            self.fail(f"{value!r} is not a time from {FIRST_YEAR} to {LAST_YEAR}.", param, ctx)
+        return moment
 
 
 DATE = DateParam()

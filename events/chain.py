@@ -88,22 +88,35 @@ def make_seal(store: EventStore, *, now: datetime | None = None) -> dict[str, An
 def parse_seal(text: str, source: str) -> dict[str, Any]:
     """Read a seal file; a truncated or edited one is refused (IntegrityFailure)."""
     try:
-        seal = json.loads(text)
+        seal = json.loads(text, parse_constant=_no_constant)
         streams = seal["streams"]
-        position = int(seal["position"])
+        position = seal["position"]
         root = str(seal["root"])
-        ok = isinstance(streams, dict) and all(
-            isinstance(v, dict) and isinstance(v.get("version"), int)
+        ok = _whole(position, 0) and isinstance(streams, dict) and all(
+            isinstance(v, dict) and _whole(v.get("version"), 1)
             and isinstance(v.get("hash"), str)
             for v in streams.values()
         )
     except (ValueError, KeyError, TypeError) as error:
         raise IntegrityFailure(f"Seal file {source} is not a readable seal: {error}.") from error
-    if not ok or seal_root(position, streams) != root:
+    if not ok:
+        raise IntegrityFailure(f"Seal file {source} is not a readable seal: a position or "
+                               "version is not a whole number in range.")
+    if seal_root(position, streams) != root:
         raise IntegrityFailure(
             f"Seal file {source} was altered: its root does not match its content."
         )
     return dict(seal)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a seal holds")
+
+
+def _whole(value: object, minimum: int) -> bool:
+    """A seal's position (from 0) or version (from 1): an int in SQLite's INTEGER range."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and minimum <= value <= 2**63 - 1)
 
 
 def verify_against_seal(store: EventStore, seal: Mapping[str, Any]) -> Verification:

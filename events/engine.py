@@ -9,6 +9,8 @@ of a WAL database checkpoints and removes the WAL, which NullPool did on every c
 pool never makes a caller wait (its overflow is unbounded, as NullPool's was); SQLite's own
 locks, not the pool, serialise writers across threads and processes. An in-memory database
 keeps SQLAlchemy's default (one connection per thread).
+The busy timeout is 5 s unless the URL sets another with `?timeout=SECONDS` (the sqlite3
+driver's own spelling, e.g. `sqlite:///trialflow.db?timeout=0.5`).
 PostgreSQL: psycopg 3; appends serialise on a transaction-level advisory lock (store.py).
 Connections are pinged on checkout like `pool_pre_ping`, by a listener the event store can
 switch off for its own checkouts (see `_postgres_engine`).
@@ -22,13 +24,15 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+
+from events.errors import InvalidDatabaseUrl
 
 DEFAULT_URL = "sqlite:///trialflow.db"
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -51,13 +55,43 @@ def normalise_url(url: str) -> str:
 
 def create_store_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engine:
     url = normalise_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(url, busy_timeout_ms)
-    else:
-        engine = _postgres_engine(url)
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        raise InvalidDatabaseUrl(f"The database URL {_shown(url)} is not a URL such as "
+                                 "sqlite:///trialflow.db or postgresql://host/db.") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise InvalidDatabaseUrl(f"The database URL {_shown(url)} names {_shown(backend)}; "
+                                 "only SQLite (sqlite:///FILE) and PostgreSQL "
+                                 "(postgresql://…) are supported.")
+    try:
+        if backend == "sqlite":
+            timeout = parsed.query.get("timeout")  # seconds, as sqlite3 and SQLAlchemy spell it
+            if isinstance(timeout, str):
+                busy_timeout_ms = _busy_timeout_ms(timeout)
+            engine = _sqlite_engine(url, busy_timeout_ms)
+        else:
+            engine = _postgres_engine(url)
+    except (sa_exc.ArgumentError, ImportError, ValueError, OverflowError) as error:
+        raise InvalidDatabaseUrl(f"The database URL {_shown(url)} cannot be used: "
+                                 f"{str(error).rstrip('.') or type(error).__name__}."
+                                 ) from error
     _ENGINES.add(engine)
     return engine
+
+
+def _busy_timeout_ms(seconds: str) -> int:
+    """The busy timeout a SQLite URL asks for (`?timeout=0.5`: half a second); a value that
+    is no number raises ValueError, as SQLAlchemy's own parsing of it does."""
+    return max(0, int(float(seconds) * 1000))
+
+
+def _shown(text: str) -> str:
+    """A URL for a message: its password hidden, at most 80 characters."""
+    with suppress(sa_exc.ArgumentError, ValueError):
+        text = make_url(text).render_as_string(hide_password=True)
+    return repr(text if len(text) <= 80 else text[:80] + "…")
 
 
 def _postgres_engine(url: str) -> Engine:

@@ -5,6 +5,10 @@ except `hash` itself: a JSON object with sorted keys, compact separators, UTF-8,
 `payload` enters as the stored JSON text (the exact bytes kept in the table), so verification
 hashes what is stored, never an upcast or re-serialised payload. `position` is assigned by the
 appender under the append lock before hashing, so it is covered by the hash as well.
+
+Schema versions (events/upcasting.py): `RecordedEvent.payload` is the stored text decoded and
+upcast to its type's current schema version; `payload_text` and `schema_version` stay as
+stored. A `NewEvent` is written at its type's current version.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final, overload
+
+from events.upcasting import REGISTRY
 
 GENESIS_HASH: Final = "0" * 64
 
@@ -80,20 +86,38 @@ def event_hash(fields: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event a command wants to append; the store fills in the rest of the envelope."""
+    """An event a command wants to append; the store fills in the rest of the envelope.
+
+    `schema_version` left out (0) is the type's current version (events/upcasting.py). For a
+    declared type no other version may be written: old shapes are read, never written."""
 
     type: str
     payload: Mapping[str, Any]
-    schema_version: int = 1
+    schema_version: int = 0
     occurred_at: str | None = None  # ISO 8601 with offset; defaults to the recorded time
     reason: str | None = None
     causation_id: str | None = None
 
+    def __post_init__(self) -> None:
+        current = _CURRENT_VERSIONS.get(self.type)
+        if self.schema_version == 0:
+            object.__setattr__(self, "schema_version", 1 if current is None else current)
+        elif current is not None and self.schema_version != current:
+            raise ValueError(
+                f"{self.type} payloads are written at schema version {current}, not "
+                f"{self.schema_version}: build the current shape (old ones are only read).")
+
+
+_CURRENT_VERSIONS: Final = REGISTRY.current_versions  # type -> current schema version
+_upcast: Final = REGISTRY.upcast
+_loads: Final = json.loads
+
 
 class _DecodedPayload:
-    """`RecordedEvent.payload`: the stored JSON text decoded on first access, then kept in the
-    instance (like `functools.cached_property`, without its lock, which on Python 3.11 is one
-    lock shared by every instance)."""
+    """`RecordedEvent.payload`: the stored JSON text decoded on first access, upcast to its
+    type's current schema version when stored at another, then kept in the instance (like
+    `functools.cached_property`, without its lock, which on Python 3.11 is one lock shared by
+    every instance). An event that is current costs one dict lookup more than the decoding."""
 
     @overload
     def __get__(self, instance: None, owner: type[Any]) -> _DecodedPayload: ...
@@ -104,8 +128,17 @@ class _DecodedPayload:
     ) -> dict[str, Any] | _DecodedPayload:
         if instance is None:
             return self
-        value: dict[str, Any] = json.loads(instance.payload_text)
-        instance.__dict__["payload"] = value  # found first from now on (a non-data descriptor)
+        attributes = instance.__dict__  # the fields, read directly: this runs once per event
+        value: dict[str, Any] = _loads(attributes["payload_text"])
+        stored = attributes["schema_version"]
+        if _CURRENT_VERSIONS.get(attributes["type"], stored) != stored:
+            value = _upcast(
+                instance.type, stored, value, stream_id=instance.stream_id,
+                version=instance.version,
+                where=f"Event at position {instance.position} (stream {instance.stream_id} "
+                      f"version {instance.version})",
+            )
+        attributes["payload"] = value  # found first from now on (a non-data descriptor)
         return value
 
 

@@ -58,3 +58,8 @@ class StoreUnavailable(EventStoreError):
         super().__init__(message)
         self.retryable = retryable
         self.rule = rule
+
+
+class InvalidDatabaseUrl(EventStoreError):
+    """A database URL that cannot be parsed or names a database other than SQLite and
+    PostgreSQL (bad input)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +12,22 @@ from sqlalchemy import exc as sa_exc
 
 from events.engine import unpinged as skip_ping
 from events.errors import EventStoreError, SchemaMissing, StoreUnavailable
+
+
+def _not_the_pipeline_echo(record: logging.LogRecord) -> bool:
+    """psycopg logs a warning when a pipeline block ends with an error and the connection is
+    gone ("error ignored terminating <Pipeline>: the connection is lost"). The store raises
+    that block's own error, translated into one sentence, so the echo is dropped: it would
+    be a second, raw line on the user's stderr."""
+    return not str(record.msg).startswith("error ignored terminating")
+
+
+logging.getLogger("psycopg").addFilter(_not_the_pipeline_echo)
+
+# Why a connection to PostgreSQL could not be opened, when the server is away for a while
+_SERVER_AWAY = ("connection refused", "the database system is starting up",
+                "the database system is shutting down", "the database system is in recovery",
+                "the database system is not yet accepting connections")
 
 
 @contextmanager
@@ -102,6 +119,13 @@ def translate(error: sa_exc.DBAPIError) -> EventStoreError:
     if "unable to open database" in text:
         return StoreUnavailable(
             "The database file cannot be opened.", retryable=False, rule="database_unreachable"
+        )
+    if any(reason in text for reason in _SERVER_AWAY):
+        return StoreUnavailable(
+            "Cannot connect to the database server (it is down or restarting); nothing was "
+            "written, try again once it is back.",
+            retryable=True,
+            rule="connection_lost",
         )
     if error.connection_invalidated or isinstance(
         error, sa_exc.OperationalError | sa_exc.InterfaceError

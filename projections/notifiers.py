@@ -88,7 +88,9 @@ def from_settings(environ: Mapping[str, str], *, smtp: str | None = None,
                                    .split(",") if r.strip()]
     if smtp:
         host, _, port = smtp.rpartition(":")
-        if not host or not port.isdigit() or not recipients:
+        port_ok = (port.isascii() and port.isdigit() and len(port) <= 5  # not "²"
+                   and 0 < int(port) < 65536)
+        if not host or not port_ok or not recipients:
             raise InvalidInput("E-mail needs --smtp HOST:PORT and at least one --mail-to "
                                "(or TRIALFLOW_SMTP and TRIALFLOW_MAIL_TO).", field="smtp")
         sender = mail_from or environ.get("TRIALFLOW_MAIL_FROM", "trialflow@localhost")

@@ -81,7 +81,10 @@ def open_view(engine: Engine, store: EventStore, *, as_of: str | None = None,
     try:
         result = Runner(engine, store).catch_up()
     except StoreUnavailable as error:
-        if error.retryable:
+        # read-only or full: the tables cannot move; busy: another process holds the write
+        # lock past the timeout (SQLite readers still read). Either way the answer is the
+        # tables at their checkpoint plus the lag folded in memory, never stale data.
+        if error.retryable and error.rule != "database_busy":
             raise
         log.info("read models not caught up: folding the lag in memory", reason=error.rule)
         return lag_view(engine, store)

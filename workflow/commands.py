@@ -25,6 +25,7 @@ from workflow.machine import check_phase, decide
 from workflow.protocol import builtin_protocol_text, load_protocol_text, protocol_hash
 from workflow.study import ROLES, SITE_ROLES, Study, User, fold_study
 from workflow.subject import SubjectState, fold_subject
+from workflow.upcasters import lymphodepletion_payload
 
 SUBJECT_WRITERS = frozenset({"coordinator", "investigator"})
 OFF_STUDY_REASONS = ("consent_withdrawn", "investigator_decision", "lost_to_follow_up", "death",
@@ -114,7 +115,7 @@ class Workflow:
         _check_name(site, "site")
         try:
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
             raise InvalidInput(f"Time zone {tz!r} is not an IANA time zone such as "
                                "Asia/Shanghai.", field="tz") from None
 
@@ -366,6 +367,9 @@ class Workflow:
     def release(self, user: str | None, subject: str, lot: str, coi_id: str, *, failed: bool,
                 reason: str | None, viable_cells: float | None,
                 command_id: str | None) -> Outcome:
+        if viable_cells is not None:
+            _dose(viable_cells, "viable_cells")  # NaN or infinity can be neither hashed nor kept
+
         def body(study: Study, actor: User, state: SubjectState, today: date
                  ) -> tuple[list[NewEvent], dict[str, Any]]:
             _consented(state)
@@ -389,6 +393,9 @@ class Workflow:
     def lymphodepletion(self, user: str | None, subject: str, on: date, fludarabine_mg: float,
                         cyclophosphamide_mg: float, *, deviation: bool, reason: str | None,
                         command_id: str | None) -> Outcome:
+        _dose(fludarabine_mg, "fludarabine_mg")  # before the request is hashed (JSON: no NaN)
+        _dose(cyclophosphamide_mg, "cyclophosphamide_mg")
+
         def body(study: Study, actor: User, state: SubjectState, today: date
                  ) -> tuple[list[NewEvent], dict[str, Any]]:
             _consented(state)
@@ -420,11 +427,10 @@ class Workflow:
             trigger = "give_last_dose" if index == len(days) - 1 else "give_dose"
             events = self._transition(study, state, trigger, today, on,
                                       off_regimen="; ".join(off), deviation=deviation)
-            payload = {"given_on": on.isoformat(), "regimen_day": day, "bsa_m2": bsa,
-                       "fludarabine_mg": given["fludarabine"],
-                       "cyclophosphamide_mg": given["cyclophosphamide"],
-                       "expected_mg": expected, "deviation": bool(off) and deviation,
-                       "protocol_version": protocol.version}
+            payload = lymphodepletion_payload(  # schema version 2 (workflow/upcasters.py)
+                given_on=on.isoformat(), regimen_day=day, bsa_m2=bsa, given=given,
+                expected=expected, deviation=bool(off) and deviation,
+                protocol_version=protocol.version)
             return [NewEvent(T.LYMPHODEPLETION_GIVEN, payload, occurred_at=_at(
                 study, state.site, on), reason=reason if off else None), *events], {
                 "regimen_day": day, "expected_mg": expected, "bsa_m2": bsa,
@@ -435,6 +441,8 @@ class Workflow:
 
     def infuse(self, user: str | None, subject: str, at: datetime, cells: float, coi_id: str, *,
                deviation: bool, reason: str | None, command_id: str | None) -> Outcome:
+        _dose(cells, "cells")  # before the request is hashed (JSON has no NaN nor infinity)
+
         def body(study: Study, actor: User, state: SubjectState, today: date
                  ) -> tuple[list[NewEvent], dict[str, Any]]:
             _consented(state)

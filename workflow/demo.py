@@ -230,8 +230,9 @@ def _copy(template: Template, subject: str, shift: timedelta, head: int, order: 
         payload = _renumber(_shift(event.payload, shift, names), moved)
         if event.type == T.ELIGIBILITY_CONFIRMED:
             payload["order"] = order
+        # `payload` is in its type's current shape (upcast on read), so is written as such
         events.append(NewEvent(event.type, payload, occurred_at=_shift(event.occurred_at, shift),
-                               reason=event.reason, schema_version=event.schema_version))
+                               reason=event.reason))
     place = None
     if template.place is not None:
         place = NewEvent(T.ENROLMENT_PLACE_TAKEN, {**template.place.payload, "subject": subject,

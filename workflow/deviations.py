@@ -84,12 +84,18 @@ def _dose_deviations(s: SubjectState, protocol_of: ProtocolOf) -> list[dict[str,
 
 
 def _off_regimen(payload: Mapping[str, Any], tolerance_pct: float) -> list[str]:
-    expected: Mapping[str, float] = payload.get("expected_mg") or {}
-    return [
-        f"{drug} {float(payload.get(f'{drug}_mg', 0.0)):g} mg against the expected {want:g} mg"
-        for drug, want in expected.items()
-        if beyond_tolerance(float(payload.get(f"{drug}_mg", 0.0)), float(want), tolerance_pct)
-    ]
+    """The regimen's drugs given beyond tolerance that day (a LymphodepletionGiven payload,
+    schema version 2: `doses` per drug, each with the amount given and expected)."""
+    found = []
+    for drug, dose in payload["doses"].items():
+        expected = dose["expected"]
+        if expected is None:  # a drug outside the regimen: no amount to compare with
+            continue
+        given, want = float(dose["given"]["value"]), float(expected["value"])
+        if beyond_tolerance(given, want, tolerance_pct):
+            found.append(f"{drug} {given:g} {dose['given']['unit']} against the expected "
+                         f"{want:g} {expected['unit']}")
+    return found
 
 
 def _regimen_text(regimen: Lymphodepletion) -> str:

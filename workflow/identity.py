@@ -55,7 +55,10 @@ sessions = Table(
 
 
 def ensure_tables(engine: Engine) -> None:
-    metadata.create_all(engine, checkfirst=True)
+    from events.translate import translated
+
+    with translated():  # a database that cannot be opened is StoreUnavailable, not a crash
+        metadata.create_all(engine, checkfirst=True)
 
 
 def _scrypt(password: str, salt: bytes) -> str:

@@ -3,7 +3,8 @@
 A subject's stream is walked in order. Every `FormRecorded` and every phase command's event
 (consent, leukapheresis, product release, lymphodepletion, infusion, visit) is one recorded
 form, with the fields of its form in `workflow.forms.FORMS` (payload keys that are no field,
-such as the infusion's computed target dose, stay out). Each `FormCorrected` adds an entry to
+such as the infusion's computed target dose, stay out; a lymphodepletion day's `doses` give
+its `fludarabine_mg` and `cyclophosphamide_mg`). Each `FormCorrected` adds an entry to
 the form it targets. An entry says who, where (the acting user's site), when (`recorded_at`),
 why (the event's reason) and which values it set; the current values are the original ones
 with every correction applied in log order, exactly as the subject fold applies them.
@@ -108,6 +109,17 @@ def form_values(form: str, payload: Mapping[str, Any]) -> dict[str, Any]:
             if payload.get(code) is not None}
 
 
+def phase_form_fields(event_type: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A phase event's payload with its form's fields: as stored, except LymphodepletionGiven,
+    whose doses (schema version 2, workflow/upcasters.py) give the form's `<drug>_mg` fields."""
+    if event_type != T.LYMPHODEPLETION_GIVEN:
+        return payload
+    fields = dict(payload)
+    for drug, dose in payload["doses"].items():
+        fields[f"{drug}_{dose['given']['unit']}"] = dose["given"]["value"]
+    return fields
+
+
 def _entry(event: RecordedEvent, values: Mapping[str, Any], kind: str) -> Entry:
     return Entry(event.position, event.actor, event.role, event.site, event.recorded_at,
                  event.reason, dict(values), kind)
@@ -142,7 +154,7 @@ def form_records(study: Study, subject: str, events: tuple[RecordedEvent, ...] |
                 date.fromisoformat(payload["on"]), values, [_entry(event, values, "original")])
         elif event.type in PHASE_EVENTS:
             form, date_field = PHASE_EVENTS[event.type]
-            values = form_values(form, payload)
+            values = form_values(form, phase_form_fields(event.type, payload))
             visit = payload.get("visit") if form == "visit" else None
             study_event = str(visit) if visit else PHASE_FORM_EVENTS[form]
             records[event.position] = FormRecord(

@@ -52,6 +52,10 @@ def expected_from_log(db: str) -> dict[str, Any]:
             items += sum(1 for value in payload["values"].values() if value is not None)
         elif event.type in PHASE_FORMS:
             fields = FORMS[PHASE_FORMS[event.type]].field_codes
+            if event.type == T.LYMPHODEPLETION_GIVEN:  # schema version 2: the mg of each drug
+                doses = payload["doses"].items()
+                payload = {"given_on": payload["given_on"],
+                           **{f"{drug}_mg": dose["given"]["value"] for drug, dose in doses}}
             items += sum(1 for k, v in payload.items() if k in fields and v is not None)
             subjects.add(event.stream_id)
         elif event.type == T.FORM_CORRECTED:

@@ -12,6 +12,7 @@ from workflow.deviations import DEVIATION_KEYS, deviations
 from workflow.protocol import Protocol, builtin_protocol
 from workflow.records import Consent, RecordedForm
 from workflow.subject import PhaseRecord, SubjectState
+from workflow.upcasters import lymphodepletion_payload
 
 P2 = builtin_protocol(2)
 # Version 3 for the tests: D28 ±4 instead of ±2, dose tolerance 10% instead of 20%,
@@ -43,13 +44,12 @@ def dose(position: int, day: int, *, fludarabine: float | None = None,
          reason: str | None = None) -> PhaseRecord:
     expected = EXPECTED[day]
     on = LAST_DOSE + timedelta(days=day + 3)
-    return PhaseRecord(position, on, {
-        "given_on": on.isoformat(), "regimen_day": day,
-        "fludarabine_mg": expected["fludarabine"] if fludarabine is None else fludarabine,
-        "cyclophosphamide_mg": (expected["cyclophosphamide"] if cyclophosphamide is None
-                                else cyclophosphamide),
-        "expected_mg": expected, "deviation": flagged, "protocol_version": 2,
-    }, reason)
+    given = {"fludarabine": expected["fludarabine"] if fludarabine is None else fludarabine,
+             "cyclophosphamide": (expected["cyclophosphamide"] if cyclophosphamide is None
+                                  else cyclophosphamide)}
+    return PhaseRecord(position, on, lymphodepletion_payload(
+        given_on=on.isoformat(), regimen_day=day, bsa_m2=1.8, given=given, expected=expected,
+        deviation=flagged, protocol_version=2), reason)
 
 
 def infusion(on: date = D0, cells: float = 1e8, position: int = 20,

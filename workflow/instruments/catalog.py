@@ -58,7 +58,7 @@ from workflow.instruments.study_days import date_of_day, study_day, visit_window
 
 INPUT_TYPES: Final = ("flag", "number", "integer", "count", "choice", "titre", "date", "list")
 _NUMBER: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_INTEGER: Final = re.compile(r"[+-]?\d+")
+_INTEGER: Final = re.compile(r"[+-]?\d{1,18}")  # bounded: int() refuses 4300+ digits
 _DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 _YES: Final = frozenset({"yes", "y", "true", "1"})
 _NO: Final = frozenset({"no", "n", "false", "0"})

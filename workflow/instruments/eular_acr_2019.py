@@ -20,7 +20,7 @@ from workflow.instruments.sources import ARINGER_2019
 ANA_ENTRY_TITER: Final = 80
 CLASSIFICATION_POINTS: Final = 10
 
-_TITER_TEXT: Final = re.compile(r"\s*(?:1\s*:\s*)?(\d+)\s*")
+_TITER_TEXT: Final = re.compile(r"\s*(?:1\s*:\s*)?(\d{1,9})\s*")  # int() of 5000 digits fails
 
 
 @dataclass(frozen=True)
