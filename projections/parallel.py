@@ -40,15 +40,16 @@ def _start(url: str) -> None:
 
 
 def _fold(study: Study, subjects: Sequence[str], wanted: dict[str, list[str]], head: int
-          ) -> dict[str, list[dict[str, Any]]]:
+          ) -> dict[str, list[Any]]:
     assert _worker_store is not None
     return fold_chunk(_worker_store, study, subjects, wanted, head)
 
 
 def fold_chunk(store: EventStore, study: Study, subjects: Sequence[str],
-               wanted: dict[str, list[str]], head: int) -> dict[str, list[dict[str, Any]]]:
-    """The rows, by table, of `subjects` folded up to `head` for the projections each wants."""
-    from projections.runner import subject_rows_of
+               wanted: dict[str, list[str]], head: int) -> dict[str, list[Any]]:
+    """The rows, by table, of `subjects` folded up to `head` for the projections each wants,
+    encoded for the database's INSERT (`runner.encode_rows`)."""
+    from projections.runner import encode_rows, subject_rows_of
     from projections.subject_rows import fold_context
 
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -58,12 +59,12 @@ def fold_chunk(store: EventStore, study: Study, subjects: Sequence[str],
             found: Rows = subject_rows_of(name, ctx)
             for table_name, table_rows in found.items():
                 rows.setdefault(table_name, []).extend(table_rows)
-    return rows
+    return encode_rows(store.engine.dialect, rows)
 
 
 def fold_in_parallel(engine: Engine, study: Study, chunks: Sequence[Sequence[str]],
                      wanted: dict[str, list[str]], head: int
-                     ) -> Iterator[tuple[Sequence[str], dict[str, list[dict[str, Any]]]]]:
+                     ) -> Iterator[tuple[Sequence[str], dict[str, list[Any]]]]:
     """(chunk, its rows) for each chunk, in order, folded by a pool of processes."""
     url = engine.url.render_as_string(hide_password=False)
     count = workers()
@@ -71,7 +72,7 @@ def fold_in_parallel(engine: Engine, study: Study, chunks: Sequence[Sequence[str
                                           multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(count, mp_context=context, initializer=_start,
                              initargs=(url,)) as pool:
-        pending: deque[tuple[Sequence[str], Future[dict[str, list[dict[str, Any]]]]]] = deque()
+        pending: deque[tuple[Sequence[str], Future[dict[str, list[Any]]]]] = deque()
         for chunk in chunks:
             part = {s: wanted[s] for s in chunk}
             pending.append((chunk, pool.submit(_fold, study, chunk, part, head)))

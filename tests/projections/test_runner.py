@@ -203,3 +203,20 @@ def test_a_parallel_rebuild_writes_the_rows_of_a_serial_one(db_url: str,
     runner.rebuild()
     assert calls == [1]  # the pool did the folding
     assert _tables(flow) == serial == memory_snapshot(flow.store)
+
+
+def test_the_runner_leaves_every_pooled_connection_fully_synchronous(sqlite_url: str) -> None:
+    """The runner commits read models without a sync of its own (derived data); the log's
+    appends on the same pooled connections must keep `synchronous = FULL` (2)."""
+    flow, runner = _trial(sqlite_url, subjects=1, steps=4)
+    with pytest.raises(ZeroDivisionError), runner._transaction():
+        raise ZeroDivisionError  # a failed catch-up gives its connection back as well
+    runner.rebuild()
+    engine = flow.store.engine
+    connections = [engine.connect() for _ in range(engine.pool.size() + 2)]
+    try:
+        levels = {c.exec_driver_sql("PRAGMA synchronous").scalar() for c in connections}
+    finally:
+        for c in connections:
+            c.close()
+    assert levels == {2}

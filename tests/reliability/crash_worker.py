@@ -153,8 +153,7 @@ class MarkedRunner(Runner):
         self.pause = pause
 
     def _write_rows(self, conn: Connection, subjects: Sequence[str],
-                    wanted: dict[str, list[str]], rows: dict[str, list[dict[str, Any]]]
-                    ) -> None:
+                    wanted: dict[str, list[str]], rows: dict[str, list[Any]]) -> None:
         say("cutx rows")
         self.pause(4)
         super()._write_rows(conn, subjects, wanted, rows)
