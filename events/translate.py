@@ -127,9 +127,12 @@ def translate(error: sa_exc.DBAPIError) -> EventStoreError:
             retryable=True,
             rule="connection_lost",
         )
-    if error.connection_invalidated or isinstance(
+    # A file database has no connection to lose: SQLite's other OperationalErrors (a bad
+    # statement, a disk I/O error) are refusals, never "retry the same command".
+    embedded = type(error.orig).__module__.startswith("sqlite3")
+    if error.connection_invalidated or (not embedded and isinstance(
         error, sa_exc.OperationalError | sa_exc.InterfaceError
-    ):
+    )):
         return StoreUnavailable(
             "Lost the connection to the database; nothing was confirmed written, retry the "
             "command with the same --command-id.",
