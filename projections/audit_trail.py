@@ -63,7 +63,11 @@ def changes_of(event: RecordedEvent) -> list[Entry]:
 
 
 def trail_entry(event: RecordedEvent) -> Entry:
-    """One event of the trail as a JSON object (the shape of `audit log --json|--jsonl`)."""
+    """One event of the trail as a JSON object (the shape of `audit log --json|--jsonl`):
+    `payload` as stored under its `schema_version`; `payload_read_as`, only for an event of
+    an older schema, what the upcasters make of it (what every read model sees)."""
+    stored = json.loads(event.payload_text)
+    upcast = event.payload
     return {
         "position": event.position,
         "stream": event.stream_id,
@@ -76,7 +80,8 @@ def trail_entry(event: RecordedEvent) -> Entry:
         "occurred_at": event.occurred_at,
         "reason": event.reason,
         "changes": changes_of(event),
-        "payload": event.payload,
+        "payload": stored,
+        **({} if upcast == stored else {"payload_read_as": upcast}),
         "schema_version": event.schema_version,
         "command_id": event.command_id,
         "correlation_id": event.correlation_id,

@@ -150,6 +150,17 @@ def test_audit_verify_cli_passes_on_the_v1_log(v1_file: Path) -> None:
     assert json.loads(out)["events"] == 57
 
 
+def test_the_audit_trail_shows_an_old_event_as_stored_and_as_read(v1_file: Path) -> None:
+    status, out, err = cli(f"sqlite:///{v1_file}", "--json", "audit", "log", "S-001")
+    assert status == 0, err
+    entries = {e["position"]: e for e in json.loads(out)["events"]}
+    dose = entries[OFF_DOSE]
+    assert dose["schema_version"] == 1 and set(dose["payload"]) == V1_KEYS
+    assert dose["payload"]["fludarabine_mg"] == 50.0
+    assert "doses" in dose["payload_read_as"] and "fludarabine_mg" not in dose["payload_read_as"]
+    assert all("payload_read_as" not in e for p, e in entries.items() if p not in DOSE_POSITIONS)
+
+
 def _edited(row: Row, **payload: Any) -> Row:
     stored = json.loads(row["payload"])
     stored.update(payload)
