@@ -59,12 +59,12 @@ from tests.support.clock import FakeClock
 from tests.support.study import (
     ADMIN,
     COORDINATOR,
-    EXCLUSIONS_NO,
     INVESTIGATOR,
     MONITOR,
     SITE,
     TZ,
     on_day,
+    screening_forms,
 )
 from workflow.bootstrap import App
 from workflow.commands import Outcome, Workflow
@@ -76,29 +76,7 @@ FOLLOW_UP = (("D1", 1), ("D4", 4), ("D7", 7), ("D10", 10), ("D14", 14), ("D21", 
              ("D28", 28), ("D60", 60), ("D90", 90), ("D180", 180), ("D270", 270),
              ("D360", 360))
 BSA = 1.62  # sqrt(162 cm * 58 kg / 3600)
-SCREENING = [
-    ("demographics", ["date_of_birth=1990-05-01", "sex=female", "childbearing_potential=yes",
-                      "partner_childbearing_potential=no"]),
-    ("vitals", ["weight_kg=58", "height_cm=162"]),
-    ("sle_classification", ["ana_titer=320", "joint_involvement", "anti_dsdna_or_anti_smith",
-                            "low_c3_and_low_c4"]),
-    ("disease_activity", ["arthritis", "proteinuria", "low_complement", "increased_dna_binding",
-                          "pga=2", "new_activity=yes"]),
-    ("prior_treatment", ["drug=prednisone", "drug_class=glucocorticoid", "start_date=2019-01-01",
-                         "outcome=inadequate_response"]),
-    ("prior_treatment", ["drug=mycophenolate mofetil", "drug_class=immunosuppressant",
-                         "start_date=2020-01-01", "stop_date=2022-01-01",
-                         "outcome=inadequate_response"]),
-    ("prior_treatment", ["drug=rituximab", "drug_class=biologic", "start_date=2022-02-01",
-                         "stop_date=2023-06-01", "outcome=relapse"]),
-    ("medication", ["drug=prednisone", "drug_class=glucocorticoid", "dose_mg_per_day=15",
-                    "start_date=2024-01-01"]),
-    ("medication", ["drug=hydroxychloroquine", "drug_class=antimalarial", "dose_mg_per_day=400",
-                    "start_date=2023-01-01"]),
-    ("pregnancy_test", ["specimen=serum", "result=negative"]),
-    ("contraception", ["agreed=yes"]),
-    ("exclusion_checklist", EXCLUSIONS_NO),
-]
+SCREENING = screening_forms()
 
 Action = tuple[str, Callable[[Workflow], Outcome]]  # (command id, the command)
 

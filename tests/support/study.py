@@ -39,16 +39,10 @@ def new_study(url: str, clock: FakeClock, *, protocol_version: int = 2) -> Workf
     return flow
 
 
-def screen_eligible(flow: Workflow, subject: str, consent_on: date, *,
-                    weight_kg: float = 58, clock: FakeClock | None = None) -> None:
-    """Consent and record every screening form an eligible woman of childbearing potential
-    needs (clinical-rules.md inclusion criteria 1–9)."""
-    on = consent_on
-    c = COORDINATOR
-    if clock is not None:
-        on_day(clock, on)
-    flow.consent(c, subject, on, "2.0", None)
-    rec = [
+def screening_forms(weight_kg: float = 58) -> list[tuple[str, list[str]]]:
+    """Every screening form an eligible woman of childbearing potential needs
+    (clinical-rules.md inclusion criteria 1–9), as (form, tokens)."""
+    return [
         ("demographics", ["date_of_birth=1990-05-01", "sex=female",
                           "childbearing_potential=yes", "partner_childbearing_potential=no"]),
         ("vitals", [f"weight_kg={weight_kg}", "height_cm=162"]),
@@ -71,6 +65,18 @@ def screen_eligible(flow: Workflow, subject: str, consent_on: date, *,
         ("contraception", ["agreed=yes"]),
         ("exclusion_checklist", EXCLUSIONS_NO),
     ]
+
+
+def screen_eligible(flow: Workflow, subject: str, consent_on: date, *,
+                    weight_kg: float = 58, clock: FakeClock | None = None) -> None:
+    """Consent and record every screening form an eligible woman of childbearing potential
+    needs (clinical-rules.md inclusion criteria 1–9)."""
+    on = consent_on
+    c = COORDINATOR
+    if clock is not None:
+        on_day(clock, on)
+    flow.consent(c, subject, on, "2.0", None)
+    rec = screening_forms(weight_kg)
     for form, tokens in rec:
         flow.record(c, subject, form, tokens, on, None, None)
 
