@@ -322,8 +322,8 @@ def _replace_sqlite(conn: Connection, table: Table, subjects: Sequence[str],
     still wrapped and translated), with the rows `encode_rows` made."""
     insert_sql, _, _ = _sqlite_insert(table, conn.dialect)
     marks = ", ".join("?" * len(subjects))
-    conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE subject IN ({marks})",
-                         tuple(subjects))
+    name = conn.dialect.identifier_preparer.quote(table.name)
+    conn.exec_driver_sql(f"DELETE FROM {name} WHERE subject IN ({marks})", tuple(subjects))
     if rows:
         conn.exec_driver_sql(insert_sql, list(rows))
 
