@@ -68,12 +68,15 @@ def build_study(url: str, subjects: int) -> Any:
     """The study of `trialflow demo --subjects N`: the IM19-SLE story through the real
     commands, then the study amended to a protocol variant whose cap is N and N - 8 copies of
     completed story subjects (projections/demo_story.py)."""
-    from projections.demo_story import run_demo
+    from projections.demo_story import COORDINATOR, DEMO_PASSWORD, run_demo
     from workflow.bootstrap import build_app
-    from workflow.commands import Workflow
+    from workflow.commands.actors import Actors
+    from workflow.commands.executor import Executor
 
     run_demo(url, subjects=max(subjects, 8))
-    return Workflow(build_app(url))
+    actors = Actors(Executor(build_app(url)))
+    actors.know(COORDINATOR, DEMO_PASSWORD)  # the story's documented password
+    return actors
 
 
 def raw_read(path: Path) -> tuple[int, float]:
@@ -94,7 +97,7 @@ def raw_read(path: Path) -> tuple[int, float]:
 def rebuild(flow: Any) -> tuple[int, float, float]:
     from projections.runner import Runner
 
-    runner = Runner(flow.store.engine, flow.store)
+    runner = Runner(flow.executor.engine, flow.executor.store)
     with PeakRss() as rss:
         start = time.perf_counter()
         result = runner.rebuild()
@@ -107,17 +110,20 @@ def incremental(flow: Any, rounds: int = 200) -> list[float]:
     with its commit: milliseconds."""
     from projections.demo_story import COORDINATOR
     from projections.runner import Runner
+    from workflow.commands.messages import RecordForm
+    from workflow.subject import load_subject
 
-    runner = Runner(flow.store.engine, flow.store)
+    store = flow.executor.store
+    runner = Runner(store.engine, store)
     runner.catch_up()
-    subjects = sorted(s for s in flow.store.stream_heads() if s.startswith("X-"))[:rounds]
+    subjects = sorted(s for s in store.stream_heads() if s.startswith("X-"))[:rounds]
     times = []
     for i in range(rounds):
         subject = subjects[i % len(subjects)]  # a copy's complete history
-        state = flow.subject(subject)
+        state = load_subject(store, subject)
         day = state.infused_on or state.consent.consent_date
-        flow.record(COORDINATOR, subject, "vitals", [f"heart_rate={60 + i % 40}"], day, None,
-                    None)
+        flow.send(COORDINATOR, RecordForm(subject, "vitals", (f"heart_rate={60 + i % 40}",),
+                                          day))
         start = time.perf_counter()
         runner.catch_up()
         times.append((time.perf_counter() - start) * 1000)
@@ -139,7 +145,7 @@ def measure(subjects: int, directory: Path, progress: Callable[[str], None]
     progress(f"  {events} events: raw read {events / raw_seconds:,.0f}/s, rebuild "
              f"{head / our_seconds:,.0f}/s")
     times = incremental(flow)
-    flow.store.engine.dispose()
+    flow.executor.engine.dispose()
     return {"subjects": subjects, "events": events, "raw_rate": events / raw_seconds,
             "rebuild_rate": head / our_seconds, "rebuild_seconds": our_seconds,
             "rss_growth_mib": max(g for _, _, g in ours),

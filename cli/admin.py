@@ -9,7 +9,10 @@ import click
 from cli.context import Env
 from cli.options import command_id_option
 from cli.render import emit, table
-from cli.writes import show, workflow, writer
+from cli.writes import send, show
+from workflow.commands import messages as M
+from workflow.identity import Secret
+from workflow.study import load_study
 
 
 @click.group("sites", help="Sites and their time zones.")
@@ -23,77 +26,144 @@ def sites() -> None:
 @command_id_option
 @click.pass_obj
 def sites_add(env: Env, site: str, tz: str, command_id: str | None) -> None:
-    show(env, f"Site {site} added ({tz})", writer(env).add_site(env.user, site, tz, command_id))
+    show(env, f"Site {site} added ({tz})", send(env, M.AddSite(site, tz), command_id))
 
 
 @sites.command("list", help="List sites.")
 @click.pass_obj
 def sites_list(env: Env) -> None:
-    study = workflow(env).study()
+    study = load_study(env.app.store)
     rows = [{"site": s, "tz": tz} for s, tz in sorted(study.sites.items())]
     emit(env, rows, lambda: table(["site", "tz"], [[r["site"], r["tz"]] for r in rows]))
 
 
-@click.group("users", help="Users and roles.")
+@click.group("users", help="Users, roles, passwords and account lockout.")
 def users() -> None:
     pass
 
 
-@users.command("add", help="Add a user with a role (coordinators and investigators need --site).")
+@users.command("add", help="Add a user with a role (coordinators and investigators need --site). "
+               "Asks for your password, then the new user's first password, which is "
+               "temporary: its user changes it with `users passwd` before anything else. A "
+               "service account (role scheduler) gets a generated secret in --secret-out.")
 @click.argument("name")
 @click.option("--role", required=True, help="coordinator, investigator, monitor, data_manager, "
               "auditor, scheduler or admin.")
 @click.option("--site", default=None)
+@click.option("--secret-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="For a service account: the file to create (mode 0600) with its secret.")
 @command_id_option
 @click.pass_obj
-def users_add(env: Env, name: str, role: str, site: str | None, command_id: str | None) -> None:
-    from cli.auth import read_secret
-    from workflow import identity
-    from workflow.signing import Signing
+def users_add(env: Env, name: str, role: str, site: str | None, secret_out: Path | None,
+              command_id: str | None) -> None:
+    from cli.auth import credential
 
-    flow = writer(env)  # the acting admin authenticates first (first line of stdin)
-    password = None
-    if role != "scheduler":  # a service user has no password
-        password = read_secret(env, f"Password for the new user {name}")
-        identity.check_new_password(name, password)
-    outcome = flow.add_user(env.user, name, role, site, command_id)
-    if password is not None and not outcome.result.duplicate:
-        Signing(flow).change_password(env.user, name, password, None, env.app.clock())
-    show(env, f"User {name} added as {role}", outcome)
+    proof = credential(env)  # the acting admin first (first line of stdin)
+    secret, written = _new_secret(env, name, role, secret_out, "new user")
+    try:
+        outcome = send(env, M.AddUser(name, role, site, Secret(secret)), command_id,
+                       credential=proof)
+    except BaseException:
+        if written is not None:
+            written.unlink(missing_ok=True)
+        raise
+    show(env, f"User {name} added as {role}" + (
+        f"; its secret is in {written}" if written else "; the password is temporary"), outcome)
 
 
-@users.command("passwd", help="Set a password: an admin for anyone, a user for themselves. "
-               "Ends the user's sessions.")
+@users.command("passwd", help="Set a password: yours (asks the current one, then the new one), "
+               "or, as an admin, another user's (then temporary: that user must change it "
+               "before any other write). Ends the user's sessions. A service account gets a "
+               "new generated secret in --secret-out.")
 @click.argument("name")
+@click.option("--secret-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="For a service account: the file to create (mode 0600) with its new secret.")
 @command_id_option
 @click.pass_obj
-def users_passwd(env: Env, name: str, command_id: str | None) -> None:
-    from cli.auth import read_secret
-    from workflow.signing import Signing
+def users_passwd(env: Env, name: str, secret_out: Path | None, command_id: str | None) -> None:
+    from cli.auth import credential
 
-    flow = writer(env)
-    password = read_secret(env, f"New password for {name}")
-    show(env, f"Password of {name} changed",
-         Signing(flow).change_password(env.user, name, password, command_id, env.app.clock()))
+    proof = credential(env, password=True)  # your own password, never a session
+    target = load_study(env.app.store).users.get(name)
+    role = target.role if target is not None else "coordinator"
+    secret, written = _new_secret(env, name, role, secret_out, "new")
+    try:
+        outcome = send(env, M.ChangePassword(name, Secret(secret)), command_id, credential=proof)
+    except BaseException:
+        if written is not None:
+            written.unlink(missing_ok=True)
+        raise
+    show(env, f"Password of {name} changed" + (
+        f"; the new secret is in {written}" if written else
+        "; it is temporary" if outcome.summary.get("temporary") else ""), outcome)
 
 
-@users.command("deactivate", help="Deactivate a user; their history stays.")
+@users.command("deactivate", help="Deactivate a user; their history stays. The last active "
+               "admin cannot be deactivated.")
 @click.argument("name")
 @command_id_option
 @click.pass_obj
 def users_deactivate(env: Env, name: str, command_id: str | None) -> None:
-    show(env, f"User {name} deactivated",
-         writer(env).deactivate_user(env.user, name, command_id))
+    show(env, f"User {name} deactivated", send(env, M.DeactivateUser(name), command_id))
 
 
-@users.command("list", help="List users, roles, sites and whether they are active.")
+@users.command("unlock", help="Unlock an account locked after failed attempts (admin).")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (e.g. the user called from the site).")
+@command_id_option
+@click.pass_obj
+def users_unlock(env: Env, name: str, reason: str, command_id: str | None) -> None:
+    show(env, f"Account of {name} unlocked", send(env, M.UnlockAccount(name, reason),
+                                                  command_id))
+
+
+@users.command("policy", help="Set how many consecutive failed attempts lock an account "
+               "(admin; default 5).")
+@click.option("--max-failed-attempts", type=click.IntRange(1, 100), required=True)
+@command_id_option
+@click.pass_obj
+def users_policy(env: Env, max_failed_attempts: int, command_id: str | None) -> None:
+    show(env, f"Accounts lock after {max_failed_attempts} failed attempts",
+         send(env, M.SetLockoutPolicy(max_failed_attempts), command_id))
+
+
+@users.command("list", help="List users, roles, sites, whether they are active, and account "
+               "state (temporary password, failed attempts, locked).")
 @click.pass_obj
 def users_list(env: Env) -> None:
-    study = workflow(env).study()
-    rows = [{"name": u.name, "role": u.role, "site": u.site, "active": u.active}
+    study = load_study(env.app.store)
+    rows = [{"name": u.name, "role": u.role, "site": u.site, "active": u.active,
+             "temporary_password": u.name in study.temporary_passwords,
+             "failed_attempts": study.failed_attempts.get(u.name, 0),
+             "locked": study.account_locked(u.name)}
             for u in sorted(study.users.values(), key=lambda u: u.name)]
-    emit(env, rows, lambda: table(["name", "role", "site", "active"],
-                                  [[r["name"], r["role"], r["site"], r["active"]] for r in rows]))
+    emit(env, rows, lambda: table(
+        ["name", "role", "site", "active", "temporary", "failed", "locked"],
+        [[r["name"], r["role"], r["site"], r["active"], r["temporary_password"],
+          r["failed_attempts"], r["locked"]] for r in rows]))
+
+
+def _new_secret(env: Env, name: str, role: str, secret_out: Path | None, whose: str
+                ) -> tuple[str, Path | None]:
+    """A person's new password (read), or a service account's generated secret written to
+    --secret-out (0600) before the write; (secret, file written)."""
+    from cli.auth import read_secret, write_secret_file
+    from workflow.errors import InvalidInput
+    from workflow.identity import new_service_secret
+    from workflow.study import SERVICE_ROLES
+
+    if role in SERVICE_ROLES:
+        if secret_out is None:
+            raise InvalidInput(f"A service account's secret is generated: pass --secret-out FILE "
+                               f"for {name}'s.", field="secret_out")
+        secret = new_service_secret()
+        write_secret_file(secret_out, secret)
+        return secret, secret_out
+    if secret_out is not None:
+        raise InvalidInput("--secret-out is for service accounts; a person's password is "
+                           "asked.", field="secret_out")
+    return read_secret(env, f"Password for the {whose} {name}" if whose == "new user"
+                       else f"New password for {name}"), None
 
 
 @click.group("protocol", help="Protocol versions: load, amend, show, diagram.")
@@ -109,8 +179,13 @@ def protocol_load(env: Env, file: Path, command_id: str | None) -> None:
     from workflow.protocol import read_protocol_file
 
     text = read_protocol_file(file)
-    outcome = writer(env).load_protocol(env.user, text, str(file), command_id)
-    show(env, f"Protocol version {outcome.summary['version']} loaded", outcome)
+    outcome = send(env, M.LoadProtocol(text, str(file)), command_id)
+    version = outcome.summary.get("version")
+    if version is None:  # a repeat: the version of the file itself
+        from workflow.protocol import load_protocol_text
+
+        version = load_protocol_text(text, str(file)).version
+    show(env, f"Protocol version {version} loaded", outcome)
 
 
 @protocol.command("amend", help="Put a protocol version in force; subjects must re-consent.")
@@ -119,13 +194,13 @@ def protocol_load(env: Env, file: Path, command_id: str | None) -> None:
 @click.pass_obj
 def protocol_amend(env: Env, version: int, command_id: str | None) -> None:
     show(env, f"Protocol version {version} is in force",
-         writer(env).amend_protocol(env.user, version, command_id))
+         send(env, M.AmendProtocol(version), command_id))
 
 
 @protocol.command("show", help="Show the protocol version in force.")
 @click.pass_obj
 def protocol_show(env: Env) -> None:
-    study = workflow(env).study()
+    study = load_study(env.app.store)
     p = study.protocol
     data = {
         "version": p.version, "title": p.title, "registry_id": p.registry_id,

@@ -18,7 +18,7 @@ VERSION = "0.1.0"
 DEFAULT_DB = "sqlite:///trialflow.db"
 # Global options: name -> takes a value. Accepted before or after the command.
 GLOBAL_OPTIONS = {"--db": True, "--user": True, "--log-level": True, "--json": False,
-                  "--password-stdin": False,
+                  "--password-stdin": False, "--secret-file": True,
                   "--version": False}
 # Command name -> (module:attribute, one-line help); imported only when used.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -93,13 +93,18 @@ GLOBAL_HELP = """Event-sourced workflow for the IM19 CAR-T study in refractory S
 Global options (before or after the command):
   --db URL          database (env TRIALFLOW_DB; default sqlite:///trialflow.db)
   --user NAME       acting user, required to write (env TRIALFLOW_USER)
+  --password-stdin  read passwords from stdin, one per line (else a prompt,
+                    or the session in TRIALFLOW_SESSION from `login`)
+  --secret-file F   a service account's secret (env TRIALFLOW_SECRET_FILE;
+                    systemd: $CREDENTIALS_DIRECTORY/trialflow-NAME)
   --json            print exactly one JSON document on stdout
   --log-level LVL   debug, info, warning (default), error
   --version         print the version
 
 \b
 Exit codes: 0 done, 1 refused by a rule, 2 bad input or usage,
-3 conflict or busy database (retry), 4 integrity failure.
+3 conflict or busy database (retry), 4 integrity failure,
+70 internal error, 130 interrupted.
 """
 
 
@@ -144,8 +149,11 @@ def run(
     stderr: TextIO | None = None,
     stdin: TextIO | None = None,
     environ: dict[str, str] | None = None,
+    interruptible: bool = False,
 ) -> int:
-    """Run one command line; return its exit status. Tests call this in-process."""
+    """Run one command line; return its exit status. Tests call this in-process.
+    `interruptible` (the console script): Ctrl-C raises KeyboardInterrupt from here on, and
+    is reported (exit 130) with what a write did before it."""
     environ = dict(os.environ) if environ is None else environ
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -154,6 +162,12 @@ def run(
     from cli.logging_setup import LEVELS, configure
 
     configure("warning", err)  # until --log-level is known: never structlog's default stdout
+    env: Env | None = None
+    level = "warning"
+    if interruptible:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         check_utf8(argv, environ)
         options, rest = split_globals(argv)
@@ -174,6 +188,7 @@ def run(
             stdin=stdin or sys.stdin,
             environ=environ,
             password_stdin=bool(options.get("--password-stdin")),
+            secret_file=options.get("--secret-file"),
         )
         json_mode = env.json
         with _redirected(out, err):
@@ -181,11 +196,10 @@ def run(
         return ExitStatus.OK
     except click.exceptions.Exit as done:
         return int(done.exit_code)
-    except click.exceptions.Abort:
-        err.write("Aborted.\n")
-        return ExitStatus.BAD_INPUT
-    except Exception as error:  # mapped below; unknown errors are re-raised as bugs
-        return _report(error, json_mode, out, err, environ)
+    except (KeyboardInterrupt, click.exceptions.Abort):  # Abort: Ctrl-C at a prompt
+        return _interrupted(env, json_mode, out, err)
+    except Exception as error:  # mapped below; anything else is an internal error (exit 70)
+        return _report(error, json_mode, out, err, level)
 
 
 def check_utf8(argv: Sequence[str], environ: dict[str, str]) -> None:
@@ -241,16 +255,23 @@ def shown_bytes(text: str, limit: int = 200) -> str:
     return "".join(kept) + "…"
 
 
-def _report(error: Exception, json_mode: bool, out: TextIO, err: TextIO,
-            environ: dict[str, str]) -> int:
+def _report(error: Exception, json_mode: bool, out: TextIO, err: TextIO, level: str) -> int:
     from dataclasses import replace
 
-    from cli.errors import failure_of, one_line
+    from cli.errors import Failure, failure_of, one_line
     from cli.render import to_json
 
     failure = failure_of(error)
-    if failure is None:
-        raise error
+    if failure is None:  # a bug: one sentence, the traceback only with --log-level debug
+        if level == "debug":
+            import traceback
+
+            err.write("".join(traceback.format_exception(error)))
+        shown = one_line(str(error))[:300]
+        failure = Failure(ExitStatus.INTERNAL_ERROR,
+                          f"Internal error ({type(error).__name__}{': ' + shown if shown else ''})"
+                          "; run again with --log-level debug for the traceback, and report "
+                          "it.", "internal_error")
     failure = replace(failure, message=one_line(failure.message))
     if json_mode:  # no lone surrogate reaches stdout: a script reads bytes
         document = to_json(failure.to_json())
@@ -263,6 +284,39 @@ def _report(error: Exception, json_mode: bool, out: TextIO, err: TextIO,
         "command failed", rule=failure.rule, exc_info=error
     )
     return int(failure.status)
+
+
+def _interrupted(env: Env | None, json_mode: bool, out: TextIO, err: TextIO) -> int:
+    """Ctrl-C: exit 130 without a traceback. A write that committed before it is reported;
+    one that was under way may or may not have committed: its command id says how to find
+    out (a repeat with the same id appends nothing and shows the first result)."""
+    from cli.render import to_json
+
+    outcome = env.committed() if env is not None else None
+    command_id = env.command_id if env is not None else None
+    data: dict[str, Any] = {"error": "interrupted", "rule": "interrupted", "detail": {}}
+    if outcome is not None:
+        result = outcome.result
+        message = (f"Interrupted after the command was recorded (command id "
+                   f"{result.command_id}, positions "
+                   f"{', '.join(map(str, result.positions)) or 'none'}).")
+        data["detail"] = {"recorded": True, **result.to_json()}
+    elif command_id is not None:
+        message = (f"Interrupted while the command was being recorded: it may or may not be; "
+                   f"repeat it with --command-id {command_id} to see (a repeat appends "
+                   "nothing).")
+        data["detail"] = {"recorded": None, "command_id": command_id}
+    else:
+        message = "Interrupted; nothing was written."
+    data["error"] = message
+    try:
+        if json_mode:
+            out.write(to_json(data) + "\n")
+        else:
+            err.write(message + "\n")
+    except (OSError, ValueError):
+        pass
+    return ExitStatus.INTERRUPTED
 
 
 class _redirected:
@@ -280,4 +334,7 @@ class _redirected:
 
 
 def main() -> None:
-    sys.exit(run())
+    """The console script (kept here for callers of `cli.app:main`)."""
+    from cli import main as entry
+
+    entry()

@@ -1,23 +1,49 @@
-"""Authentication of writes (21 CFR Part 11 §11.10(d), §11.300): who is `--user`?
+"""What the user presents to prove who acts (the executor verifies it, for every write).
 
-A write is accepted when one of these proves the acting user:
-- PostgreSQL with a personal login: the database authenticated it, and the acting user must
-  be that login (`session_user`); nobody can write as someone else (docs/identity.md);
-- a live session token from `trialflow login` in `TRIALFLOW_SESSION`;
-- the password, from `--password-stdin` (first line of stdin) or a prompt on a terminal.
-The `scheduler` service user needs none and may append only reminder events.
-Reads need no password: whoever can open the database can read it.
+In order:
+- a personal PostgreSQL login that is a user of the study: the database authenticated it
+  (`--user` may be left out, and must be that login if given);
+- a service account's secret file: `--secret-file`, `TRIALFLOW_SECRET_FILE`, or systemd's
+  `$CREDENTIALS_DIRECTORY/trialflow-NAME` (docs/identity.md);
+- a session token from `trialflow login` in `TRIALFLOW_SESSION` (not with --password-stdin);
+- the password: the next line of stdin with `--password-stdin`, else a hidden prompt.
+A signature or a credential change always takes the password itself. Reads need none.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from pathlib import Path
 
 import click
 
 from cli.context import Env
-from workflow import identity
 from workflow.errors import InvalidInput, RuleViolation
+from workflow.identity import Credential, DatabaseLogin, Password, Secret, SessionToken
+
+SECRET_PREFIX = "trialflow-"  # systemd credential name: trialflow-NAME
+
+
+def credential(env: Env, *, password: bool = False, prompt: str | None = None) -> Credential:
+    """The acting user's credential, read before anything is written. `password`: the
+    password itself is needed (a signature, a credential change)."""
+    login = _personal_login(env)
+    if login is not None:
+        if env.user is not None and env.user != login:
+            raise RuleViolation(f"The database login is {login}, so it may not act as "
+                                f"{env.user}.", rule="identity_mismatch", field="user")
+        env.user = login
+        if not password:
+            return DatabaseLogin(login)
+    if not env.user:
+        raise RuleViolation("Writing needs an acting user: pass --user NAME.",
+                            rule="unknown_user", field="user")
+    secret = _secret_file(env)
+    if secret is not None:
+        return Password(env.user, Secret(secret))
+    token = env.environ.get("TRIALFLOW_SESSION")
+    if token and not env.password_stdin and not password:
+        return SessionToken(env.user, Secret(token))
+    return Password(env.user, Secret(read_secret(env, prompt or f"Password for {env.user}")))
 
 
 def read_secret(env: Env, prompt: str) -> str:
@@ -40,41 +66,54 @@ def read_secret(env: Env, prompt: str) -> str:
                         field="password")
 
 
-def database_login(env: Env) -> str | None:
-    """The PostgreSQL login when it is a user of the study (a personal login), else None."""
-    engine = env.app.engine
-    if engine.dialect.name != "postgresql":
+def _personal_login(env: Env) -> str | None:
+    """The PostgreSQL login when it is a user of the study, else None (SQLite: None)."""
+    if env.app.engine.dialect.name != "postgresql":
         return None
     from events.translate import translated
+    from workflow.study import load_study
 
-    with translated(), engine.connect() as conn:  # an unreachable server: exit 3, not a crash
-        login = str(conn.exec_driver_sql("SELECT session_user").scalar_one())
-    from events.streams import STUDY_STREAM
-    from workflow.study import fold_study
-
-    study = fold_study(env.app.store.read_stream(STUDY_STREAM))
-    return login if login in study.users else None
+    with translated():  # an unreachable server: exit 3, not a crash
+        login = env.executor.database_login()
+        users = load_study(env.app.store).users
+    return login if login in users else None
 
 
-def authenticate(env: Env, *, now: datetime | None = None) -> str:
-    """The authenticated acting user, or RuleViolation (exit 1) saying how to authenticate."""
-    login = database_login(env)
-    if login is not None:
-        if env.user is not None and env.user != login:
-            raise RuleViolation(f"The database login is {login}, so it may not write as "
-                                f"{env.user}.", rule="identity_mismatch", field="user")
-        env.user = login
-        return login
-    if not env.user:
-        raise RuleViolation("Writing needs an acting user: pass --user NAME.",
-                            rule="unknown_user", field="user")
-    if env.user == "scheduler":
-        return env.user  # the service user: only reminder events, checked by the workflow
-    moment = now or env.app.clock()
-    token = env.environ.get("TRIALFLOW_SESSION")
-    if token and not env.password_stdin:
-        identity.check_session(env.app.engine, env.user, token, moment)
-        return env.user
-    identity.verify_password(env.app.engine, env.user,
-                             read_secret(env, f"Password for {env.user}"))
-    return env.user
+def _secret_file(env: Env) -> str | None:
+    """A service account's secret, from the first file named (none: None)."""
+    named = env.secret_file or env.environ.get("TRIALFLOW_SECRET_FILE")
+    if not named:
+        folder = env.environ.get("CREDENTIALS_DIRECTORY")
+        candidate = Path(folder) / f"{SECRET_PREFIX}{env.user}" if folder else None
+        if candidate is None or not candidate.is_file():
+            return None
+        named = str(candidate)
+    try:
+        text = Path(named).read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as error:
+        raise InvalidInput(f"The secret file {named} cannot be read: "
+                           f"{getattr(error, 'strerror', None) or error}.",
+                           field="secret_file") from None
+    secret = text.strip()
+    if not secret:
+        raise InvalidInput(f"The secret file {named} is empty.", field="secret_file")
+    return secret
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    """Create `path` readable by its owner only (0600), refusing to overwrite a file."""
+    import os
+
+    from cli.errors import output_error
+
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InvalidInput(f"The secret file {path} exists already; name a new file (an old "
+                           "secret is never overwritten).", field="secret_file") from None
+    except OSError as error:
+        raise output_error("--secret-file", path, error) from error
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(secret + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from workflow.bootstrap import App
+    from workflow.commands.executor import Executor, Outcome
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Env:
     stdin: TextIO = field(default_factory=lambda: sys.stdin)
     environ: dict[str, str] = field(default_factory=dict)  # the environment run() was given
     password_stdin: bool = False  # passwords are read from stdin, one per line
+    secret_file: str | None = None  # --secret-file: a service account's secret
+    command_id: str | None = None  # of the write under way (reported if interrupted)
 
     @property
     def stdout_is_terminal(self) -> bool:
@@ -32,3 +35,15 @@ class Env:
         from workflow.bootstrap import build_app
 
         return build_app(self.db_url)
+
+    @cached_property
+    def executor(self) -> Executor:
+        """The one door for writes (workflow/commands/executor.py)."""
+        from workflow.commands.executor import Executor
+
+        return Executor(self.app)
+
+    def committed(self) -> Outcome | None:
+        """The outcome of a write this command committed, if any."""
+        executor = self.__dict__.get("executor")
+        return None if executor is None else executor.last_outcome

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli.context import Env
+from cli.init_cmd import safe_url
 from cli.render import emit, table
 from cli.writes import DATE
 
@@ -53,16 +54,20 @@ def demo(env: Env, subjects: int, seed: int, start: date, replace: bool,
     folder = None if no_reports else (reports or default_reports_dir(env.db_url))
     if folder is not None:
         _check_folder(folder, create=False)
-    if _has_data(env.db_url):
-        if not replace:
-            raise RuleViolation(f"The database {env.db_url} already holds a study; pass "
-                                "--replace to overwrite it (its data will be lost).",
-                                rule="database_not_empty", field="db")
-        if folder is not None:
-            _check_folder(folder, create=True)
-        _wipe(env.db_url)
-    elif folder is not None:
+    found = database_kind(env.db_url)
+    shown = safe_url(env.db_url)
+    if found == "demo" and not replace:
+        raise RuleViolation(f"The database {shown} holds an earlier demo; pass --replace to "
+                            "replace it.", rule="database_not_empty", field="db")
+    if found not in ("absent", "demo"):
+        raise RuleViolation(
+            f"The database {shown} holds data that `trialflow demo` did not create, so the demo "
+            "refuses it: give a new SQLite file, one holding an earlier demo (with --replace), "
+            "or an empty PostgreSQL database.", rule="not_a_demo_database", field="db")
+    if folder is not None:
         _check_folder(folder, create=True)
+    if found == "demo":
+        _remove_sqlite(env.db_url)
     from projections.demo_story import run_demo
 
     def progress(line: str) -> None:
@@ -121,16 +126,33 @@ def write_reports(env: Env, folder: Path, now: datetime) -> list[dict[str, str]]
     return written
 
 
-def _has_data(url: str) -> bool:
-    from sqlalchemy import inspect
+def database_kind(url: str) -> str:
+    """What `url` holds: `absent` (no SQLite file, or a PostgreSQL database with no events),
+    `demo` (a SQLite file whose study `trialflow demo` made), else `other` (anything else: a
+    real study, an empty schema, a PostgreSQL study of any kind, a file that is no database).
+    Read without changing anything."""
+    from sqlalchemy.exc import DBAPIError
 
+    from events.errors import EventStoreError
     from workflow.bootstrap import build_app
+    from workflow.study import load_study
 
-    if url.startswith("sqlite") and not Path(_sqlite_path(url)).exists():
-        return False
+    sqlite = url.startswith("sqlite")
+    if sqlite and not Path(_sqlite_path(url)).exists():
+        return "absent"
     app = build_app(url)
     try:
-        return bool(inspect(app.engine).has_table("events") and app.store.last_position())
+        from sqlalchemy import inspect
+
+        if not inspect(app.engine).has_table("events"):
+            return "absent" if not sqlite else "other"
+        if not app.store.last_position():
+            return "absent" if not sqlite else "other"
+        if not sqlite:
+            return "other"  # PostgreSQL: never replaced, whatever it holds
+        return "demo" if load_study(app.store).purpose == "demo" else "other"
+    except (EventStoreError, DBAPIError):  # e.g. a file that is no database
+        return "other"
     finally:
         app.engine.dispose()
 
@@ -141,29 +163,17 @@ def _sqlite_path(url: str) -> str:
     return make_url(url).database or ""
 
 
-def _wipe(url: str) -> None:
-    if url.startswith("sqlite"):
-        path = _sqlite_path(url)
-        for suffix in ("", "-wal", "-shm"):
-            Path(path + suffix).unlink(missing_ok=True)
-        return
-    from sqlalchemy import MetaData
-
-    from workflow.bootstrap import build_app
-
-    app = build_app(url)
-    meta = MetaData()
-    meta.reflect(app.engine)
-    with app.engine.begin() as conn:
-        meta.drop_all(conn)
-    app.engine.dispose()
+def _remove_sqlite(url: str) -> None:
+    """Remove an earlier demo's SQLite file (checked by `database_kind` just before)."""
+    path = _sqlite_path(url)
+    for suffix in ("", "-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
 
 
 def _summary(env: Env, result: DemoResult, reports: list[dict[str, str]]) -> None:
     from projections.queries import Clock, ae_list, endpoint_list, study_status
     from projections.views import open_view
-    from workflow.commands import Workflow
-    from workflow.monitoring import Monitoring
+    from workflow.monitoring import review
     from workflow.signing import signatures
 
     app = env.app
@@ -173,16 +183,15 @@ def _summary(env: Env, result: DemoResult, reports: list[dict[str, str]]) -> Non
     endpoints = endpoint_list(view, None)
     aes = ae_list(view, None)
     story = result.subjects[: len(result.subjects) - result.copies]
-    monitoring = Monitoring(Workflow(app))  # copies have no queries: their streams are skipped
     queries, signed = [], []
-    for subject in story:
+    for subject in story:  # copies have no queries: their streams are skipped
         signed += signatures(list(app.store.read_stream(subject)))
-        state, review = monitoring.review(subject)
-        for _, query in sorted(review.queries.items()):
+        state, reviewed = review(app.store, subject)
+        for _, query in sorted(reviewed.queries.items()):
             form = state.forms.get(query.position)
             queries.append({**query.to_json(), "current_value": None if form is None
                             else form.values.get(query.field)})
-    data = {"database": env.db_url, "events": result.events,
+    data = {"database": safe_url(env.db_url), "events": result.events,
             "scheduler_ticks": result.ticks,
             "reminders_issued": result.reminders_issued, "now": result.now.isoformat(),
             "subjects": len(result.subjects), "copies": result.copies,
@@ -194,7 +203,7 @@ def _summary(env: Env, result: DemoResult, reports: list[dict[str, str]]) -> Non
         return [r for r in rows if r["subject"] in story]
 
     def text() -> str:
-        lines = [f"Demo study in {env.db_url}: {data['events']} events, "
+        lines = [f"Demo study in {data['database']}: {data['events']} events, "
                  f"{data['scheduler_ticks']} scheduler ticks, {data['reminders_issued']} "
                  "reminders issued.", ""]
         if result.copies:

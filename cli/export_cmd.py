@@ -1,11 +1,12 @@
 """`trialflow export odm|fhir|csv|ics`: write an export, then record it in the study's log.
 
-The file is written first (atomically: a temporary file renamed over the target) and then
-recorded as `ExportRecorded` by the acting `--user`. When that write is impossible (no
-`--user`, a read-only database, a user who may not write) the export stands and a warning on
-stderr says it was not recorded; the exit status stays 0. Builders live in
-`projections/exports/` and import only the standard library; this module imports them inside
-the commands, so `trialflow --help` stays light.
+With `--user`, the acting user proves who acts first (password, session or personal login:
+cli/auth.py), so nothing is exported in a name that was not proven; then the file is written
+(atomically: a temporary file renamed over the target) and recorded as `ExportRecorded` through
+the executor. Without `--user`, or when the record cannot be written (a read-only database),
+the export stands and a warning on stderr says it was not recorded; the exit status stays 0.
+Builders live in `projections/exports/` and import only the standard library; this module
+imports them inside the commands, so `trialflow --help` stays light.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import click
 from cli.context import Env
 from cli.options import command_id_option
 from cli.render import emit
+from workflow.errors import RuleViolation
 
 if TYPE_CHECKING:
     from projections.exports.snapshot import Snapshot
@@ -46,6 +48,7 @@ def export() -> None:
 def odm(env: Env, out: Path, command_id: str | None) -> None:
     from projections.exports.odm import build_odm
 
+    _prove(env)
     _single_file(env, "odm", out, build_odm, command_id)
 
 
@@ -57,6 +60,7 @@ def odm(env: Env, out: Path, command_id: str | None) -> None:
 def fhir(env: Env, out: Path, command_id: str | None) -> None:
     from projections.exports.fhir import build_fhir
 
+    _prove(env)
     _single_file(env, "fhir", out, build_fhir, command_id)
 
 
@@ -69,6 +73,7 @@ def csv(env: Env, out: Path, command_id: str | None) -> None:
     from cli.errors import output_error
     from projections.exports.csv_export import MANIFEST, build_csv
 
+    _prove(env)
     snapshot = _snapshot(env)
     files = build_csv(snapshot)
     try:
@@ -93,6 +98,7 @@ def ics(env: Env, subject: str, out: Path, command_id: str | None) -> None:
     from projections.exports.ics import build_ics
 
     check_subject_id(subject)
+    _prove(env)
     snapshot = _snapshot(env)
     data = build_ics(snapshot, subject)
     _write(out, data)
@@ -101,6 +107,34 @@ def ics(env: Env, subject: str, out: Path, command_id: str | None) -> None:
 
 
 # --- plumbing -------------------------------------------------------------------------------
+
+
+def _prove(env: Env) -> None:
+    """With --user, authenticate before anything is exported (the credential is kept for the
+    record, asked once): an unproven name exports nothing. A proven user whose role may not
+    record exports (the scheduler) still exports, with a warning that nothing was recorded."""
+    if not env.user and env.app.engine.dialect.name != "postgresql":
+        return
+    from cli.auth import credential
+    from events.errors import EventStoreError
+    from workflow.commands.messages import RecordExport
+
+    try:
+        proof = credential(env)
+    except RuleViolation as error:
+        if env.user or error.rule != "unknown_user":
+            raise
+        return  # no --user and no personal login: an unrecorded export
+    try:
+        user = env.executor.authenticate(proof)
+    except EventStoreError:
+        return  # the database refuses even the check: export, unrecorded (warned after)
+    try:
+        env.executor.may_send(user, RecordExport)
+    except RuleViolation as error:
+        env.__dict__["export_problem"] = error.message
+        return
+    env.__dict__["export_proof"] = proof
 
 
 def _snapshot(env: Env) -> Snapshot:
@@ -142,15 +176,18 @@ def _write(path: Path, data: bytes) -> None:
 def _record(env: Env, kind: str, name: str, digest: str, position: int,
             command_id: str | None, subject: str | None) -> tuple[int | None, str | None]:
     """(position of the ExportRecorded event, None) or (None, why it was not recorded)."""
-    if not env.user:
-        return None, "no acting user (pass --user NAME to record exports)"
+    proof = env.__dict__.get("export_proof")
+    if proof is None:
+        return None, env.__dict__.get("export_problem",
+                                      "no acting user (pass --user NAME to record exports)")
+    from cli.writes import send
     from events.errors import EventStoreError
+    from workflow.commands.messages import RecordExport
     from workflow.errors import WorkflowError
-    from workflow.exports_log import ExportLog
 
     try:
-        outcome = ExportLog(env.app).record_export(env.user, kind, name, digest, position,
-                                                   subject=subject, command_id=command_id)
+        outcome = send(env, RecordExport(kind, name, digest, position, subject), command_id,
+                       credential=proof)
     except WorkflowError as error:
         return None, error.message
     except EventStoreError as error:

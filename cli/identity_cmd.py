@@ -7,43 +7,39 @@ import click
 from cli.context import Env
 from cli.options import POSITION, command_id_option
 from cli.render import emit, table
-from cli.writes import show
+from cli.writes import send, show
 
 
 @click.command("login", help="Check your password and print a session token; put it in "
-               "TRIALFLOW_SESSION so writes need no password until it expires.")
+               "TRIALFLOW_SESSION so writes need no password until it expires (a signature "
+               "or a password change still asks for it).")
 @click.option("--hours", type=click.IntRange(1, 24), default=8, show_default=True,
               help="Hours until the session expires.")
 @click.pass_obj
 def login(env: Env, hours: int) -> None:
-    from cli.auth import read_secret
-    from workflow import identity
+    from cli.auth import credential
     from workflow.errors import RuleViolation
+    from workflow.identity import Password
 
-    if not env.user:
-        raise RuleViolation("Logging in needs --user NAME.", rule="unknown_user", field="user")
-    engine = env.app.engine
-    from workflow.commands import Workflow
-
-    Workflow(env.app).study().user(env.user)  # unknown or deactivated users are refused
-    identity.verify_password(engine, env.user, read_secret(env, f"Password for {env.user}"))
-    token, expires = identity.create_session(engine, env.user, env.app.clock(), hours)
-    emit(env, {"user": env.user, "token": token, "expires_at": expires.isoformat()},
-         f"export TRIALFLOW_SESSION={token}\n# {env.user}'s session expires at "
+    proof = credential(env, password=True)
+    if not isinstance(proof, Password):
+        raise RuleViolation("Logging in needs the password.", rule="authentication_required",
+                            field="password")
+    token, expires = env.executor.login(proof, hours)
+    emit(env, {"user": proof.name, "token": token, "expires_at": expires.isoformat()},
+         f"export TRIALFLOW_SESSION={token}\n# {proof.name}'s session expires at "
          f"{expires.isoformat()}")
 
 
-@click.command("logout", help="End every session of --user.")
+@click.command("logout", help="End every session of --user (proven by the session or the "
+               "password).")
 @click.pass_obj
 def logout(env: Env) -> None:
-    from workflow import identity
-    from workflow.errors import RuleViolation
+    from cli.auth import credential
 
-    if not env.user:
-        raise RuleViolation("Logging out needs --user NAME.", rule="unknown_user",
-                            field="user")
-    ended = identity.end_sessions(env.app.engine, env.user)
-    emit(env, {"user": env.user, "ended": ended}, f"Ended {ended} session(s) of {env.user}.")
+    proof = credential(env)
+    ended = env.executor.logout(proof)
+    emit(env, {"user": proof.name, "ended": ended}, f"Ended {ended} session(s) of {proof.name}.")
 
 
 @click.command("sign", help="Sign a record electronically (the password is asked again, a "
@@ -55,24 +51,14 @@ def logout(env: Env) -> None:
 @command_id_option
 @click.pass_obj
 def sign(env: Env, subject: str, position: int, meaning: str, command_id: str | None) -> None:
-    from cli.auth import database_login, read_secret
-    from workflow import identity
-    from workflow.errors import RuleViolation
-    from workflow.signing import Signing
+    from cli.auth import credential
+    from workflow.commands.messages import Sign
 
-    if not env.user:
-        raise RuleViolation("Signing needs --user NAME.", rule="unknown_user", field="user")
-    if database_login(env) not in (None, env.user):
-        raise RuleViolation(f"The database login may not sign as {env.user}.",
-                            rule="identity_mismatch", field="user")
+    message = Sign(subject, position, meaning)
     # Part 11 §11.200(a)(1): both components (user and password) at every signing
-    identity.verify_password(env.app.engine, env.user,
-                             read_secret(env, f"Password for {env.user} (signing)"))
-    from workflow.commands import Workflow
-
-    flow = Workflow(env.app)  # authenticated just above, by the password itself
-    show(env, f"Position {position} of {subject} signed ({meaning}) by {env.user}",
-         Signing(flow).sign(env.user, subject, position, meaning, command_id, env.app.clock))
+    proof = credential(env, password=True, prompt=f"Password for {env.user} (signing)")
+    show(env, f"Position {position} of {subject} signed ({meaning}) by {proof.name}",
+         send(env, message, command_id, credential=proof))
 
 
 @click.command("signatures", help="Electronic signatures of a subject, each checked against "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -9,18 +10,8 @@ import click
 from cli.context import Env
 from cli.options import POSITION, command_id_option
 from cli.render import emit, table
-from cli.writes import show, workflow, writer
-from workflow.monitoring import Monitoring
-
-
-def monitoring(env: Env) -> Monitoring:
-    """For reads: no authentication."""
-    return Monitoring(workflow(env))
-
-
-def monitoring_writer(env: Env) -> Monitoring:
-    """For writes: the acting user authenticated first (cli/auth.py)."""
-    return Monitoring(writer(env))
+from cli.writes import send, show
+from workflow.commands import messages as M
 
 
 # ---------------------------------------------------------------------- queries
@@ -41,10 +32,12 @@ def query() -> None:
 @click.pass_obj
 def query_open(env: Env, subject: str, position: int, field_name: str, text: str,
                command_id: str | None) -> None:
-    outcome = monitoring_writer(env).open_query(env.user, subject, position, field_name, text,
-                                         command_id)
-    show(env, f"Query {outcome.summary['query']} opened on {field_name} of the form at "
-         f"position {position} of {subject}", outcome)
+    outcome = send(env, M.OpenQuery(subject, position, field_name, text), command_id)
+    positions = outcome.result.positions
+    query_id = outcome.summary.get("query") or (f"Q-{positions[0]}" if positions else "?")
+    show(env, f"Query {query_id} opened on {field_name} of the form at "
+         f"position {position} of {subject}",
+         replace(outcome, summary={**outcome.summary, "query": query_id}))
 
 
 @query.command("answer", context_settings={"ignore_unknown_options": True},
@@ -59,11 +52,10 @@ def query_open(env: Env, subject: str, position: int, field_name: str, text: str
 @click.pass_obj
 def query_answer(env: Env, query_id: str, fields: tuple[str, ...], text: str,
                  reason: str | None, command_id: str | None) -> None:
-    outcome = monitoring_writer(env).answer_query(env.user, query_id, text, fields, reason,
-                                           command_id)
+    outcome = send(env, M.AnswerQuery(query_id, text, fields, reason), command_id)
     corrected = outcome.summary.get("correction_position")
     note = f" and the form corrected (position {corrected})" if corrected else ""
-    show(env, f"Query {outcome.summary['query']} answered{note}", outcome)
+    show(env, f"Query {outcome.summary.get('query', query_id)} answered{note}", outcome)
 
 
 @query.command("close", help="Close a query (monitor or data_manager); an unanswered query "
@@ -73,7 +65,7 @@ def query_answer(env: Env, query_id: str, fields: tuple[str, ...], text: str,
 @command_id_option
 @click.pass_obj
 def query_close(env: Env, query_id: str, reason: str | None, command_id: str | None) -> None:
-    outcome = monitoring_writer(env).close_query(env.user, query_id, reason, command_id)
+    outcome = send(env, M.CloseQuery(query_id, reason), command_id)
     show(env, f"Query {outcome.summary.get('query', query_id)} closed", outcome)
 
 
@@ -83,7 +75,9 @@ def query_close(env: Env, query_id: str, reason: str | None, command_id: str | N
 @click.option("--open", "open_only", is_flag=True, help="Only queries not answered yet.")
 @click.pass_obj
 def queries(env: Env, subject: str | None, open_only: bool) -> None:
-    rows = [q.to_json() for q in monitoring(env).queries(subject, open_only=open_only)]
+    from workflow.monitoring import queries as listed
+
+    rows = [q.to_json() for q in listed(env.app.store, subject, open_only=open_only)]
     emit(env, rows, lambda: _queries_text(rows))
 
 
@@ -106,7 +100,7 @@ def _queries_text(rows: list[dict[str, Any]]) -> str:
 @command_id_option
 @click.pass_obj
 def sdv(env: Env, subject: str, position: int, command_id: str | None) -> None:
-    outcome = monitoring_writer(env).verify_source(env.user, subject, position, command_id)
+    outcome = send(env, M.VerifySource(subject, position), command_id)
     show(env, f"Form at position {position} of {subject} source-verified", outcome)
 
 
@@ -115,7 +109,9 @@ def sdv(env: Env, subject: str, position: int, command_id: str | None) -> None:
 @click.argument("subject", required=False)
 @click.pass_obj
 def sdv_status(env: Env, subject: str | None) -> None:
-    rows = [form.to_json() for form in monitoring(env).sdv_status(subject)]
+    from workflow.monitoring import sdv_status as listed
+
+    rows = [form.to_json() for form in listed(env.app.store, subject)]
     emit(env, rows, lambda: _sdv_text(rows))
 
 
@@ -141,7 +137,7 @@ def study() -> None:
 @command_id_option
 @click.pass_obj
 def study_lock(env: Env, reason: str, command_id: str | None) -> None:
-    show(env, "Study locked", monitoring_writer(env).lock_study(env.user, reason, command_id))
+    show(env, "Study locked", send(env, M.LockStudy(reason), command_id))
 
 
 @study.command("unlock", help="Admin: unlock the study.")
@@ -149,4 +145,4 @@ def study_lock(env: Env, reason: str, command_id: str | None) -> None:
 @command_id_option
 @click.pass_obj
 def study_unlock(env: Env, reason: str, command_id: str | None) -> None:
-    show(env, "Study unlocked", monitoring_writer(env).unlock_study(env.user, reason, command_id))
+    show(env, "Study unlocked", send(env, M.UnlockStudy(reason), command_id))

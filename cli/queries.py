@@ -238,6 +238,8 @@ def _study_text(data: dict[str, Any]) -> str:
         "Screening windows closing: " + (", ".join(
             f"{s['subject']} ({s['days_left']} days left)" for s in data["screening_expiring"])
             or "none"),
+        f"Failed sign-in attempts: {data['failed_authentications']}; locked accounts: "
+        + (", ".join(data["locked_accounts"]) or "none"),
     ]
     return "\n".join(lines)
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from cli.context import Env
 from cli.render import emit, table
 from cli.writes import DATETIME
+from workflow.errors import RuleViolation
+
+if TYPE_CHECKING:
+    from workflow.identity import Credential
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +44,23 @@ def _utc(now: datetime | None) -> datetime | None:
     return now.replace(tzinfo=UTC) if now is not None and now.tzinfo is None else now
 
 
+def _credential(env: Env) -> Credential:
+    """The scheduler's own credential: its secret file (--secret-file, TRIALFLOW_SECRET_FILE,
+    systemd's $CREDENTIALS_DIRECTORY/trialflow-scheduler) or its PostgreSQL login. --user
+    defaults to `scheduler`, the service account `trialflow init` creates."""
+    from cli.auth import credential
+
+    if env.user is None and env.app.engine.dialect.name != "postgresql":
+        env.user = "scheduler"
+    try:
+        return credential(env)
+    except RuleViolation as error:
+        if error.rule != "unknown_user" or env.user is not None:
+            raise
+        env.user = "scheduler"  # PostgreSQL, and the login is not a user of the study
+        return credential(env)
+
+
 @click.group("scheduler", help="Visit reminders, overdue alerts and SAE deadlines: issued "
              "exactly once, delivered at least once.")
 def scheduler() -> None:
@@ -56,8 +77,7 @@ def tick(env: Env, now: datetime | None, smtp: str | None, mail_from: str | None
     from projections.scheduler import tick as one_pass
 
     notifiers = _notifiers(env, smtp, mail_from, mail_to, webhook)
-    report = one_pass(env.app.engine, env.app.store, _utc(now) or env.app.clock(), env.user,
-                      notifiers)
+    report = one_pass(env.app, _credential(env), _utc(now) or env.app.clock(), notifiers)
     data = report.to_json()
     emit(env, data, f"Issued {len(report.issued)} reminders ({report.already_issued} already "
          f"issued by another scheduler), cancelled {len(report.cancelled)}, delivered "
@@ -78,11 +98,13 @@ def run(env: Env, interval: int, smtp: str | None, mail_from: str | None,
 
     notifiers = _notifiers(env, smtp, mail_from, mail_to, webhook)
     app = env.app
+    proof = _credential(env)
+    env.executor.authenticate(proof)  # a wrong secret stops here, not at the first pass
     runner = BlockingScheduler(timezone=UTC)
 
     def job() -> None:
         try:
-            one_pass(app.engine, app.store, app.clock(), env.user, notifiers)
+            one_pass(app, proof, app.clock(), notifiers)
         except Exception as error:  # a failed pass is logged; the next one retries
             import structlog
 

@@ -8,7 +8,8 @@ import click
 
 from cli.context import Env
 from cli.options import FINITE_FLOAT, POSITION, command_id_option
-from cli.writes import DATE, DATETIME, show, writer
+from cli.writes import DATE, DATETIME, send, show
+from workflow.commands import messages as M
 
 
 @click.command("consent", help="Register a candidate in screening: consent signed on DATE.")
@@ -20,7 +21,7 @@ from cli.writes import DATE, DATETIME, show, writer
 def consent(env: Env, subject: str, on: date, consent_form_version: str,
             command_id: str | None) -> None:
     show(env, f"Subject {subject} consented on {on}; phase screening",
-         writer(env).consent(env.user, subject, on, consent_form_version, command_id))
+         send(env, M.ConsentSubject(subject, on, consent_form_version), command_id))
 
 
 @click.command("reconsent", help="Record re-consent under the protocol version in force.")
@@ -31,7 +32,7 @@ def consent(env: Env, subject: str, on: date, consent_form_version: str,
 @click.pass_obj
 def reconsent(env: Env, subject: str, consent_form_version: str, on: date | None,
               command_id: str | None) -> None:
-    outcome = writer(env).reconsent(env.user, subject, on, consent_form_version, command_id)
+    outcome = send(env, M.ReconsentSubject(subject, consent_form_version, on), command_id)
     show(env, f"Subject {subject} re-consented under protocol version "
          f"{outcome.summary.get('protocol_version')}", outcome)
 
@@ -47,7 +48,7 @@ def reconsent(env: Env, subject: str, consent_form_version: str, on: date | None
 @click.pass_obj
 def record(env: Env, subject: str, form: str, fields: tuple[str, ...], on: date | None,
            visit: str | None, command_id: str | None) -> None:
-    outcome = writer(env).record(env.user, subject, form, fields, on, visit, command_id)
+    outcome = send(env, M.RecordForm(subject, form, fields, on, visit), command_id)
     show(env, f"Form {form} recorded for {subject}", outcome)
 
 
@@ -62,7 +63,7 @@ def record(env: Env, subject: str, form: str, fields: tuple[str, ...], on: date 
 @click.pass_obj
 def correct(env: Env, subject: str, position: int, fields: tuple[str, ...], reason: str,
             command_id: str | None) -> None:
-    outcome = writer(env).correct(env.user, subject, position, fields, reason, command_id)
+    outcome = send(env, M.CorrectRecord(subject, position, fields, reason), command_id)
     show(env, f"Form at position {position} of {subject} corrected", outcome)
 
 
@@ -71,7 +72,7 @@ def correct(env: Env, subject: str, position: int, fields: tuple[str, ...], reas
 @command_id_option
 @click.pass_obj
 def confirm_eligibility(env: Env, subject: str, command_id: str | None) -> None:
-    outcome = writer(env).confirm_eligibility(env.user, subject, command_id)
+    outcome = send(env, M.ConfirmEligibility(subject), command_id)
     show(env, f"Subject {subject} enrolled as number {outcome.summary.get('enrolment_order')} "
          f"(cohort {outcome.summary.get('cohort')}); phase cell_collection", outcome)
 
@@ -83,7 +84,7 @@ def confirm_eligibility(env: Env, subject: str, command_id: str | None) -> None:
 @click.pass_obj
 def screen_fail(env: Env, subject: str, reason: str, command_id: str | None) -> None:
     show(env, f"Subject {subject} screen-failed ({reason})",
-         writer(env).screen_fail(env.user, subject, reason, command_id))
+         send(env, M.RecordScreenFailure(subject, reason), command_id))
 
 
 @click.command("leukapheresis", help="Record the cell collection and its chain-of-identity id.")
@@ -94,7 +95,7 @@ def screen_fail(env: Env, subject: str, reason: str, command_id: str | None) -> 
 @click.pass_obj
 def leukapheresis(env: Env, subject: str, on: date, coi_id: str, command_id: str | None) -> None:
     show(env, f"Leukapheresis of {subject} recorded (coi {coi_id})",
-         writer(env).leukapheresis(env.user, subject, on, coi_id, command_id))
+         send(env, M.RecordLeukapheresis(subject, on, coi_id), command_id))
 
 
 @click.command("release", help="Record product release (or --fail with --reason).")
@@ -108,9 +109,8 @@ def leukapheresis(env: Env, subject: str, on: date, coi_id: str, command_id: str
 @click.pass_obj
 def release(env: Env, subject: str, lot: str, coi_id: str, viable_cells: float | None,
             failed: bool, reason: str | None, command_id: str | None) -> None:
-    outcome = writer(env).release(env.user, subject, lot, coi_id, failed=failed,
-                                    reason=reason, viable_cells=viable_cells,
-                                    command_id=command_id)
+    outcome = send(env, M.ReleaseProduct(subject, lot, coi_id, failed, reason, viable_cells),
+                   command_id)
     show(env, f"Product {lot} of {subject} {'failed QC' if failed else 'released'}", outcome)
 
 
@@ -127,10 +127,9 @@ def release(env: Env, subject: str, lot: str, coi_id: str, viable_cells: float |
 def lymphodepletion(env: Env, subject: str, doses: tuple[str, ...], on: date, deviation: bool,
                     reason: str | None, command_id: str | None) -> None:
     values = _doses(doses)
-    outcome = writer(env).lymphodepletion(
-        env.user, subject, on, values.get("fludarabine_mg", 0.0),
-        values.get("cyclophosphamide_mg", 0.0), deviation=deviation, reason=reason,
-        command_id=command_id)
+    outcome = send(env, M.GiveLymphodepletion(
+        subject, on, values.get("fludarabine_mg", 0.0), values.get("cyclophosphamide_mg", 0.0),
+        deviation, reason), command_id)
     show(env, f"Lymphodepletion day {outcome.summary.get('regimen_day')} of {subject} recorded "
          f"(expected {outcome.summary.get('expected_mg')}); phase {outcome.summary.get('phase')}",
          outcome)
@@ -162,8 +161,7 @@ def _doses(tokens: tuple[str, ...]) -> dict[str, float]:
 @click.pass_obj
 def infuse(env: Env, subject: str, at: datetime, cells: float, coi_id: str, deviation: bool,
            reason: str | None, command_id: str | None) -> None:
-    outcome = writer(env).infuse(env.user, subject, at, cells, coi_id, deviation=deviation,
-                                   reason=reason, command_id=command_id)
+    outcome = send(env, M.Infuse(subject, at, cells, coi_id, deviation, reason), command_id)
     show(env, f"Subject {subject} infused; D0 is {outcome.summary.get('d0')}; phase follow_up",
          outcome)
 
@@ -181,7 +179,7 @@ def visit(env: Env, subject: str, visit: str, status: str | None, on: date | Non
     if status is None:
         raise click.UsageError("Say --done or --missed.")
     show(env, f"Visit {visit} of {subject} recorded {status}",
-         writer(env).visit(env.user, subject, visit, status, on, command_id))
+         send(env, M.RecordVisit(subject, visit, status, on), command_id))
 
 
 @click.command("complete", help="Complete the study after the D360 visit is done or missed.")
@@ -190,7 +188,7 @@ def visit(env: Env, subject: str, visit: str, status: str | None, on: date | Non
 @click.pass_obj
 def complete(env: Env, subject: str, command_id: str | None) -> None:
     show(env, f"Subject {subject} completed the study",
-         writer(env).complete(env.user, subject, command_id))
+         send(env, M.CompleteStudy(subject), command_id))
 
 
 @click.command("off-study", help="Take a subject off study with a reason.")
@@ -201,4 +199,4 @@ def complete(env: Env, subject: str, command_id: str | None) -> None:
 @click.pass_obj
 def off_study(env: Env, subject: str, reason: str, command_id: str | None) -> None:
     show(env, f"Subject {subject} is off study ({reason})",
-         writer(env).off_study(env.user, subject, reason, command_id))
+         send(env, M.TakeOffStudy(subject, reason), command_id))

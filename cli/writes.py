@@ -1,28 +1,35 @@
-"""Shared plumbing of write commands: the workflow, and how an outcome is shown."""
+"""Shared plumbing of write commands: send a message through the one executor, show the
+outcome."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from cli.context import Env
 from cli.render import emit
 from projections.as_of import FIRST_YEAR, LAST_YEAR, in_range
-from workflow.commands import Outcome, Workflow
+
+if TYPE_CHECKING:
+    from workflow.commands.executor import Outcome
+    from workflow.commands.messages import Message
+    from workflow.identity import Credential
 
 
-def workflow(env: Env) -> Workflow:
-    """The workflow for reads (no authentication)."""
-    return Workflow(env.app)
+def send(env: Env, message: Message, command_id: str | None, *,
+         credential: Credential | None = None) -> Outcome:
+    """Carry out `message` as the proven acting user. Everything the command asks for
+    (passwords included) is read before this; the command id is fixed before the write, so
+    an interrupted command can be repeated with it (a repeat appends nothing)."""
+    from cli.auth import credential as credential_of
+    from workflow.commands.roles import NEEDS_PASSWORD
 
-
-def writer(env: Env) -> Workflow:
-    """The workflow for a write, once the acting user is authenticated (cli/auth.py)."""
-    from cli.auth import authenticate
-
-    authenticate(env)
-    return Workflow(env.app)
+    proof = credential or credential_of(env, password=isinstance(message, NEEDS_PASSWORD))
+    env.command_id = command_id or str(uuid.uuid4())
+    return env.executor.execute(message, proof, command_id=env.command_id)
 
 
 def show(env: Env, what: str, outcome: Outcome) -> None:

@@ -13,8 +13,13 @@ position written so far).
 
 Writes prove the acting user by a password (docs/identity.md): on a terminal a hidden prompt
 asks for it. The tour passes `--password-stdin` and feeds the passwords below on stdin (for
-`init --admin NAME` the first admin's; for `users add NAME` the acting admin's, then NAME's);
-the pages show the commands as typed on a terminal, without them.
+`init --admin NAME` the first admin's; for `users add NAME` the acting admin's, then NAME's
+first, temporary one; for `users passwd NAME` the acting user's, then the new one); the pages
+show the commands as typed on a terminal, without them. The scheduler presents the secret
+`init` wrote beside the database.
+
+The table of who may send which message is printed from the executor's own table
+(workflow/commands/roles.py).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ CONSENT = (TODAY - timedelta(days=3)).isoformat()
 PASSWORDS = {"ada": "tour-admin-secret", "cora": "tour-coordinator-secret",
              "ivan": "tour-investigator-secret", "mona": "tour-monitor-secret",
              "dora": "tour-data-manager-secret"}
+FIRST = "handed-over-at-the-site-1"  # the temporary password an admin gives a new user
 
 TOUR: list[tuple[str, str]] = [
     ("Create the database and the first admin", "trialflow init --admin ada"),
@@ -43,6 +49,14 @@ TOUR: list[tuple[str, str]] = [
     ("", "trialflow --user ada users add ivan --role investigator --site PKU3"),
     ("", "trialflow --user ada users add mona --role monitor"),
     ("", "trialflow --user ada users add dora --role data_manager"),
+    ("A new user's first password is temporary: nothing else is accepted until they change it "
+     "(exit 1)", f"trialflow --user cora consent S-001 --on {CONSENT} "
+     "--consent-form-version 2.0"),
+    ("Each sets their own (the temporary one, then the new one)",
+     "trialflow --user cora users passwd cora"),
+    ("", "trialflow --user ivan users passwd ivan"),
+    ("", "trialflow --user mona users passwd mona"),
+    ("", "trialflow --user dora users passwd dora"),
     ("", "trialflow users list"),
     ("The protocol in force", "trialflow protocol show"),
     ("The state diagram, generated from the machine", "trialflow protocol diagram"),
@@ -105,8 +119,15 @@ TOUR: list[tuple[str, str]] = [
      "trialflow audit replay --as-of @POSITION"),
     ("What changed between two moments", "trialflow audit diff @POSITION @HEAD"),
     ("Verify every hash chain", "trialflow audit verify"),
-    ("Reminders: one scheduler pass issues what came due and delivers it (to the log here)",
-     "trialflow --user scheduler scheduler tick"),
+    ("Reminders: one scheduler pass issues what came due and delivers it (to the log here); "
+     "the scheduler is a service account and presents its own secret",
+     "trialflow --secret-file tour.scheduler-secret scheduler tick"),
+    ("A service account may send reminder messages only (exit 1)",
+     "trialflow --user scheduler --secret-file tour.scheduler-secret --json consent S-009 "
+     f"--on {CONSENT} --consent-form-version 2.0"),
+    ("A wrong password is refused and recorded; five in a row lock the account (exit 1)",
+     "trialflow --user ivan --json sign S-001 POSITION --meaning reviewed"),
+    ("", "trialflow users list"),
     ("", "trialflow reminders S-001"),
     ("Exports: CDISC ODM, FHIR R5, CSV per form, a subject's visit calendar",
      "trialflow --user dora export odm --out study.xml"),
@@ -127,16 +148,22 @@ TOUR: list[tuple[str, str]] = [
 HEADER = (Path(__file__).parent / "cli-header.md").read_text(encoding="utf-8")
 
 
-def _passwords(argv: list[str]) -> list[str]:
-    """What the command reads on stdin with --password-stdin, in order."""
+def _passwords(argv: list[str], changed: set[str]) -> list[str]:
+    """What the command reads on stdin with --password-stdin, in order. `changed`: the users
+    who have set their own password so far."""
     if argv[1:3] == ["init", "--admin"]:
         return [PASSWORDS[argv[3]]]
     user = argv[argv.index("--user") + 1] if "--user" in argv else None
-    if user not in PASSWORDS:  # a read, or the scheduler service user (no password)
+    if user not in PASSWORDS:  # a read, or the scheduler (its secret file)
         return []
-    feed = [PASSWORDS[user]]
+    if "sign" in argv:
+        return ["not-ivan-s-password"]  # the tour's one wrong password
+    feed = [PASSWORDS[user] if user in changed or user == "ada" else FIRST]
     if "users" in argv and argv[argv.index("users") + 1] == "add":
+        feed.append(FIRST)
+    if "users" in argv and argv[argv.index("users") + 1] == "passwd":
         feed.append(PASSWORDS[argv[argv.index("users") + 2]])
+        changed.add(user)
     return feed
 
 
@@ -145,13 +172,14 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name in ("TRIALFLOW_DB", "TRIALFLOW_USER", "TRIALFLOW_SESSION"):
         env.pop(name, None)
+    changed: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
-        parts = [HEADER]
+        parts = [HEADER, _roles_table()]
         for title, command in TOUR:
             for name, value in filled.items():
                 command = command.replace(name, value)
             argv = shlex.split(command)
-            feed = _passwords(argv)
+            feed = _passwords(argv, changed)
             options = ([] if "--db" in argv else ["--db", "sqlite:///tour.db"]) + (
                 ["--password-stdin"] if feed else [])
             done = subprocess.run(
@@ -165,6 +193,20 @@ def main() -> None:
             output = (done.stdout + done.stderr).rstrip()
             parts.append(f"```console\n$ {command}\n{output}\n[exit {done.returncode}]\n```\n")
         (ROOT / "docs" / "cli.md").write_text("".join(parts), encoding="utf-8")
+
+
+def _roles_table() -> str:
+    """Who may send which message: the executor's own table (workflow/commands/roles.py)."""
+    sys.path.insert(0, str(ROOT))
+    from workflow.commands.roles import table
+
+    rows = "".join(f"| `{r['message']}` | `{r['command']}` | {r['roles']} | {r['note']} |\n"
+                   for r in table())
+    return ("\n## Who may send which message\n\nEvery write is a message carried out by one "
+            "executor, which checks this table (and, beside it, that a coordinator or "
+            "investigator writes only subjects of their own site) for every message, from "
+            "every caller. Printed from `workflow/commands/roles.py`.\n\n"
+            "| message | command | roles | note |\n|---|---|---|---|\n" + rows)
 
 
 def _remember(filled: dict[str, str], command: str, output: str) -> None:

@@ -8,7 +8,7 @@ class EventStoreError(Exception):
 
 
 class InvalidStreamId(EventStoreError):
-    """A stream id outside the forms of DESIGN.md (bad input)."""
+    """A stream id outside the forms of docs/design.md (bad input)."""
 
 
 class ConcurrencyConflict(EventStoreError):
@@ -63,3 +63,16 @@ class StoreUnavailable(EventStoreError):
 class InvalidDatabaseUrl(EventStoreError):
     """A database URL that cannot be parsed or names a database other than SQLite and
     PostgreSQL (bad input)."""
+
+
+class ClockAhead(EventStoreError):
+    """A writer's "now" is ahead of the store's clock: a write may not be decided in the
+    future (a future `--now` is for reads); nothing was written."""
+
+    def __init__(self, acted_at: object, store_now: object) -> None:
+        super().__init__(
+            f"The writer's clock ({acted_at}) is ahead of the database's clock ({store_now}); "
+            "a write may not be decided in the future, so nothing was written."
+        )
+        self.acted_at = acted_at
+        self.store_now = store_now

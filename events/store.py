@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any, Final
 
@@ -49,10 +49,16 @@ from events.envelope import (
     canonical_value,
     from_rows,
 )
-from events.errors import ConcurrencyConflict, IdempotencyMismatch, StoreUnavailable
+from events.errors import (
+    ClockAhead,
+    ConcurrencyConflict,
+    IdempotencyMismatch,
+    StoreUnavailable,
+)
 from events.streams import check_stream_id
 from events.translate import driver_connection, lost_connection
 
+CLOCK_TOLERANCE: Final = timedelta(seconds=60)  # writer's clock vs the store's (host skew)
 APPEND_LOCK_KEY: Final = 7_320_002  # pg_advisory_xact_lock id shared by every appender
 ANY_VERSION: Final = None
 _COLUMNS: Final = ", ".join(ENVELOPE_FIELDS)
@@ -91,6 +97,19 @@ class AppendContext:
     command_id: str | None = None
     correlation_id: str | None = None
     request_hash: str | None = None  # hash of the command's arguments, for idempotency
+    # The moment the writer decided at (its "now"): refused when ahead of the store's clock
+    # (the database's, or the injected one) by more than CLOCK_TOLERANCE.
+    acted_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A statement run inside an append's transaction, after its events are inserted and only
+    when the append is not a repeat (e.g. a credential row that must change with its event).
+    `sql` uses `?` marks; datetimes are bound as UTC text on SQLite."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,16 +201,24 @@ class EventStore:
         return self.append_streams([StreamAppend(stream_id, expected_version, events)], context)
 
     def append_streams(
-        self, appends: Sequence[StreamAppend], context: AppendContext
+        self,
+        appends: Sequence[StreamAppend],
+        context: AppendContext,
+        *,
+        also: Sequence[Statement] = (),
+        expected_last_position: int | None = None,
     ) -> AppendResult:
-        """Append to one or more streams atomically: all or nothing."""
+        """Append to one or more streams atomically: all or nothing. `also` runs in the same
+        transaction; `expected_last_position` refuses the append (ConcurrencyConflict on the
+        pseudo-stream `log`) when anything was appended since the caller read that head."""
         for item in appends:
             check_stream_id(item.stream_id)
         command_id = context.command_id or self.new_id()
         # Serialising the payloads needs no lock: done first, it also shortens the lock's hold.
         texts = _payload_texts(appends, strict=context.request_hash is None)
         request_hash = context.request_hash or _request_hash(appends, context, texts)
-        args = (appends, context, command_id, request_hash, texts)
+        args = (appends, context, command_id, request_hash, texts, tuple(also),
+                expected_last_position)
         if self._sqlite:
             with driver_connection(self.engine) as driver:  # translates the driver's errors
                 result, rows = self._append_sqlite(driver, *args)
@@ -270,10 +297,13 @@ class EventStore:
         command_id: str,
         request_hash: str,
         texts: _Texts,
+        also: tuple[Statement, ...] = (),
+        expected_last_position: int | None = None,
     ) -> tuple[AppendResult, list[tuple[Any, ...]]]:
         """Under the append lock: read the log's state, then either return the command's first
-        result (a repeat), or check the expected versions and insert the events and the
-        command. Returns the result and the inserted rows (none for a repeat)."""
+        result (a repeat), or check the expected versions, the writer's clock and the log's
+        head, and insert the events, the command and the `also` statements. Returns the result
+        and the inserted rows (none for a repeat)."""
         streams = list(dict.fromkeys(item.stream_id for item in appends))
         row = cursor.execute(self._state_query(len(streams)), (command_id, *streams)).fetchone()
         _answered()  # the connection is alive: from here on a lost one is not retried
@@ -286,11 +316,17 @@ class EventStore:
             texts = _payload_texts(appends, strict=True)
             assert texts is not None
         if self.clock is not None:
-            now = format_utc(self.clock())
+            store_now = self.clock()
         elif self._sqlite:  # an embedded database: its clock is this host's clock
-            now = format_utc(datetime.now(UTC))
+            store_now = datetime.now(UTC)
         else:
-            now = format_utc(row[4])  # clock_timestamp(), read under the lock
+            store_now = row[4]  # clock_timestamp(), read under the lock
+        acted_at = context.acted_at
+        if acted_at is not None and acted_at > store_now + CLOCK_TOLERANCE:
+            raise ClockAhead(acted_at, store_now)
+        if expected_last_position is not None and expected_last_position != last_position:
+            raise ConcurrencyConflict("log", expected_last_position, last_position)
+        now = format_utc(store_now)
         recorded_at = max(now, last_recorded)
         heads: dict[str, _Head] = {}
         column = 4 if self._sqlite else 5  # the first head, after tail, command (and clock)
@@ -376,7 +412,17 @@ class EventStore:
         )
         command = (command_id, request_hash, result_j, recorded_at)
         self._insert(cursor, rows, command)
+        for statement in also:
+            cursor.execute(self._statement_sql(statement.sql), self._bind(statement.params))
         return result, rows
+
+    def _statement_sql(self, sql: str) -> str:
+        return sql if self._sqlite else sql.replace("?", "%s")
+
+    def _bind(self, params: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not self._sqlite:
+            return params
+        return tuple(format_utc(p) if isinstance(p, datetime) else p for p in params)
 
     def _insert(self, cursor: Any, rows: list[tuple[Any, ...]], command: tuple[Any, ...]) -> None:
         """Insert the events and the command. PostgreSQL: one statement for a single event,
@@ -566,6 +612,15 @@ class EventStore:
     def read_until(self, recorded_at: datetime | str) -> Iterator[RecordedEvent]:
         """Everything the system had recorded at a moment (recorded_at ≤ moment)."""
         return self.read_all(up_to=self.position_at(recorded_at))
+
+    def database_time(self) -> datetime:
+        """The store's clock: the injected one, this host's for SQLite, else the server's."""
+        if self.clock is not None:
+            return self.clock()
+        if self._sqlite:
+            return datetime.now(UTC)
+        value = self._fetch("SELECT clock_timestamp()")[0][0]
+        return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
     def last_position(self) -> int:
         rows = self._fetch("SELECT position FROM events ORDER BY position DESC LIMIT 1")

@@ -1,4 +1,4 @@
-"""Stream ids of DESIGN.md: a subject ID, `study`, or `reminders-SUBJECT`."""
+"""Stream ids of docs/design.md: a subject ID, `study`, or `reminders-SUBJECT`."""
 
 from __future__ import annotations
 

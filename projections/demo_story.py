@@ -20,10 +20,14 @@ proportion (`Protocol.with_cap`), as version 102, and amends the study to it thr
 commands; then copies of completed story subjects (workflow/demo.py) take the enrolment places
 7, 8, … under it, each copying a story subject of the cohort its place belongs to.
 
-Each action runs as the user who would do it (coordinator, investigator, monitor, admin,
-scheduler) through `Workflow`, so the machine's guards and the roles decide, and the clock is
-simulated: the application's "today" and the recorded time follow the story's calendar.
-Deterministic: the same seed gives the same events in the same order.
+Each action is a message sent through the one executor by the user who would send it
+(coordinator, investigator, monitor, admin, scheduler), each proven by a session started with
+their password (the scheduler by its generated secret), so authentication, the roles, the
+machine's guards and the decisions all run; the sessions end with the story. The clock is
+simulated: the application's "today" and the recorded time follow the story's calendar. The
+study is marked as a demo (`StudyInitialised.purpose`), the only kind `trialflow demo` may
+replace and the only kind that accepts copied subjects. Deterministic: the same seed gives the
+same events in the same order.
 """
 
 from __future__ import annotations
@@ -42,11 +46,14 @@ from events.schema import upgrade
 from projections.notifiers import Notifier
 from workflow import event_types as T
 from workflow.bootstrap import build_app
-from workflow.commands import Workflow
-from workflow.demo import EXCLUSIONS, SCREENING, Template, clone_subjects, subject_ids, template_of
-from workflow.monitoring import Monitoring
+from workflow.commands import messages as M
+from workflow.commands.actors import Actors
+from workflow.commands.executor import Executor
+from workflow.demo import EXCLUSIONS, SCREENING, subject_ids
+from workflow.identity import Kdf, Password, Secret, new_service_secret
 from workflow.protocol import builtin_protocol, builtin_protocol_text, load_protocol_text
-from workflow.signing import Signing
+from workflow.study import load_study
+from workflow.subject import load_subject
 
 ADMIN, COORDINATOR, INVESTIGATOR, MONITOR = "ada", "cora", "ivan", "mona"
 DATA_MANAGER, AUDITOR, SCHEDULER = "dora", "audrey", "scheduler"
@@ -61,6 +68,11 @@ VARIANT_OFFSET = 100  # the variant of version 2 is version 102
 TEMPLATES = {"1e6_per_kg": "S-001", "1e8_flat": "S-007"}
 QUERIED = ("S-002", "D10")  # the persistence value entered ten times too high
 DEMO_PASSWORD = "im19-demo-password"  # every story user's (documented in the README)
+STORY_SESSION_HOURS = 24 * 800  # the story's sessions outlast its simulated calendar
+# The story's password is published, so a costly hash protects nothing in a demo database:
+# scrypt at N=2^10 (each hash names its parameters; real studies use identity.DEFAULT_KDF).
+DEMO_KDF = Kdf(n=2**10)
+COPIES_PER_MESSAGE = 40  # subjects per CopySubjects message
 
 
 class SimulatedClock:
@@ -108,10 +120,10 @@ def run_demo(url: str, *, seed: int = 7, start: date = DEFAULT_START, subjects: 
              progress: Callable[[str], None] | None = None) -> DemoResult:
     clock = SimulatedClock(start)
     ids = random.Random(f"command ids {seed}")  # same seed, same ids, same hashes
-    app = build_app(url, clock=clock, store_clock=clock,
+    app = build_app(url, clock=clock, store_clock=clock, kdf=DEMO_KDF,
                     new_id=lambda: str(uuid.UUID(int=ids.getrandbits(128), version=4)))
     upgrade(app.engine)
-    flow = Workflow(app)
+    flow = Actors(Executor(app), session_hours=STORY_SESSION_HOURS)
     rng = random.Random(seed)
     _setup(flow)
     plan = Plan()
@@ -122,29 +134,36 @@ def run_demo(url: str, *, seed: int = 7, start: date = DEFAULT_START, subjects: 
         _candidate(plan, flow, rng, subject, consent, fails.get(subject))
     amend_on = start + timedelta(days=35)
     plan.at(amend_on, "protocol amended to version 2",
-            lambda: flow.amend_protocol(ADMIN, 2, None))
+            lambda: flow.send(ADMIN, M.AmendProtocol(2)))
     for subject in ("S-001", "S-002"):
         plan.at(amend_on + timedelta(days=1), f"{subject} re-consents",
-                partial(flow.reconsent, COORDINATOR, subject, None, "2.0", None))
-    result = _play(flow, clock, plan, story, notifiers, progress)
-    if subjects > STORY_SUBJECTS:
-        _scale(flow, result, subjects, progress)
+                partial(flow.send, COORDINATOR, M.ReconsentSubject(subject, "2.0")))
+    try:
+        result = _play(flow, clock, plan, story, notifiers, progress)
+        if subjects > STORY_SUBJECTS:
+            _scale(flow, result, subjects, progress)
+    finally:
+        flow.logout_all()
     return result
 
 
-def _setup(flow: Workflow) -> None:
-    flow.initialise(ADMIN, protocol_version=1)
-    flow.add_site(ADMIN, SITE, TZ, None)
+def _setup(flow: Actors) -> None:
+    """The study (marked as a demo), its site, and the story's users: each added by the admin
+    with a temporary password and then setting the documented one themselves."""
+    admin = Secret(DEMO_PASSWORD)
+    scheduler = new_service_secret()
+    flow.executor.execute(M.InitialiseStudy(ADMIN, admin, Secret(scheduler), 1, "demo"),
+                          Password(ADMIN, admin))
+    flow.know(ADMIN, DEMO_PASSWORD)
+    flow.know(SCHEDULER, scheduler, service=True)
+    flow.send(ADMIN, M.AddSite(SITE, TZ))
     for name, role, site in ((COORDINATOR, "coordinator", SITE),
                              (INVESTIGATOR, "investigator", SITE), (MONITOR, "monitor", None),
                              (DATA_MANAGER, "data_manager", None), (AUDITOR, "auditor", None)):
-        flow.add_user(ADMIN, name, role, site, None)
-    signing = Signing(flow)
-    for name in (ADMIN, COORDINATOR, INVESTIGATOR, MONITOR, DATA_MANAGER, AUDITOR):
-        signing.change_password(ADMIN, name, DEMO_PASSWORD, None, flow.clock())
+        flow.add_user(ADMIN, name, role, site, DEMO_PASSWORD)
 
 
-def _play(flow: Workflow, clock: SimulatedClock, plan: Plan, subjects: list[str],
+def _play(flow: Actors, clock: SimulatedClock, plan: Plan, subjects: list[str],
           notifiers: Sequence[Notifier], progress: Callable[[str], None] | None) -> DemoResult:
     from projections.scheduler import tick
 
@@ -160,11 +179,12 @@ def _play(flow: Workflow, clock: SimulatedClock, plan: Plan, subjects: list[str]
             action()
             if progress is not None:
                 progress(f"{day}  {label}")
-        report = tick(flow.store.engine, flow.store, clock(), SCHEDULER, channels)
+        report = tick(flow.executor.app, flow.credential(SCHEDULER), clock(), channels)
         ticks += 1
         issued += len(report.issued)
         day += timedelta(days=1)
-    return DemoResult(subjects, flow.store.last_position(), ticks, issued, end, clock.now)
+    return DemoResult(subjects, flow.executor.store.last_position(), ticks, issued, end,
+                      clock.now)
 
 
 # --- more subjects: a protocol variant and copies ------------------------------------------
@@ -220,33 +240,36 @@ def _sub(text: str, pattern: str, new: str) -> str:
     return changed
 
 
-def _scale(flow: Workflow, result: DemoResult, subjects: int,
+def _scale(flow: Actors, result: DemoResult, subjects: int,
            progress: Callable[[str], None] | None) -> None:
     """Load and amend to the variant with cap `subjects`, then copy story subjects into the
-    places 7.. (`subjects` - 2 enrolled: the story's two screen failures are not copied)."""
+    places 7.. (`subjects` - 2 enrolled: the story's two screen failures are not copied), with
+    `CopySubjects` messages through the executor (accepted in a demo study only)."""
     version = variant_version()
     text = protocol_variant(subjects)
-    flow.load_protocol(ADMIN, text, f"demo variant of version {BASE_VERSION}, cap {subjects}",
-                       None)
-    flow.amend_protocol(ADMIN, version, None)
+    flow.send(ADMIN, M.LoadProtocol(text, f"demo variant of version {BASE_VERSION}, cap "
+                                          f"{subjects}"))
+    flow.send(ADMIN, M.AmendProtocol(version))
     if progress is not None:
         progress(f"{result.end}  protocol version {version} loaded (cap {subjects}) and "
                  "amended to")
-    protocol = flow.study().protocol
-    first = len(flow.study().taken_places()) + 1
+    store = flow.executor.store
+    study = load_study(store)
+    protocol = study.protocol
+    first = len(study.taken_places()) + 1
     extra = list(subject_ids(subjects, prefix="X"))[: subjects - len(result.subjects)]
     orders = range(first, first + len(extra))
-    templates: dict[str, Template] = {}
-    for code in {protocol.cohort_for(order).code for order in orders}:
-        templates[code] = _as_enrolled_under(template_of(flow.store, TEMPLATES[code]), version)
     start = 0
     while start < len(extra):  # one run of consecutive places per cohort
         code = protocol.cohort_for(orders[start]).code
         end = start
         while end < len(extra) and protocol.cohort_for(orders[end]).code == code:
             end += 1
-        clone_subjects(flow.store, templates[code], extra[start:end],
-                       first_order=orders[start])
+        for chunk in range(start, end, COPIES_PER_MESSAGE):
+            last = min(end, chunk + COPIES_PER_MESSAGE)
+            flow.send(ADMIN, M.CopySubjects(TEMPLATES[code], tuple(extra[chunk:last]),
+                                            orders[chunk], version,
+                                            spread_days=365, offset=chunk - start))
         if progress is not None:
             progress(f"{result.end}  {extra[start]}..{extra[end - 1]}: copies of "
                      f"{TEMPLATES[code]} in cohort {code}")
@@ -254,24 +277,7 @@ def _scale(flow: Workflow, result: DemoResult, subjects: int,
     result.subjects += extra
     result.copies = len(extra)
     result.protocol_version = version
-    result.events = flow.store.last_position()
-
-
-def _as_enrolled_under(template: Template, version: int) -> Template:
-    """A story subject's history as if it had consented under protocol `version`: its
-    re-consent and signatures left out, every `protocol_version` in payloads set to `version`
-    (consent, lymphodepletion, infusion), so the copies' places are valid under the protocol
-    in force."""
-    events = []
-    for event in template.events:
-        if event.type in (T.SUBJECT_RECONSENTED, T.SIGNATURE_RECORDED):
-            continue  # a copied signature would name the template's hash, not the copy's
-        if "protocol_version" in event.payload:
-            payload = {**event.payload, "protocol_version": version}
-            event = replace(event, payload_text=json.dumps(payload, sort_keys=True,
-                                                           separators=(",", ":")))
-        events.append(event)
-    return Template(tuple(events), template.place)
+    result.events = store.last_position()
 
 
 class _QuietLog:
@@ -284,12 +290,12 @@ class _QuietLog:
         return None
 
 
-def _candidate(plan: Plan, flow: Workflow, rng: random.Random, subject: str, consent: date,
+def _candidate(plan: Plan, flow: Actors, rng: random.Random, subject: str, consent: date,
                fails: str | None) -> None:
     c, inv = COORDINATOR, INVESTIGATOR
-    plan.at(consent, f"{subject} consents", lambda: flow.consent(
-        c, subject, consent, "1.0" if consent < DEFAULT_START + timedelta(days=35) else "2.0",
-        None))
+    send = flow.send
+    plan.at(consent, f"{subject} consents", partial(send, c, M.ConsentSubject(
+        subject, consent, "1.0" if consent < DEFAULT_START + timedelta(days=35) else "2.0")))
     weight = 38.0 if fails == "weight" else round(rng.uniform(48, 72), 1)
     height = round(rng.uniform(152, 175))
     for form, tokens in SCREENING:
@@ -299,51 +305,51 @@ def _candidate(plan: Plan, flow: Workflow, rng: random.Random, subject: str, con
         if form == "exclusion_checklist" and fails == "exclusion":
             values = [f"{code}={'yes' if code == 'active_infection' else 'no'}"
                       for code in EXCLUSIONS]
-        plan.at(consent, f"{subject} {form}", partial(flow.record, c, subject, form, values,
-                                                      consent, None, None))
+        plan.at(consent, f"{subject} {form}", partial(send, c, M.RecordForm(
+            subject, form, tuple(values), consent)))
     if fails is not None:
         reason = "weight" if fails == "weight" else "active_infection"
         plan.at(consent + timedelta(days=5), f"{subject} fails screening ({reason})",
-                lambda: flow.screen_fail(c, subject, reason, None))
+                partial(send, c, M.RecordScreenFailure(subject, reason)))
         return
     plan.at(consent + timedelta(days=3), f"{subject} eligibility confirmed",
-            lambda: flow.confirm_eligibility(inv, subject, None))
+            partial(send, inv, M.ConfirmEligibility(subject)))
     coi = f"COI-{subject}-{rng.randrange(10_000, 99_999)}"
     plan.at(consent + timedelta(days=7), f"{subject} leukapheresis",
-            lambda: flow.leukapheresis(c, subject, consent + timedelta(days=7), coi, None))
+            partial(send, c, M.RecordLeukapheresis(subject, consent + timedelta(days=7), coi)))
     plan.at(consent + timedelta(days=20), f"{subject} product released",
-            lambda: flow.release(c, subject, f"LOT-{subject}", coi, failed=False, reason=None,
-                                 viable_cells=3e8, command_id=None))
+            partial(send, c, M.ReleaseProduct(subject, f"LOT-{subject}", coi,
+                                              viable_cells=3e8)))
     d0 = consent + timedelta(days=30)
     bsa = round((height * weight / 3600) ** 0.5, 2)
     for offset in (-5, -4, -3):
         day = d0 + timedelta(days=offset)
         cyclophosphamide = round(1000 * bsa, 1) if offset == -3 else 0.0
         plan.at(day, f"{subject} lymphodepletion D{offset}",
-                partial(flow.lymphodepletion, c, subject, day, round(25 * bsa, 1),
-                        cyclophosphamide, deviation=False, reason=None, command_id=None))
+                partial(send, c, M.GiveLymphodepletion(subject, day, round(25 * bsa, 1),
+                                                       cyclophosphamide)))
     plan.at(d0, f"{subject} CAR-T infusion (D0)", lambda: _infuse(flow, subject, d0, coi,
                                                                    weight))
     _safety(plan, flow, subject, d0)
     _follow_up(plan, flow, rng, subject, d0)
 
 
-def _infuse(flow: Workflow, subject: str, d0: date, coi: str, weight: float) -> None:
-    order = flow.subject(subject).enrolment_order
+def _infuse(flow: Actors, subject: str, d0: date, coi: str, weight: float) -> None:
+    store = flow.executor.store
+    order = load_subject(store, subject).enrolment_order
     assert order is not None
-    cells = flow.study().protocol.cohort_for(order).target_cells(weight)
-    flow.infuse(COORDINATOR, subject, datetime.fromisoformat(f"{d0}T10:00:00{UTC_OFFSET}"),
-                cells, coi, deviation=False, reason=None, command_id=None)
+    cells = load_study(store).protocol.cohort_for(order).target_cells(weight)
+    flow.send(COORDINATOR, M.Infuse(subject, datetime.fromisoformat(
+        f"{d0}T10:00:00{UTC_OFFSET}"), cells, coi))
 
 
-def _ae(flow: Workflow, subject: str, onset: date, tokens: list[str]) -> int:
-    flow.record(COORDINATOR, subject, "adverse_event", [f"onset_date={onset}", *tokens], onset,
-                None, None)
-    return max(f.position for f in flow.subject(subject).forms.values()
-               if f.form == "adverse_event")
+def _ae(flow: Actors, subject: str, onset: date, tokens: list[str]) -> int:
+    outcome = flow.send(COORDINATOR, M.RecordForm(subject, "adverse_event", (
+        f"onset_date={onset}", *tokens), onset))
+    return outcome.result.positions[0]
 
 
-def _safety(plan: Plan, flow: Workflow, subject: str, d0: date) -> None:
+def _safety(plan: Plan, flow: Actors, subject: str, d0: date) -> None:
     inv = INVESTIGATOR
     if subject == "S-001":  # CRS grade 2 on D1
         onset = d0 + timedelta(days=1)
@@ -352,8 +358,8 @@ def _safety(plan: Plan, flow: Workflow, subject: str, d0: date) -> None:
             at = _ae(flow, subject, onset, ["term=cytokine release syndrome", "category=crs",
                                             "grade=2", "temperature_c=39.2",
                                             "hypotension=no_vasopressors", "hypoxia=none"])
-            flow.record(inv, subject, "causality", [f"ae_position={at}",
-                                                    "relatedness=definite"], None, None, None)
+            flow.send(inv, M.RecordForm(subject, "causality", (f"ae_position={at}",
+                                                               "relatedness=definite")))
         plan.at(onset, f"{subject} CRS grade 2", crs)
     if subject == "S-002":  # ICANS grade 1 on D5
         onset = d0 + timedelta(days=5)
@@ -362,8 +368,8 @@ def _safety(plan: Plan, flow: Workflow, subject: str, d0: date) -> None:
             at = _ae(flow, subject, onset, ["term=immune effector cell-associated "
                                             "neurotoxicity syndrome", "category=icans",
                                             "grade=1", "ice_score=8"])
-            flow.record(inv, subject, "causality", [f"ae_position={at}",
-                                                    "relatedness=probable"], None, None, None)
+            flow.send(inv, M.RecordForm(subject, "causality", (f"ae_position={at}",
+                                                               "relatedness=probable")))
         plan.at(onset, f"{subject} ICANS grade 1", icans)
     if subject == "S-004":  # SAE: infection with hospitalisation on D12, reported in time
         onset = d0 + timedelta(days=12)
@@ -373,21 +379,21 @@ def _safety(plan: Plan, flow: Workflow, subject: str, d0: date) -> None:
                 "term=pneumonia", "category=infection", "grade=3",
                 "serious_criteria=hospitalisation", "expected=yes",
                 f"awareness_at={onset}T08:30:00{UTC_OFFSET}"])
-            flow.record(inv, subject, "causality", [f"ae_position={at}",
-                                                    "relatedness=possible"], None, None, None)
+            flow.send(inv, M.RecordForm(subject, "causality", (f"ae_position={at}",
+                                                               "relatedness=possible")))
             positions.append(at)
 
         def report() -> None:  # the next morning: within 24 hours of awareness
-            flow.record(COORDINATOR, subject, "sae_report", [
+            flow.send(COORDINATOR, M.RecordForm(subject, "sae_report", (
                 f"ae_position={positions[0]}", "report_kind=initial",
-                f"sent_at={onset + timedelta(days=1)}T08:15:00{UTC_OFFSET}"],
-                onset + timedelta(days=1), None, None)
+                f"sent_at={onset + timedelta(days=1)}T08:15:00{UTC_OFFSET}"),
+                onset + timedelta(days=1)))
         positions: list[int] = []
         plan.at(onset, f"{subject} SAE (pneumonia, hospitalised)", sae)
         plan.at(onset + timedelta(days=1), f"{subject} SAE reported within 24 hours", report)
 
 
-def _follow_up(plan: Plan, flow: Workflow, rng: random.Random, subject: str, d0: date) -> None:
+def _follow_up(plan: Plan, flow: Actors, rng: random.Random, subject: str, d0: date) -> None:
     c = COORDINATOR
     peak = rng.uniform(8_000, 40_000)
     for visit in VISITS:
@@ -396,8 +402,8 @@ def _follow_up(plan: Plan, flow: Workflow, rng: random.Random, subject: str, d0:
         day = d0 + timedelta(days=day_number + shift)
         if (subject, visit) == ("S-005", "D60"):
             late = day + timedelta(days=9)  # recorded after the overdue alert went out
-            plan.at(late, f"{subject} {visit} missed", partial(flow.visit, c, subject, visit,
-                                                                "missed", late, None))
+            plan.at(late, f"{subject} {visit} missed", partial(
+                flow.send, c, M.RecordVisit(subject, visit, "missed", late)))
             continue
         activity = ["arthritis", "proteinuria"] if day_number < 10 else []
         activity += ["low_complement"] if day_number < 60 else []
@@ -411,64 +417,63 @@ def _follow_up(plan: Plan, flow: Workflow, rng: random.Random, subject: str, d0:
 
         def visit_day(v: str = visit, d: date = day, flags: list[str] = activity,
                       cp: float = entered, u: float = upcr) -> None:
-            flow.record(c, subject, "disease_activity", [
+            flow.send(c, M.RecordForm(subject, "disease_activity", (
                 *flags, "pga=0.5", "new_activity=no", "hemolytic_anemia=no", "gi_activity=no",
-                "maintenance_tolerated=yes"], d, v, None)
-            flow.record(c, subject, "labs", [f"upcr_g_per_g={u}", "egfr_ml_min=96"], d, v,
-                        None)
-            flow.record(c, subject, "cart_persistence", [f"copies_per_ug={round(cp, 1)}"], d, v,
-                        None)
+                "maintenance_tolerated=yes"), d, v))
+            flow.send(c, M.RecordForm(subject, "labs", (f"upcr_g_per_g={u}",
+                                                        "egfr_ml_min=96"), d, v))
+            flow.send(c, M.RecordForm(subject, "cart_persistence",
+                                      (f"copies_per_ug={round(cp, 1)}",), d, v))
             if v in ("D180", "D360"):
-                flow.record(c, subject, "medication", [
+                flow.send(c, M.RecordForm(subject, "medication", (
                     "drug=prednisone", "drug_class=glucocorticoid", "dose_mg_per_day=5",
-                    f"start_date={d - timedelta(days=60)}"], d, v, None)
-            flow.visit(c, subject, v, "done", d, None)
+                    f"start_date={d - timedelta(days=60)}"), d, v))
+            flow.send(c, M.RecordVisit(subject, v, "done", d))
         plan.at(day, f"{subject} visit {visit}", visit_day)
         if (subject, visit) == QUERIED:
             _query(plan, flow, subject, visit, copies, d0)
     plan.at(d0 + timedelta(days=375), f"{subject} completes the study",
-            lambda: flow.complete(c, subject, None))
+            partial(flow.send, c, M.CompleteStudy(subject)))
     plan.at(d0 + timedelta(days=376), f"{subject} investigator signs the completion",
             partial(_sign_completion, flow, subject))
 
 
-def _sign_completion(flow: Workflow, subject: str) -> None:
+def _sign_completion(flow: Actors, subject: str) -> None:
     """The investigator's electronic signature (meaning `approved`) on the subject's
-    completion, bound to that event's hash (workflow/signing.py)."""
-    completed = next(e for e in flow.store.read_stream(subject)
+    completion, bound to that event's hash; a signature takes the password itself."""
+    completed = next(e for e in flow.executor.store.read_stream(subject)
                      if e.type == T.SUBJECT_COMPLETED)
-    Signing(flow).sign(INVESTIGATOR, subject, completed.position, "approved", None, flow.clock)
+    flow.send(INVESTIGATOR, M.Sign(subject, completed.position, "approved"))
 
 
-def _query(plan: Plan, flow: Workflow, subject: str, visit: str, copies: float,
+def _query(plan: Plan, flow: Actors, subject: str, visit: str, copies: float,
            d0: date) -> None:
     """The monitor's query on the persistence value of `visit` (entered ten times too high),
     raised at the D28 monitoring visit, answered by the coordinator with a correction two days
     later; the monitor then closes it and source-verifies the corrected form."""
-    monitoring = Monitoring(flow)
     asked: list[str] = []
 
     def form_position() -> int:
-        return next(f.position for f in flow.subject(subject).forms.values()
+        return next(f.position for f in load_subject(flow.executor.store, subject).forms.values()
                     if f.form == "cart_persistence" and f.visit == visit)
 
     def open_query() -> None:
-        outcome = monitoring.open_query(
-            MONITOR, subject, form_position(), "copies_per_ug",
+        outcome = flow.send(MONITOR, M.OpenQuery(
+            subject, form_position(), "copies_per_ug",
             f"{visit} is ten times the D7 and D14 values: please check against the qPCR "
-            "report.", None)
+            "report."))
         asked.append(outcome.summary["query"])
 
     def answer() -> None:
-        monitoring.answer_query(
-            COORDINATOR, asked[0], "Transcription error, the decimal point slipped; corrected "
-            "from the qPCR report.", [f"copies_per_ug={round(copies, 1)}"],
+        flow.send(COORDINATOR, M.AnswerQuery(
+            asked[0], "Transcription error, the decimal point slipped; corrected from the qPCR "
+            "report.", (f"copies_per_ug={round(copies, 1)}",),
             f"qPCR report of {visit}: {round(copies, 1)} copies/ug (entered ten times too "
-            "high)", None)
+            "high)"))
 
     def close() -> None:
-        monitoring.close_query(MONITOR, asked[0], None, None)
-        monitoring.verify_source(MONITOR, subject, form_position(), None)
+        flow.send(MONITOR, M.CloseQuery(asked[0]))
+        flow.send(MONITOR, M.VerifySource(subject, form_position()))
     review = d0 + timedelta(days=28)
     plan.at(review, f"{subject} monitor queries the {visit} persistence value", open_query)
     plan.at(review + timedelta(days=2), f"{subject} query answered with a correction", answer)

@@ -182,5 +182,9 @@ def study_status(view: View, clock: Clock) -> dict[str, Any]:
                             for c in overdue_reports],
         "screening_expiring": expiring,
         "primary_endpoint": windows["primary_endpoint"],
+        # account security (21 CFR 11.300(d)): failed attempts in the log, accounts locked
+        "failed_authentications": view.study.authentication_failures,
+        "locked_accounts": sorted(name for name in view.study.users
+                                  if view.study.account_locked(name)),
     }
 

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from events.engine import WRITE, is_sqlite
 from events.envelope import RecordedEvent
 from events.store import EventStore
-from events.streams import STUDY_STREAM
+from events.streams import STUDY_STREAM, is_subject_id
 from events.translate import translated
 from projections import parallel, registry
 from projections import tables as t
@@ -63,7 +63,7 @@ Progress = Callable[[int, int], None]  # (subjects done, subjects in all)
 
 
 def is_subject_stream(stream_id: str) -> bool:
-    return stream_id != STUDY_STREAM and not stream_id.startswith("reminders-")
+    return is_subject_id(stream_id)
 
 
 @dataclass
@@ -219,10 +219,11 @@ class Runner:
         query = select(t.study_facts.c.kind, t.study_facts.c.key, t.study_facts.c.value)
         if not new_events:  # subject folds need no users or places: O(1) in the study's size
             query = query.where(t.study_facts.c.kind.in_(FOLD_FACTS))
-        study = study_from_facts((r.kind, r.key, r.value) for r in conn.execute(query).all())
+        rows = conn.execute(query).all()
+        study = study_from_facts((r.kind, r.key, r.value) for r in rows)
         if not new_events:
             return study
-        old = facts_of(study)
+        old = {(r.kind, r.key): r.value for r in rows}  # the rows as stored, not re-derived
         for event in new_events:
             apply_study(study, event)
         gone, write = changed_facts(old, facts_of(study))

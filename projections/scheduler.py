@@ -25,15 +25,18 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine
 
 from events.store import EventStore
+from events.streams import reminders_stream
 from projections.notifiers import Notifier
 from projections.queries import Clock, ae_windows, visit_list
 from projections.subject_rows import zone_of
 from projections.views import View, open_view
+from workflow.bootstrap import App
+from workflow.commands import messages as M
+from workflow.commands.executor import Executor
+from workflow.identity import Credential
 from workflow.machine import TERMINAL
-from workflow.reminder_commands import ReminderDesk
 from workflow.reminders import (
     Obligation,
     Reminder,
@@ -41,11 +44,11 @@ from workflow.reminders import (
     fold_reminders,
     planned_obligations,
     sae_obligations,
-    stream_of,
     visit_obligations,
 )
 
 log = structlog.get_logger("trialflow.scheduler")
+SCHEDULER_RETRIES = 25
 
 
 @dataclass
@@ -81,7 +84,7 @@ def due_obligations(view: View, now: datetime) -> tuple[list[Obligation], set[tu
 def issued_reminders(store: EventStore, subjects: Sequence[str]) -> dict[str, Reminder]:
     found: dict[str, Reminder] = {}
     for subject in subjects:
-        found.update(fold_reminders(store.read_stream(stream_of(subject))))
+        found.update(fold_reminders(store.read_stream(reminders_stream(subject))))
     return found
 
 
@@ -92,11 +95,31 @@ def message_of(reminder: Reminder) -> dict[str, Any]:
             "issued_at": reminder.issued_at}
 
 
-def tick(engine: Engine, store: EventStore, now: datetime, user: str | None,
+class _Desk:
+    """The scheduler's writes, each a message through the one executor with the scheduler's
+    own credential (a service account: it may send only these messages)."""
+
+    def __init__(self, app: App, credential: Credential, now: datetime) -> None:
+        # several schedulers may write one subject's reminders at once: more reloads than a
+        # coordinator's command needs before a conflict is given up (each is a fresh decide)
+        self.executor = Executor(app, clock=lambda: now, retries=SCHEDULER_RETRIES)
+        self.credential = credential
+        user = self.executor.authenticate(credential)  # before any work
+        self.executor.may_send(user, M.IssueReminder)
+        self.executor.check_clock(now)  # a future --now is for reads, never for a pass
+
+    def send(self, message: M.Message, command_id: str | None = None) -> bool:
+        """Carry out `message`; False when it was a repeat (another scheduler did it)."""
+        outcome = self.executor.execute(message, self.credential, command_id=command_id)
+        return not outcome.result.duplicate
+
+
+def tick(app: App, credential: Credential, now: datetime,
          notifiers: Sequence[Notifier]) -> TickReport:
-    desk = ReminderDesk(store, user)  # refuses anyone but a scheduler, before any work
+    desk = _Desk(app, credential, now)  # refuses anyone but a scheduler, before any work
+    store = app.store
     report = TickReport(now.isoformat())
-    view = open_view(engine, store)
+    view = open_view(app.engine, store)
     wanted, planned = due_obligations(view, now)
     subjects = [row["subject"] for row in view.subjects()]
     known = issued_reminders(store, subjects)
@@ -111,25 +134,29 @@ def tick(engine: Engine, store: EventStore, now: datetime, user: str | None,
         # planned again after a cancellation (e.g. an infusion time corrected back): a new
         # reminder, numbered by the cancellations before it, so it too is issued once
         obligation = replace(obligation, generation=len(earlier))
-        result = desk.issue(obligation)
-        if result.duplicate:
-            report.already_issued += 1  # another scheduler issued it first
-        else:
+        # the command id derives from the obligation's key: issued once by any scheduler
+        if desk.send(M.IssueReminder(obligation.subject, obligation.obligation, obligation.kind,
+                                     obligation.due_at, obligation.detail, obligation.generation),
+                     command_id=f"reminder-issue-{obligation.reminder_id}"):
             report.issued.append(obligation.reminder_id)
+        else:
+            report.already_issued += 1  # another scheduler issued it first
     for reminder in known.values():
         base = reminder.obligation.split("/", 1)[0]
-        if reminder.cancelled is None and (reminder.subject, base) not in planned:
-            result = desk.cancel(reminder, f"{reminder.obligation} is no longer planned (its "
-                                 "target moved or it was withdrawn); a reminder for the new "
-                                 "target replaces it.")
-            if not result.duplicate:  # another scheduler may have cancelled it first
-                report.cancelled.append(reminder.reminder_id)
+        if reminder.cancelled is not None or (reminder.subject, base) in planned:
+            continue
+        if desk.send(M.CancelReminder(
+                reminder.subject, reminder.reminder_id,
+                f"{reminder.obligation} is no longer planned (its target moved or it was "
+                "withdrawn); a reminder for the new target replaces it."),
+                command_id=f"reminder-cancel-{reminder.reminder_id}"):
+            report.cancelled.append(reminder.reminder_id)  # not if another did it first
     _deliver(desk, issued_reminders(store, subjects), notifiers, now, report)
     log.info("scheduler pass", **report.to_json())
     return report
 
 
-def _deliver(desk: ReminderDesk, reminders: dict[str, Reminder], notifiers: Sequence[Notifier],
+def _deliver(desk: _Desk, reminders: dict[str, Reminder], notifiers: Sequence[Notifier],
              now: datetime, report: TickReport) -> None:
     channels = [n.channel for n in notifiers]
     by_channel = {n.channel: n for n in notifiers}
@@ -139,10 +166,11 @@ def _deliver(desk: ReminderDesk, reminders: dict[str, Reminder], notifiers: Sequ
                 by_channel[channel].send(message_of(reminder))
             except Exception as error:  # any failure of a channel is recorded and retried
                 text = f"{type(error).__name__}: {error}"
-                desk.failed(reminder, channel, text, now)
+                desk.send(M.RecordDeliveryFailure(reminder.subject, reminder.reminder_id,
+                                                  channel, text))
                 report.failed.append((reminder.reminder_id, channel, text))
                 continue
-            desk.delivered(reminder, channel)
+            desk.send(M.RecordDelivery(reminder.subject, reminder.reminder_id, channel))
             report.delivered.append((reminder.reminder_id, channel))
 
 

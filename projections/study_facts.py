@@ -1,8 +1,9 @@
 """The `study` stream's facts as rows of `rm_study_facts`, and back.
 
-Subject folds need the sites' time zones, the protocol texts and the version in force; a
-catch-up of one subject must not re-read the whole study stream (one event per enrolment), so
-the runner keeps the folded study here. `study_from_facts(facts_of(s))` equals `s` in every
+Subject folds need the sites' time zones, the protocol texts and the version in force; the
+study's status shows the lock and the accounts' security state; a catch-up of one subject must
+not re-read the whole study stream (one event per enrolment), so the runner keeps the folded
+study here. `study_from_facts(facts_of(s))` equals `s` in every
 field a read model uses (a property test checks it).
 """
 
@@ -29,6 +30,16 @@ def facts_of(study: Study) -> dict[FactKey, str]:
     for index, place in enumerate(study.places):
         facts[("place", f"{index:08d}")] = json.dumps(
             [place.subject, place.order, place.cohort, place.freed])
+    facts[("study", "purpose")] = study.purpose
+    facts[("study", "locked")] = json.dumps(study.locked)
+    facts[("accounts", "failures")] = str(study.authentication_failures)
+    facts[("accounts", "max_failed_attempts")] = str(study.max_failed_attempts)
+    for name, count in study.failed_attempts.items():
+        facts[("failed_attempts", name)] = str(count)
+    for name in study.locked_accounts:
+        facts[("locked_account", name)] = "1"
+    for name in study.temporary_passwords:
+        facts[("temporary_password", name)] = "1"
     return facts
 
 
@@ -50,6 +61,20 @@ def study_from_facts(rows: Iterable[tuple[str, str, str]]) -> Study:
         elif kind == "place":
             subject, order, cohort, freed = json.loads(value)
             places.append((key, Place(subject, int(order), cohort, bool(freed))))
+        elif kind == "study" and key == "purpose":
+            study.purpose = value
+        elif kind == "study" and key == "locked":
+            study.locked = bool(json.loads(value))
+        elif kind == "accounts" and key == "failures":
+            study.authentication_failures = int(value)
+        elif kind == "accounts" and key == "max_failed_attempts":
+            study.max_failed_attempts = int(value)
+        elif kind == "failed_attempts":
+            study.failed_attempts[key] = int(value)
+        elif kind == "locked_account":
+            study.locked_accounts.add(key)
+        elif kind == "temporary_password":
+            study.temporary_passwords.add(key)
     study.places = [place for _, place in sorted(places, key=lambda item: item[0])]
     return study
 

@@ -31,7 +31,7 @@ Rows = dict[str, list[Row]]  # table name -> rows of one subject
 
 
 def zone_of(study: Study, site: str | None) -> ZoneInfo:
-    return ZoneInfo(study.sites.get(site or "", "UTC"))
+    return study.zone(site)
 
 
 def local_date(moment: str, zone: ZoneInfo) -> date:

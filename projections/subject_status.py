@@ -1,10 +1,9 @@
-"""A subject's status (DESIGN.md `status SUBJECT`): derived at query time from a clock."""
+"""A subject's status (docs/design.md `status SUBJECT`): derived at query time from a clock."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from workflow.errors import InvalidInput
 from workflow.machine import TERMINAL
@@ -24,7 +23,7 @@ def subject_status(study: Study, s: SubjectState, now: datetime) -> dict[str, An
     if not s.consented:
         raise InvalidInput(f"Subject {s.subject} is not known: it has no consent recorded.",
                            field="subject", subject=s.subject)
-    today = now.astimezone(ZoneInfo(study.sites.get(s.site or "", "UTC"))).date()
+    today = now.astimezone(study.zone(s.site)).date()
     assert s.phase is not None
     next_step: str | None = NEXT_STEPS.get(s.phase)
     if s.phase == "cell_collection" and s.collection_coi is not None:

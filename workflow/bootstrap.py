@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from events.engine import create_store_engine
 from events.store import EventStore
+from workflow.identity import DEFAULT_KDF, Kdf
 
 
 def system_clock() -> datetime:
@@ -22,6 +23,7 @@ class App:
     engine: Engine
     store: EventStore
     clock: Callable[[], datetime]
+    kdf: Kdf = DEFAULT_KDF  # parameters of new password hashes (tests and the demo: cheaper)
 
 
 def build_app(
@@ -30,10 +32,11 @@ def build_app(
     clock: Callable[[], datetime] = system_clock,
     store_clock: Callable[[], datetime] | None = None,
     new_id: Callable[[], str] | None = None,
+    kdf: Kdf = DEFAULT_KDF,
 ) -> App:
     """`clock` is the application's "now"; `store_clock` overrides the recorded time (tests and
     simulations only: by default `recorded_at` is the database's own clock)."""
     engine = create_store_engine(db_url)
     store = (EventStore(engine, clock=store_clock) if new_id is None
              else EventStore(engine, clock=store_clock, new_id=new_id))
-    return App(engine=engine, store=store, clock=clock)
+    return App(engine=engine, store=store, clock=clock, kdf=kdf)

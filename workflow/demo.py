@@ -1,32 +1,33 @@
 """Synthetic studies: one subject's complete history through the real commands, and copies of
 it for large studies (benchmarks, `trialflow demo --subjects N`).
 
-`run_subject` drives one subject from consent to completion through `Workflow`, so every
-guard runs and every event is what the commands write. `clone_subjects` copies such a history
-to many subjects, each shifted by whole days (dates and times in payloads and `occurred_at`
-move together, so study days, windows and ages stay the same) and with the positions that
-payloads name (`target_position`, `ae_position`) renumbered. Copies are appended in large
-batches through `EventStore.append_streams`, recorded by the generator's own identity, so the
-audit trail says they are synthetic.
+`run_subject` drives one subject from consent to completion through the executor, each step
+sent by the user who would do it, so every guard and role check runs and every event is what
+the commands write. `copy_history` copies such a history to another subject, shifted by whole
+days (dates and times in payloads and `occurred_at` move together, so study days, windows and
+ages stay the same) and with the positions that payloads name (`target_position`,
+`ae_position`) renumbered: the decision of `CopySubjects` (workflow/commands/copies.py) uses
+it, in studies made by `trialflow demo` only.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from events.envelope import NewEvent, RecordedEvent
-from events.store import AppendContext, EventStore, StreamAppend
-from events.streams import STUDY_STREAM
 from workflow import event_types as T
-from workflow.commands import Workflow
+from workflow.commands import messages as M
+from workflow.study import load_study
+from workflow.subject import load_subject
+
+if TYPE_CHECKING:
+    from workflow.commands.actors import Actors
 
 COORDINATOR: Final = "cora"
 INVESTIGATOR: Final = "ivan"
-GENERATOR: Final = AppendContext(actor="demo-generator", role="admin")
 EXCLUSIONS: Final = ("prior_cart_or_gene_therapy", "active_infection", "hbv_hcv_hiv_syphilis",
                      "active_cns_lupus", "malignancy_5y", "pregnant_or_lactating",
                      "live_vaccine_4w", "other_trial_3m", "severe_organ_dysfunction")
@@ -74,77 +75,79 @@ FOLLOW_UP: Final[tuple[tuple[str, tuple[str, ...], float, float], ...]] = (
 Clock = Callable[[date], None]  # moves the application's clock to a site day
 
 
-def run_subject(flow: Workflow, subject: str, start: date, at: Clock) -> None:
-    """One subject from consent on `start` to completion after D360, through the commands."""
+def run_subject(actors: Actors, subject: str, start: date, at: Clock) -> None:
+    """One subject from consent on `start` to completion after D360, through the executor."""
+    def send(user: str, message: M.Message) -> None:
+        actors.send(user, message)
+
     c = COORDINATOR
     at(start)
-    flow.consent(c, subject, start, "2.0", None)
+    send(c, M.ConsentSubject(subject, start, "2.0"))
     for form, tokens in SCREENING:
-        flow.record(c, subject, form, list(tokens), start, None, None)
+        send(c, M.RecordForm(subject, form, tokens, start))
     at(start + timedelta(days=3))
-    flow.confirm_eligibility(INVESTIGATOR, subject, None)
+    send(INVESTIGATOR, M.ConfirmEligibility(subject))
     coi = f"COI-{subject}"
     at(start + timedelta(days=7))
-    flow.leukapheresis(c, subject, start + timedelta(days=7), coi, None)
+    send(c, M.RecordLeukapheresis(subject, start + timedelta(days=7), coi))
     at(start + timedelta(days=20))
-    flow.release(c, subject, f"LOT-{subject}", coi, failed=False, reason=None,
-                 viable_cells=2e8, command_id=None)
+    send(c, M.ReleaseProduct(subject, f"LOT-{subject}", coi, viable_cells=2e8))
     d0 = start + timedelta(days=30)
     bsa = 1.62  # Mosteller: sqrt(162 cm * 58 kg / 3600)
     for offset, cyclophosphamide in ((-5, 0.0), (-4, 0.0), (-3, 1000 * bsa)):
         day = d0 + timedelta(days=offset)
         at(day)
-        flow.lymphodepletion(c, subject, day, round(25 * bsa, 1), round(cyclophosphamide, 1),
-                             deviation=False, reason=None, command_id=None)
-    order = flow.subject(subject).enrolment_order
+        send(c, M.GiveLymphodepletion(subject, day, round(25 * bsa, 1),
+                                      round(cyclophosphamide, 1)))
+    store = actors.executor.store
+    order = load_subject(store, subject).enrolment_order
     assert order is not None
-    cells = flow.study().protocol.cohort_for(order).target_cells(58)
+    cells = load_study(store).protocol.cohort_for(order).target_cells(58)
     at(d0)
-    flow.infuse(c, subject, datetime.fromisoformat(f"{d0.isoformat()}T10:00:00+08:00"), cells,
-                coi, deviation=False, reason=None, command_id=None)
-    _safety(flow, subject, d0, at)
+    send(c, M.Infuse(subject, datetime.fromisoformat(f"{d0.isoformat()}T10:00:00+08:00"), cells,
+                     coi))
+    _safety(actors, subject, d0, at)
     for visit, flags, upcr, copies in FOLLOW_UP:
         day = d0 + timedelta(days=int(visit[1:]))
         at(day)
-        flow.record(c, subject, "disease_activity", [*flags, "pga=0.5", "new_activity=no",
-                    "hemolytic_anemia=no", "gi_activity=no", "maintenance_tolerated=yes"],
-                    day, visit, None)
-        flow.record(c, subject, "labs", [f"upcr_g_per_g={upcr}", "egfr_ml_min=95"], day, visit,
-                    None)
-        flow.record(c, subject, "cart_persistence", [f"copies_per_ug={copies}"], day, visit,
-                    None)
+        send(c, M.RecordForm(subject, "disease_activity", (
+            *flags, "pga=0.5", "new_activity=no", "hemolytic_anemia=no", "gi_activity=no",
+            "maintenance_tolerated=yes"), day, visit))
+        send(c, M.RecordForm(subject, "labs", (f"upcr_g_per_g={upcr}", "egfr_ml_min=95"), day,
+                             visit))
+        send(c, M.RecordForm(subject, "cart_persistence", (f"copies_per_ug={copies}",), day,
+                             visit))
         if visit in ("D180", "D360"):
-            flow.record(c, subject, "medication", [
+            send(c, M.RecordForm(subject, "medication", (
                 "drug=prednisone", "drug_class=glucocorticoid", "dose_mg_per_day=5",
-                f"start_date={day - timedelta(days=30)}"], day, visit, None)
-        flow.visit(c, subject, visit, "done", day, None)
-    flow.complete(c, subject, None)
+                f"start_date={day - timedelta(days=30)}"), day, visit))
+        send(c, M.RecordVisit(subject, visit, "done", day))
+    send(c, M.CompleteStudy(subject))
 
 
-def _safety(flow: Workflow, subject: str, d0: date, at: Clock) -> None:
+def _safety(actors: Actors, subject: str, d0: date, at: Clock) -> None:
     """CRS on D1 (serious, reported), assessed and then corrected; a later infection."""
     c = COORDINATOR
     onset = d0 + timedelta(days=1)
     at(onset)
-    flow.record(c, subject, "adverse_event", [
+    recorded = actors.send(c, M.RecordForm(subject, "adverse_event", (
         "term=cytokine release syndrome", "category=crs", f"onset_date={onset}", "grade=2",
         "temperature_c=39.1", "hypotension=no_vasopressors", "hypoxia=none",
         "serious_criteria=hospitalisation", "expected=yes",
-        f"awareness_at={onset}T09:30:00+08:00"], onset, None, None)
-    ae = max(f.position for f in flow.subject(subject).forms.values()
-             if f.form == "adverse_event")
-    flow.record(c, subject, "sae_report", [f"ae_position={ae}", "report_kind=initial",
-                f"sent_at={onset}T20:00:00+08:00"], onset, None, None)
+        f"awareness_at={onset}T09:30:00+08:00"), onset))
+    ae = recorded.result.positions[0]
+    actors.send(c, M.RecordForm(subject, "sae_report", (
+        f"ae_position={ae}", "report_kind=initial", f"sent_at={onset}T20:00:00+08:00"), onset))
     at(onset + timedelta(days=1))
-    flow.record(INVESTIGATOR, subject, "causality", [f"ae_position={ae}",
-                "relatedness=probable"], None, None, None)
-    flow.correct(c, subject, ae, ["hypoxia=low_flow"], "oxygen 2 L/min per nursing chart",
-                 None)
+    actors.send(INVESTIGATOR, M.RecordForm(subject, "causality", (
+        f"ae_position={ae}", "relatedness=probable")))
+    actors.send(c, M.CorrectRecord(subject, ae, ("hypoxia=low_flow",),
+                                   "oxygen 2 L/min per nursing chart"))
     onset = d0 + timedelta(days=40)
     at(onset)
-    flow.record(c, subject, "adverse_event", [
+    actors.send(c, M.RecordForm(subject, "adverse_event", (
         "term=upper respiratory tract infection", "category=infection",
-        f"onset_date={onset}", "grade=1"], onset, None, None)
+        f"onset_date={onset}", "grade=1"), onset))
 
 
 # --- copies ---------------------------------------------------------------------------------
@@ -178,66 +181,22 @@ def _renumber(payload: dict[str, Any], moved: dict[int, int]) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class Template:
-    """One subject's recorded history, and the study events its enrolment wrote."""
-
-    events: tuple[RecordedEvent, ...]
-    place: RecordedEvent | None
-
-
-def template_of(store: EventStore, subject: str) -> Template:
-    events = tuple(store.read_stream(subject))
-    place = next((e for e in store.read_stream(STUDY_STREAM)
-                  if e.type == T.ENROLMENT_PLACE_TAKEN and e.payload["subject"] == subject), None)
-    return Template(events, place)
-
-
-def clone_subjects(store: EventStore, template: Template, subjects: Sequence[str], *,
-                   first_order: int, spread_days: int = 365, batch: int = 40) -> int:
-    """Append a copy of `template` for each subject (enrolment order from `first_order`);
-    returns the number of events appended. The caller must be the only writer meanwhile:
-    positions named in payloads are computed from the log's head before each batch."""
-    appended = 0
-    for start in range(0, len(subjects), batch):
-        chunk = subjects[start:start + batch]
-        head = store.last_position()
-        expected_first = head + 1
-        appends, places = [], []
-        for index, subject in enumerate(chunk, start=start):
-            shift = timedelta(days=index % spread_days)
-            events, place = _copy(template, subject, shift, head, first_order + index)
-            head += len(events)
-            appends.append(StreamAppend(subject, 0, events))
-            if place is not None:
-                places.append(place)
-        if places:
-            appends.append(StreamAppend(STUDY_STREAM, None, places))
-        result = store.append_streams(appends, GENERATOR)
-        if result.positions[0] != expected_first:
-            raise RuntimeError("Another writer appended while the generator ran: positions "
-                               "named in payloads would be wrong.")
-        appended += len(result.positions)
-    return appended
-
-
-def _copy(template: Template, subject: str, shift: timedelta, head: int, order: int
-          ) -> tuple[list[NewEvent], NewEvent | None]:
-    moved = {e.position: head + i + 1 for i, e in enumerate(template.events)}
-    names = (template.events[0].stream_id, subject)
+def copy_history(template: Sequence[RecordedEvent], subject: str, shift: timedelta, head: int,
+                 order: int) -> list[NewEvent]:
+    """`template` (one subject's events) as `subject`'s, dates moved by `shift`, the positions
+    payloads name renumbered as if appended right after position `head`, and the enrolment
+    order set to `order`."""
+    moved = {e.position: head + i + 1 for i, e in enumerate(template)}
+    names = (template[0].stream_id, subject)
     events = []
-    for event in template.events:
+    for event in template:
         payload = _renumber(_shift(event.payload, shift, names), moved)
         if event.type == T.ELIGIBILITY_CONFIRMED:
             payload["order"] = order
         # `payload` is in its type's current shape (upcast on read), so is written as such
         events.append(NewEvent(event.type, payload, occurred_at=_shift(event.occurred_at, shift),
                                reason=event.reason))
-    place = None
-    if template.place is not None:
-        place = NewEvent(T.ENROLMENT_PLACE_TAKEN, {**template.place.payload, "subject": subject,
-                                                   "order": order})
-    return events, place
+    return events
 
 
 def subject_ids(count: int, *, prefix: str = "S") -> Iterator[str]:

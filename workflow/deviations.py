@@ -60,7 +60,7 @@ def _with_reason(sentence: str, reason: str | None) -> str:
     return f"{sentence}; reason recorded: {reason}." if reason else f"{sentence}."
 
 
-# Source: clinical-rules.md, dose tolerance (default ±20%); the same test the dose guards use.
+# Source: docs/clinical-rules.md, dose tolerance (default ±20%); the same test the dose guards use.
 def beyond_tolerance(given: float, expected: float, tolerance_pct: float) -> bool:
     """`given` differs from `expected` by more than `tolerance_pct` % of `expected` (any
     amount of a drug not due that day counts)."""
@@ -72,7 +72,7 @@ def beyond_tolerance(given: float, expected: float, tolerance_pct: float) -> boo
 # --- lymphodepletion ----------------------------------------------------------------------
 
 
-# Source: clinical-rules.md, lymphodepletion regimen (default Mackensen et al., Nat Med 2022).
+# Source: docs/clinical-rules.md, lymphodepletion regimen (default Mackensen et al., Nat Med 2022).
 def _dose_deviations(s: SubjectState, protocol_of: ProtocolOf) -> list[dict[str, Any]]:
     found = []
     for dose in s.doses:
@@ -137,7 +137,7 @@ def _infusion_deviations(s: SubjectState, protocol_of: ProtocolOf) -> list[dict[
     return found
 
 
-# Source: clinical-rules.md / NCT06513429, cohort dose; default tolerance ±20% of the dose.
+# Source: docs/clinical-rules.md / NCT06513429, cohort dose; default tolerance ±20% of the dose.
 def _cells_deviation(s: SubjectState, infusion: PhaseRecord,
                      protocol: Protocol) -> dict[str, Any] | None:
     cells = float(infusion.payload["cells"])
@@ -154,7 +154,7 @@ def _cells_deviation(s: SubjectState, infusion: PhaseRecord,
                       _with_reason(sentence, infusion.reason))
 
 
-# Source: clinical-rules.md, lymphodepletion: infusion allowed 2-7 days after the last dose.
+# Source: docs/clinical-rules.md, lymphodepletion: infusion allowed 2-7 days after the last dose.
 def _infusion_window_deviation(s: SubjectState, infusion: PhaseRecord,
                                protocol: Protocol) -> dict[str, Any] | None:
     given = [dose for dose in s.doses if dose.position < infusion.position]
@@ -214,7 +214,7 @@ def _window_text(window: Window, protocol: Protocol) -> str:
             f"{protocol.version}")
 
 
-# Source: clinical-rules.md, follow-up visits: a visit done outside its window is a deviation.
+# Source: docs/clinical-rules.md, follow-up visits: a visit done outside its window is a deviation.
 def _out_of_window(s: SubjectState, record: PhaseRecord, window: Window,
                    protocol: Protocol) -> dict[str, Any] | None:
     if window.contains(record.on):

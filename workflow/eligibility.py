@@ -1,7 +1,7 @@
 """Eligibility of a screened subject: the nine inclusion criteria and the exclusion checklist.
 
 Pure functions, no I/O and no clock: `today` is a parameter. The rules are those of
-../shared/clinical-rules.md ("Inclusion criteria (registry text) as computable rules"); every
+docs/clinical-rules.md ("Inclusion criteria (registry text) as computable rules"); every
 threshold comes from the `Protocol`, every score from `workflow.instruments`.
 
 Input: the subject's forms in log order with every correction applied (`RecordedForm.values`
@@ -127,7 +127,7 @@ class Eligibility:
         raise KeyError(code)
 
     def to_json(self) -> dict[str, object]:
-        """The `eligibility SUBJECT` document of DESIGN.md (days_left as of `evaluated_on`)."""
+        """The `eligibility SUBJECT` document of docs/design.md (days_left as of `evaluated_on`)."""
         ends = self.screening_window_ends
         return {
             "overall": self.overall,

@@ -1,18 +1,18 @@
 """Efficacy endpoints of one subject: SLEDAI-2K, LLDAS, renal response and CAR-T persistence.
 
 Pure functions, no I/O and no clock. `subject_endpoints(s, protocol)` returns the JSON-ready
-`endpoints SUBJECT` document of DESIGN.md; a null value always has its reason in `missing`
+`endpoints SUBJECT` document of docs/design.md; a null value always has its reason in `missing`
 (key path -> one sentence), the log positions of the forms used are in `evidence` (key path ->
 positions), and `notes` (key path -> sentence) says how a value was computed. Every threshold
 comes from the `Protocol`, every score from `workflow.instruments`.
 
-Conventions chosen here (where ../shared/clinical-rules.md and the brief are silent):
+Conventions chosen here (where docs/clinical-rules.md and the brief are silent):
 - A form is dated by `eligibility.form_date` (its own date field such as
   `cart_persistence.sample_date`, else the day it was recorded for). "Latest" is the latest
   date, ties broken by the later log position. Values are the current ones (corrections
   applied by the fold).
 - Baseline (SLEDAI-2K, UPCR, eGFR): the latest form dated on or after consent and on or before
-  the baseline cut-off: the first lymphodepletion dose when one is recorded (clinical-rules.md:
+  the baseline cut-off: the first lymphodepletion dose when one is recorded (docs/clinical-rules.md:
   "the last assessment before the first lymphodepletion dose", cyclophosphamide being itself a
   lupus treatment; an assessment on that day counts, being the pre-dose assessment), else the
   infusion day D0, else (neither recorded yet) no upper bound: the latest since consent.
@@ -62,7 +62,7 @@ from workflow.subject import SubjectState
 
 JsonScalar = str | int | float | bool | None
 
-# The visits DESIGN.md names for each endpoint; a protocol's own endpoint visits are added.
+# The visits docs/design.md names for each endpoint; a protocol's own endpoint visits are added.
 SLEDAI2K_KEY_VISITS: Final[tuple[str, ...]] = ("D90", "D180", "D360")
 LLDAS_KEY_VISITS: Final[tuple[str, ...]] = ("D180", "D360")
 RENAL_KEY_VISITS: Final[tuple[str, ...]] = ("D180", "D360")
@@ -107,7 +107,7 @@ Section = dict[str, Endpoint]
 
 
 def subject_endpoints(s: SubjectState, protocol: Protocol) -> dict[str, Any]:
-    """The `endpoints SUBJECT` document (DESIGN.md), JSON-ready."""
+    """The `endpoints SUBJECT` document (docs/design.md), JSON-ready."""
     sections: dict[str, Section] = {
         "sledai2k": sledai2k_endpoints(s, protocol),
         "lldas": lldas_endpoints(s, protocol),
@@ -155,7 +155,7 @@ class VisitDates:
         return f"the {self.code} window ({self.start.isoformat()} to {self.end.isoformat()})"
 
 
-# Source: IM19-SLE protocol visit schedule (clinical-rules.md): D0 + target day ± window days.
+# Source: IM19-SLE protocol visit schedule (docs/clinical-rules.md): D0 + target day ± window days.
 def visit_dates(protocol: Protocol, infused_on: date, code: str) -> VisitDates | None:
     """The window of visit `code` around D0, None when the protocol has no such visit."""
     visit = next((item for item in protocol.visits if item.code == code), None)
@@ -165,7 +165,7 @@ def visit_dates(protocol: Protocol, infused_on: date, code: str) -> VisitDates |
                       date_of_day(infused_on, visit.latest_day))
 
 
-# Source: clinical-rules.md, SLEDAI-2K: baseline = last assessment before the first LD dose.
+# Source: docs/clinical-rules.md, SLEDAI-2K: baseline = last assessment before the first LD dose.
 def baseline_cutoff(s: SubjectState) -> tuple[date | None, str]:
     """The last day a baseline form may be dated (None: no bound yet) and how to say it."""
     if s.lymphodepletion_days:
@@ -212,7 +212,7 @@ def _at(form: RecordedForm) -> str:
 
 
 def _visits(design: Sequence[str], listed: Sequence[str]) -> list[str]:
-    """The visits DESIGN.md names and those the protocol lists, by study day."""
+    """The visits docs/design.md names and those the protocol lists, by study day."""
     return sorted(set(design) | set(listed), key=lambda code: int(code[1:]))
 
 
@@ -246,7 +246,7 @@ def _score(form: RecordedForm) -> Endpoint:
     return _known(result.score, (form.position,), f"{_at(form)}: {result.explanation}")
 
 
-# Source: clinical-rules.md, SLEDAI-2K: baseline = last assessment before the first LD dose.
+# Source: docs/clinical-rules.md, SLEDAI-2K: baseline = last assessment before the first LD dose.
 def sledai2k_baseline(s: SubjectState) -> Endpoint:
     """The SLEDAI-2K of the latest disease_activity form from consent to the cut-off."""
     form = _latest(baseline_forms(s, "disease_activity"))
@@ -357,7 +357,7 @@ def _line_on(lines: Sequence[_Line], day: date) -> tuple[_Line | None, str | Non
     return None, None
 
 
-# Source: prednisolone label equivalence table (clinical-rules.md), via instruments.steroids.
+# Source: prednisolone label equivalence table (docs/clinical-rules.md), via instruments.steroids.
 def _prednisone_mg(line: _Line) -> tuple[Decimal | None, str]:
     dose = as_number(line.form.get("dose_mg_per_day"))
     if dose is None:
@@ -578,7 +578,7 @@ def _schedule(protocol: Protocol) -> dict[str, tuple[int, int]]:
     return schedule
 
 
-# Source: IM19-SLE protocol, CAR-T persistence by qPCR (clinical-rules.md), LLOQ of the protocol.
+# Source: IM19-SLE protocol, CAR-T persistence by qPCR (docs/clinical-rules.md); protocol LLOQ.
 def persistence_endpoints(s: SubjectState, protocol: Protocol) -> Section:
     """Peak copies/ug, its day, the last detectable day and detectability at the checkpoints."""
     keys = (*SUMMARY_KEYS, *(f"detectable_{code}" for code in CHECKPOINT_VISITS))

@@ -45,6 +45,11 @@ REMINDER_CANCELLED: Final = "ReminderCancelled"
 REMINDER_DELIVERED: Final = "ReminderDelivered"
 REMINDER_DELIVERY_FAILED: Final = "ReminderDeliveryFailed"
 
-# identity and signatures (21 CFR Part 11)
-CREDENTIALS_CHANGED: Final = "CredentialsChanged"  # study stream; never the hash
+# identity and signatures (21 CFR Part 11), study stream; never a hash
+CREDENTIALS_CHANGED: Final = "CredentialsChanged"  # {name, by, temporary}
+AUTHENTICATION_FAILED: Final = "AuthenticationFailed"  # {name, method, reason, login}
+ACCOUNT_LOCKED: Final = "AccountLocked"  # {name, failed_attempts}
+ACCOUNT_UNLOCKED: Final = "AccountUnlocked"  # {name}, reason
+FAILED_ATTEMPTS_RESET: Final = "FailedAttemptsReset"  # {name, failed_attempts}: then signed in
+LOCKOUT_POLICY_SET: Final = "LockoutPolicySet"  # {max_failed_attempts}
 SIGNATURE_RECORDED: Final = "SignatureRecorded"  # subject stream, bound to an event's hash

@@ -1,6 +1,6 @@
 """Case report forms (CRFs): typed field specifications, parsing and validation.
 
-Form and field codes are those of the Forms table in ../shared/clinical-rules.md; code lists
+Form and field codes are those of the Forms table in docs/clinical-rules.md; code lists
 come from `workflow.instruments.codes`. Parsed values are JSON-serialisable: dates and
 datetimes as ISO 8601 strings, numbers as int or float, yes/no and flags as bool, lists of
 codes as lists of str.

@@ -119,10 +119,12 @@ def infusion_window(f: Facts) -> RuleViolation | None:
 
 
 def cart_dose_within_tolerance(f: Facts) -> RuleViolation | None:
+    from workflow.deviations import beyond_tolerance
+
     target: float = f.args["target_cells"]
     cells: float = f.args["cells"]
-    tolerance = f.protocol.dose_tolerance_pct / 100
-    if abs(cells - target) > tolerance * target and not f.args.get("deviation"):
+    if beyond_tolerance(cells, target, f.protocol.dose_tolerance_pct) and \
+            not f.args.get("deviation"):
         return _refuse(f, f"{cells:.3g} cells is outside ±{f.protocol.dose_tolerance_pct:g}% of "
                        f"the cohort dose {target:.3g}; use --deviation --reason if intended.",
                        "dose_tolerance", "cells")

@@ -3,7 +3,7 @@
 cancels and delivers.
 
 An obligation is (subject, obligation with its target, kind), e.g. (S-001, `visit:D28@2025-
-03-05`, `due`) or (S-001, `sae:123`, `sae_report_overdue`) (DESIGN.md "Reminders"). Its
+03-05`, `due`) or (S-001, `sae:123`, `sae_report_overdue`) (docs/design.md "Reminders"). Its
 reminder id is a UUID derived from that key, and the scheduler appends `ReminderIssued` with a
 command id derived from it: the database keeps command ids unique, so a reminder is issued
 once whatever the number of schedulers, retries or restarts.
@@ -26,10 +26,6 @@ KINDS: Final = ("window_opening", "due", "overdue", "sae_report_due", "sae_repor
 NAMESPACE: Final = uuid.UUID("6f1d1c5e-3b7a-4c1e-9a58-2f0b7d9e4a10")  # trialflow reminders
 BACKOFF_FIRST: Final = timedelta(minutes=1)
 BACKOFF_MAX: Final = timedelta(hours=1)
-
-
-def stream_of(subject: str) -> str:
-    return f"reminders-{subject}"
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ def _start_of(day: str, zone: ZoneInfo) -> str:
     return datetime.combine(date.fromisoformat(day), time(0), zone).isoformat()
 
 
-# Source: clinical-rules.md "Study days" (visit windows) and DESIGN.md "Reminders" (kinds).
+# Source: docs/clinical-rules.md "Study days" (windows); docs/design.md "Reminders" (kinds).
 def visit_obligations(visits: Iterable[Mapping[str, Any]], zones: Mapping[str, ZoneInfo]
                       ) -> list[Obligation]:
     """The reminders due today of each visit row (`workflow.schedule.visit_state` output):
@@ -88,7 +84,7 @@ def planned_obligations(visits: Iterable[Mapping[str, Any]],
     return planned
 
 
-# Source: clinical-rules.md "Adverse events" (24 h report; 7/15-day expedited, ICH E2A).
+# Source: docs/clinical-rules.md "Adverse events" (24 h report; 7/15-day expedited, ICH E2A).
 def sae_obligations(clocks: Iterable[Mapping[str, Any]]) -> list[Obligation]:
     """From `workflow.safety.clock_state` rows: a running 24-hour clock is `sae_report_due`,
     or `sae_report_overdue` once past due; a running expedited clock is `expedited_7d` or

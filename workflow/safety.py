@@ -5,7 +5,7 @@ Pure functions over a folded subject (`SubjectState`, corrected values) and its 
 store their rows; `window_state` and `clock_state` add what depends on today/now, which the
 caller passes in. Safety obligations outlive the phase: nothing here looks at `phase`.
 
-Decisions where clinical-rules.md is silent:
+Decisions where docs/clinical-rules.md is silent:
 - `study_day` is None only while the subject is not infused; an AE with onset before D0
   (e.g. during lymphodepletion) has a negative study day and is outside the safety window.
 - `crs_grade` / `icans_grade` use the instruments' defaults for inputs left out (hypotension,
@@ -109,7 +109,7 @@ def _ae_forms(s: SubjectState) -> list[RecordedForm]:
     return sorted(s.forms_of("adverse_event"), key=lambda form: form.position)
 
 
-# Source: clinical-rules.md, Adverse events: the latest `causality` form, else `unassessed`.
+# Source: docs/clinical-rules.md, Adverse events: the latest `causality` form, else `unassessed`.
 def _latest_causality(s: SubjectState) -> dict[int, RecordedForm]:
     """AE position -> the causality form with the highest position naming it."""
     latest: dict[int, RecordedForm] = {}
@@ -124,12 +124,12 @@ def _relatedness(causality: RecordedForm | None) -> str:
     return UNASSESSED if causality is None else str(causality.get("relatedness"))
 
 
-# Source: clinical-rules.md, Adverse events: related means possible, probable or definite.
+# Source: docs/clinical-rules.md, Adverse events: related means possible, probable or definite.
 def _is_related(relatedness: str) -> bool:
     return relatedness in RELATED
 
 
-# Source: IM19-SLE protocol calendar (clinical-rules.md): study day = date − D0, D0 = infusion.
+# Source: IM19-SLE protocol calendar (docs/clinical-rules.md): study day = date − D0, D0 = infusion.
 def _onset_day(s: SubjectState, ae: RecordedForm) -> int | None:
     onset = ae.get("onset_date")
     if s.infused_on is None or not isinstance(onset, str):
@@ -137,7 +137,7 @@ def _onset_day(s: SubjectState, ae: RecordedForm) -> int | None:
     return study_day(s.infused_on, date.fromisoformat(onset))
 
 
-# Source: clinical-rules.md, Adverse events: primary endpoint onset D0..D28 inclusive (protocol).
+# Source: docs/clinical-rules.md, Adverse events: primary endpoint onset D0..D28 inclusive.
 def _in_safety_window(day: int | None, protocol: Protocol) -> bool:
     return day is not None and protocol.ae_window_start_day <= day <= protocol.ae_window_end_day
 
@@ -197,7 +197,7 @@ def _icans_grade(ae: RecordedForm) -> int | None:
 # --- the safety window --------------------------------------------------------------------
 
 
-# Source: clinical-rules.md, Adverse events and Study days: the window is D{start}..D{end}.
+# Source: docs/clinical-rules.md, Adverse events and Study days: the window is D{start}..D{end}.
 def safety_window(s: SubjectState, protocol: Protocol) -> dict[str, Any] | None:
     """None before infusion; else D0 and the calendar dates of the window's first/last day."""
     if s.infused_on is None:
@@ -384,7 +384,7 @@ def clock_state(clock: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 # --- primary safety endpoint --------------------------------------------------------------
 
 
-# Source: clinical-rules.md, Adverse events: primary endpoint = related AEs with onset D0..D28.
+# Source: docs/clinical-rules.md, Adverse events: primary endpoint = related AEs with onset D0..D28.
 def primary_safety_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts over AE rows (several subjects) of the events that count for the primary endpoint."""
     events = [row for row in rows if row["counts_for_primary"]]

@@ -71,7 +71,7 @@ def _missed(row: dict[str, Any], reason: str) -> dict[str, Any]:
     return {**row, "recorded_status": "missed", "missed_reason": reason}
 
 
-# Source: clinical-rules.md, screening window (default 28 days): confirm within N days of consent.
+# Source: docs/clinical-rules.md, screening window (default 28 days after consent).
 def _screening_row(s: SubjectState, protocol: Protocol) -> dict[str, Any]:
     assert s.consent is not None
     consented = s.consent.consent_date
@@ -91,7 +91,7 @@ def _regimen_complete(s: SubjectState, protocol: Protocol) -> bool:
     return s.infusion is not None or len(s.doses) >= len(protocol.lymphodepletion.days)
 
 
-# Source: clinical-rules.md, lymphodepletion: infusion allowed 2-7 days after the last dose.
+# Source: docs/clinical-rules.md, lymphodepletion: infusion allowed 2-7 days after the last dose.
 def _infusion_row(s: SubjectState, protocol: Protocol) -> dict[str, Any]:
     regimen = protocol.lymphodepletion
     window = infusion_window(s.doses[-1].on, min_days=regimen.infusion_window_min_days,
@@ -110,7 +110,7 @@ def schedule_of(protocol: Protocol) -> dict[str, tuple[int, int]]:
     return {visit.code: (visit.target_day, visit.window_days) for visit in protocol.visits}
 
 
-# Source: clinical-rules.md, follow-up visits: day ± window; missed if recorded or next done.
+# Source: docs/clinical-rules.md, follow-up visits: day ± window; missed if recorded or next done.
 def _follow_up_rows(s: SubjectState, protocol: Protocol, d0: date) -> list[dict[str, Any]]:
     windows = visit_windows(d0, schedule=schedule_of(protocol))
     done = [i for i, w in enumerate(windows) if _recorded(s, w.visit) == "done"]
@@ -145,7 +145,7 @@ def _follow_up_status(s: SubjectState, row: dict[str, Any], window: Window, *,
 # --- the state of a row on a given day ----------------------------------------------------
 
 
-# Source: clinical-rules.md follow-up visits (statuses); DESIGN.md "Reminders" (kinds, keys).
+# Source: docs/clinical-rules.md follow-up visits (statuses); docs/design.md "Reminders".
 def visit_state(row: Mapping[str, Any], today: date, *, lead_days: int) -> dict[str, Any]:
     """The row with `status`, `outside_window`, `days_left` and `reminders_due` on `today`.
 

@@ -1,12 +1,17 @@
-"""The `study` stream folded: sites, users and roles, protocol versions, enrolment places."""
+"""The `study` stream folded: sites, users and roles, protocol versions, enrolment places, and
+the state of accounts (temporary passwords, failed attempts, lockouts)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
+from typing import Final
+from zoneinfo import ZoneInfo
 
 from events.envelope import RecordedEvent
+from events.store import EventStore
+from events.streams import STUDY_STREAM
 from workflow import event_types as T
 from workflow.errors import RuleViolation
 from workflow.protocol import Protocol, builtin_protocol, default_protocol, load_protocol_text
@@ -14,6 +19,9 @@ from workflow.protocol import Protocol, builtin_protocol, default_protocol, load
 ROLES = ("coordinator", "investigator", "monitor", "data_manager", "auditor", "scheduler",
          "admin")
 SITE_ROLES = frozenset({"coordinator", "investigator"})
+SERVICE_ROLES = frozenset({"scheduler"})  # accounts of programs: a generated secret, no person
+DEFAULT_MAX_FAILED_ATTEMPTS: Final = 5
+PURPOSES: Final = ("study", "demo")  # a demo study may be replaced by `trialflow demo`
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,10 @@ class User:
     role: str
     site: str | None
     active: bool = True
+
+    @property
+    def service(self) -> bool:
+        return self.role in SERVICE_ROLES
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,12 @@ class Study:
     protocol_version: int | None = None  # in force
     places: list[Place] = field(default_factory=list)
     locked: bool = False  # StudyLocked: every subject write is refused until StudyUnlocked
+    purpose: str = "study"  # "demo" for a study made by `trialflow demo`
+    temporary_passwords: set[str] = field(default_factory=set)  # set by an admin, unchanged
+    failed_attempts: dict[str, int] = field(default_factory=dict)  # consecutive, per user
+    locked_accounts: set[str] = field(default_factory=set)
+    max_failed_attempts: int = DEFAULT_MAX_FAILED_ATTEMPTS
+    authentication_failures: int = 0  # every failed attempt, known names or not
 
     @cached_property
     def protocol(self) -> Protocol:
@@ -57,6 +75,19 @@ class Study:
         if text is None:
             return builtin_protocol(version)
         return _parsed(text, version)
+
+    def zone(self, site: str | None) -> ZoneInfo:
+        """The time zone of a site's calendar (UTC for none): the one place it is looked up."""
+        return ZoneInfo(self.sites.get(site or "", "UTC"))
+
+    def account_locked(self, name: str) -> bool:
+        """Locked by an `AccountLocked`, or by failed attempts reaching the limit (so a lock
+        holds even when its event lost a race)."""
+        return name in self.locked_accounts or (
+            name in self.users and self.failed_attempts.get(name, 0) >= self.max_failed_attempts)
+
+    def active_admins(self) -> list[str]:
+        return sorted(u.name for u in self.users.values() if u.role == "admin" and u.active)
 
     def taken_places(self) -> list[Place]:
         return [p for p in self.places if not p.freed]
@@ -102,6 +133,10 @@ def apply_study(study: Study, event: RecordedEvent) -> None:
         study.sites[p["site"]] = p["tz"]
     elif event.type in (T.USER_ADDED, T.STUDY_INITIALISED):
         study.users[p["name"]] = User(p["name"], p["role"], p.get("site"))
+        if event.type == T.STUDY_INITIALISED:
+            study.purpose = p.get("purpose", "study")
+    elif event.type in _ACCOUNT_EVENTS:
+        _apply_account(study, event.type, p)
     elif event.type == T.USER_DEACTIVATED:
         old = study.users[p["name"]]
         study.users[p["name"]] = User(old.name, old.role, old.site, active=False)
@@ -121,3 +156,38 @@ def apply_study(study: Study, event: RecordedEvent) -> None:
     elif event.type in (T.STUDY_LOCKED, T.STUDY_UNLOCKED):
         study.locked = event.type == T.STUDY_LOCKED
     study.__dict__.pop("protocol", None)  # the protocol in force may have changed
+
+
+_ACCOUNT_EVENTS: Final = frozenset({
+    T.CREDENTIALS_CHANGED, T.AUTHENTICATION_FAILED, T.ACCOUNT_LOCKED, T.ACCOUNT_UNLOCKED,
+    T.FAILED_ATTEMPTS_RESET, T.LOCKOUT_POLICY_SET,
+})
+
+
+def _apply_account(study: Study, kind: str, p: dict[str, object]) -> None:
+    name = str(p.get("name", ""))
+    if kind == T.CREDENTIALS_CHANGED:
+        # set by someone else (an admin): temporary until its user changes it
+        if p.get("temporary", p.get("by") != name):
+            study.temporary_passwords.add(name)
+        else:
+            study.temporary_passwords.discard(name)
+        study.failed_attempts.pop(name, None)
+    elif kind == T.AUTHENTICATION_FAILED:
+        study.authentication_failures += 1
+        if name in study.users:
+            study.failed_attempts[name] = study.failed_attempts.get(name, 0) + 1
+    elif kind == T.ACCOUNT_LOCKED:
+        study.locked_accounts.add(name)
+    elif kind == T.ACCOUNT_UNLOCKED:
+        study.locked_accounts.discard(name)
+        study.failed_attempts.pop(name, None)
+    elif kind == T.FAILED_ATTEMPTS_RESET:
+        study.failed_attempts.pop(name, None)
+    elif kind == T.LOCKOUT_POLICY_SET:
+        study.max_failed_attempts = int(str(p["max_failed_attempts"]))
+
+
+def load_study(store: EventStore) -> Study:
+    """The study as its stream stands now (for reads; writes load it in the executor)."""
+    return fold_study(store.read_stream(STUDY_STREAM))

@@ -8,6 +8,8 @@ from datetime import date, datetime
 from typing import Any
 
 from events.envelope import RecordedEvent
+from events.store import EventStore
+from events.streams import check_subject_id
 from workflow import event_types as T
 from workflow.records import Consent, RecordedForm
 
@@ -148,3 +150,8 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
             s.eligibility_confirmed_on = s.phase_since
         if p["to"] in ("screen_failed", "off_study"):
             s.exited_on = s.phase_since
+
+
+def load_subject(store: EventStore, subject: str) -> SubjectState:
+    """A subject as its stream stands now (for reads; writes load it in the executor)."""
+    return fold_subject(subject, store.read_stream(check_subject_id(subject)))

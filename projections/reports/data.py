@@ -5,7 +5,7 @@ position, folded (`workflow.subject`) with its phase changes. Everything else he
 function of those histories and of read-model rows, so a test checks a plot's content by its
 data, and `plots.py` only draws what it is given.
 
-The study-day axis (clinical-rules.md, "Study days"): day 0 is the infusion day (D0), days
+The study-day axis (docs/clinical-rules.md, "Study days"): day 0 is the infusion day (D0), days
 before it are negative. A subject never infused has no D0: the swimmer plot draws it on a
 consent-relative axis shifted to the left, its consent at the median consent day of the
 infused subjects (`SwimmerChart.consent_day`, -30 in the demo; `DEFAULT_CONSENT_DAY` while

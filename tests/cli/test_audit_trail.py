@@ -32,17 +32,16 @@ from events.store import AppendContext, StreamAppend
 from projections.audit_trail import CSV_COLUMNS
 from tests.support.clock import FakeClock
 from tests.support.study import (
-    ADMIN,
     COORDINATOR,
     INVESTIGATOR,
     SITE,
-    TZ,
+    new_study,
     on_day,
     screen_eligible,
     through_infusion,
 )
 from workflow.bootstrap import build_app
-from workflow.commands import Workflow
+from workflow.commands import messages as M
 
 TRAIL_KEYS = {"position", "stream", "version", "type", "actor", "role", "recorded_at",
               "occurred_at", "reason", "changes", "payload"}
@@ -89,13 +88,9 @@ class Trial:
 
 def build(url: str) -> Trial:
     clock = FakeClock("2025-01-01T04:00:00+00:00")
-    app = build_app(url, clock=clock, store_clock=clock)
-    upgrade(app.engine)
-    flow = Workflow(app)
-    flow.initialise(ADMIN)
-    flow.add_site(ADMIN, SITE, TZ, None)
-    flow.add_user(ADMIN, COORDINATOR, "coordinator", SITE, None)
-    flow.add_user(ADMIN, INVESTIGATOR, "investigator", SITE, None)
+    flow = new_study(url, clock, recorded_by_clock=True,
+                     people=((COORDINATOR, "coordinator", SITE),
+                             (INVESTIGATOR, "investigator", SITE)))
     through_infusion(flow, "S-001", date(2025, 1, 6), clock)
     vitals = flow.subject("S-001").forms_of("vitals")[0].position
 
@@ -103,19 +98,19 @@ def build(url: str) -> Trial:
         on_day(clock, date(2025, 2, day))
 
     at(6)
-    crs = flow.record(COORDINATOR, "S-001", "adverse_event", [
+    crs = flow.send(COORDINATOR, M.RecordForm("S-001", "adverse_event", (
         "term=Cytokine release syndrome", "category=crs", "onset_date=2025-02-06", "grade=2",
-        "temperature_c=39.2", "hypotension=none", "hypoxia=none"], date(2025, 2, 6), None,
-        None).result.positions[0]
+        "temperature_c=39.2", "hypotension=none", "hypoxia=none"), date(2025, 2, 6))
+    ).result.positions[0]
     at(7)
-    flow.record(INVESTIGATOR, "S-001", "causality", [f"ae_position={crs}",
-                "relatedness=probable"], date(2025, 2, 7), None, None)
+    flow.send(INVESTIGATOR, M.RecordForm("S-001", "causality", (
+        f"ae_position={crs}", "relatedness=probable"), date(2025, 2, 7)))
     at(8)
-    weight_fix = flow.correct(COORDINATOR, "S-001", vitals, ["weight_kg=58.5"],
-                              "transcription error", None).result.positions[0]
+    weight_fix = flow.send(COORDINATOR, M.CorrectRecord(
+        "S-001", vitals, ("weight_kg=58.5",), "transcription error")).result.positions[0]
     at(9)
-    grade_fix = flow.correct(COORDINATOR, "S-001", crs, ["grade=3"],
-                             "reassessed by the investigator", None).result.positions[0]
+    grade_fix = flow.send(COORDINATOR, M.CorrectRecord(
+        "S-001", crs, ("grade=3",), "reassessed by the investigator")).result.positions[0]
     screen_eligible(flow, "S-002", date(2025, 2, 10), clock=clock)
     return Trial(url, vitals, crs, weight_fix, grade_fix)
 

@@ -21,10 +21,10 @@ SDV_KEYS = {"subject", "position", "form", "on", "verified", "verified_by", "ver
             "verified_position", "cleared_by", "corrected_by"}
 
 
-def call(db: str, *argv: str) -> tuple[int, str, str]:
+def call(db: str, *argv: str, stdin: str | None = None) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     status = run_cli(["--db", db, *argv], stdout=out, stderr=err,
-                 environ=None)
+                     stdin=None if stdin is None else io.StringIO(stdin), environ=None)
     return status, out.getvalue(), err.getvalue()
 
 
@@ -128,9 +128,9 @@ def test_the_form_shows_the_corrected_value(db: str) -> None:
     qid = ok(db, "mona", "query", "open", "S-001", str(vitals), "--field", "weight_kg",
              "--text", "?")["query"]
     ok(db, "cora", "query", "answer", qid, "weight_kg=85", "--text", "fixed")
-    from workflow.commands import Workflow
+    from workflow.subject import load_subject
 
-    state = Workflow(build_app(db)).subject("S-001")
+    state = load_subject(build_app(db).store, "S-001")
     assert state.forms[vitals].values["weight_kg"] == 85
 
 
@@ -138,7 +138,12 @@ def test_refusals_name_the_rule_and_write_nothing(db: str) -> None:
     vitals = record_vitals(db)
     open_args = ("query", "open", "S-001", str(vitals), "--field", "weight_kg", "--text", "?")
     refused(db, "cora", 1, "role", *open_args)
-    refused(db, "nobody", 1, "unknown_user", *open_args)
+    before = last_position(db)  # a name that is no user: refused like a wrong password
+    code, out, _ = call(db, "--user", "nobody", "--json", "--password-stdin", *open_args,
+                        stdin="a-guessed-password\n")
+    assert (code, json.loads(out)["rule"]) == (1, "authentication_failed")
+    assert [e.type for e in build_app(db).store.read_all(after=before)] == [
+        "AuthenticationFailed"]
     refused(db, "mona", 2, "invalid_input", "query", "open", "S-001", str(vitals), "--field",
             "colour", "--text", "?")
     qid = ok(db, "mona", *open_args)["query"]

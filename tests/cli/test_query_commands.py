@@ -1,4 +1,4 @@
-"""The query commands end to end through the CLI: JSON contracts (DESIGN.md "Command-line
+"""The query commands end to end through the CLI: JSON contracts (docs/design.md "Command-line
 contract"), time computed at query time (`--now`), `--as-of` and `--on`, filters, projections
 status and rebuild, and errors.
 
@@ -21,19 +21,16 @@ from typing import Any
 
 import pytest
 
-from events.schema import upgrade
 from tests.support.clock import FakeClock
 from tests.support.study import (
-    ADMIN,
     COORDINATOR,
     INVESTIGATOR,
     SITE,
-    TZ,
+    new_study,
     screen_eligible,
     through_infusion,
 )
 from workflow.bootstrap import build_app
-from workflow.commands import Workflow
 
 START = date(2025, 1, 6)
 D0 = "2025-02-05"
@@ -115,13 +112,9 @@ def build(url: str, *, adverse_events: bool = True, second_subject: bool = True)
     """S-001 infused on D0 2025-02-05; S-002 consented 2025-02-06 (screening); three AEs of
     S-001 recorded through the CLI."""
     clock = FakeClock("2025-01-01T00:00:00+00:00")
-    app = build_app(url, clock=clock, store_clock=clock)
-    upgrade(app.engine)
-    flow = Workflow(app)
-    flow.initialise(ADMIN)
-    flow.add_site(ADMIN, SITE, TZ, None)
-    flow.add_user(ADMIN, COORDINATOR, "coordinator", SITE, None)
-    flow.add_user(ADMIN, INVESTIGATOR, "investigator", SITE, None)
+    flow = new_study(url, clock, recorded_by_clock=True,
+                     people=((COORDINATOR, "coordinator", SITE),
+                             (INVESTIGATOR, "investigator", SITE)))
     assert through_infusion(flow, "S-001", START, clock).isoformat() == D0
     if second_subject:
         screen_eligible(flow, "S-002", date(2025, 2, 6), clock=clock)
@@ -622,13 +615,13 @@ def test_rebuild_of_an_unknown_projection_is_refused(sqlite_url: str) -> None:
 @pytest.mark.parametrize("argv", [
     ["status", "S-404"], ["eligibility", "S-404"], ["visits", "S-404"],
     ["deviations", "S-404"], ["endpoints", "S-404"], ["ae", "list", "S-404"],
-    ["ae", "windows", "S-404"], ["visits", "S-001", "--as-of", "@6"],
-    ["status", "S-001", "--as-of", "@6"],
+    ["ae", "windows", "S-404"], ["visits", "S-001", "--as-of", "@12"],
+    ["status", "S-001", "--as-of", "@12"],
 ])
 def test_an_unknown_subject_exits_2_naming_it(sqlite_url: str, argv: list[str]) -> None:
     s = build(sqlite_url, adverse_events=False, second_subject=False)
     subject = next(a for a in argv if a.startswith("S-"))
-    assert position_of(s.db, "S-001", "SubjectConsented") == 7  # @6: not consented yet
+    assert position_of(s.db, "S-001", "SubjectConsented") == 13  # @12: not consented yet
     before = head(s.db)
     status, out, err = call(s.db, *argv)
     assert (status, out) == (2, "")

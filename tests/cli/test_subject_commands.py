@@ -57,8 +57,9 @@ def test_subject_commands_through_the_cli(sqlite_url: str, tmp_path: Path) -> No
         assert needle in out, (argv, out)
         assert positions(db) == before, argv
     status, out, _ = call(db, "--user", "nobody", "--json", "record", "S-001", "vitals",
-                          "weight_kg=60")
-    assert status == 1 and json.loads(out)["rule"] == "unknown_user"
+                          "weight_kg=60")  # no credential to present: asked for, not told
+    assert status == 1 and json.loads(out)["rule"] == "authentication_required"
+    assert positions(db) == before
     status, out, _ = call(db, "--json", "status", "S-001")
     body = json.loads(out)
     assert status == 0 and {"subject", "phase", "days_in_phase", "study_day", "cohort",

@@ -87,7 +87,9 @@ def test_the_story_happens(demo: Run) -> None:
     kinds = Counter(e.payload["kind"] for e in events if e.type == "ReminderIssued")
     assert kinds["window_opening"] > 50 and kinds["due"] > 50
     assert kinds["overdue"] == 1 and kinds["sae_report_due"] == 1
-    assert {e.actor for e in events} == {"ada", "cora", "ivan", "mona", "scheduler"}
+    # each user of the story set their own password after the admin added them
+    assert {e.actor for e in events} == {"ada", "cora", "ivan", "mona", "dora", "audrey",
+                                         "scheduler"}
     assert data["events"] == events[-1].position
     assert _cli(demo.db, "audit", "verify")[0] == 0
 
@@ -197,6 +199,8 @@ def test_more_subjects_are_enrolled_under_a_protocol_variant(tmp_path: Path) -> 
         assert {e.payload["protocol_version"] for e in history
                 if "protocol_version" in e.payload} == {102}
         assert not any(e.type == "SubjectReconsented" for e in history)
+        # copied through the executor by the admin (CopySubjects, a demo study's only)
+        assert {(e.actor, e.role) for e in history} == {("ada", "admin")}
     _, deviations, _ = _cli(db, "deviations")
     assert [(d["subject"], d["kind"]) for d in deviations] == [
         ("S-002", "visit_out_of_window")]
@@ -240,3 +244,28 @@ def test_demo_users_can_write_with_the_documented_password(demo: Run, tmp_path: 
                  "S-001", "1", "--field", "x", "--text", "y"], stdout=out,
                 stderr=io.StringIO(), environ={}, stdin=io.StringIO("not-the-password\n"))
     assert wrong == 1 and json.loads(out.getvalue())["rule"] == "authentication_failed"
+
+
+def test_the_demo_marks_its_database_and_replaces_nothing_else(demo: Run,
+                                                               tmp_path: Path) -> None:
+    from workflow.study import load_study
+
+    assert load_study(build_app(demo.db).store).purpose == "demo"
+    # a real study (initialised by `trialflow init`) is never replaced, with or without
+    # --replace; neither is a file that is no database
+    real = f"sqlite:///{tmp_path / 'real.db'}"
+    init = run(["--db", real, "--password-stdin", "init", "--admin", "ada"],
+               stdout=io.StringIO(), stderr=io.StringIO(), environ={},
+               stdin=io.StringIO("correct-horse-battery\n"))
+    assert init == 0
+    before = build_app(real).store.last_position()
+    for options in ((), ("--replace",)):
+        status, data, _ = _demo(real, *options, "--no-reports")
+        assert status == 1 and data["rule"] == "not_a_demo_database", options
+    assert build_app(real).store.last_position() == before
+    junk = tmp_path / "notes.db"
+    junk.write_text("my notes, not a database\n")
+    status, data, _ = _demo(f"sqlite:///{junk}", "--replace", "--no-reports")
+    assert status == 1 and data["rule"] == "not_a_demo_database"
+    assert junk.read_text() == "my notes, not a database\n"
+

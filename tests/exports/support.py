@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def build_study(path: Path, subjects: dict[str, date] = SUBJECTS) -> Path:
     clock = FakeClock()
     flow = new_study(f"sqlite:///{path}", clock)
     for subject, start in subjects.items():
-        run_subject(flow, subject, start, lambda day: on_day(clock, day))
+        run_subject(flow.actors, subject, start, lambda day: on_day(clock, day))
     flow.store.engine.dispose()
     return path
 
@@ -48,12 +49,13 @@ def store_of(url: str) -> EventStore:
     return build_app(url).store
 
 
-def cli(db: str, *argv: str, user: str | None = None) -> tuple[int, str, str]:
+def cli(db: str, *argv: str, user: str | None = None,
+        environ: Mapping[str, str] | None = None) -> tuple[int, str, str]:
     from tests.support.auth import run_cli
 
     out, err = io.StringIO(), io.StringIO()
     args = ["--db", db, *(["--user", user] if user else []), *argv]
-    status = run_cli(args, stdout=out, stderr=err, environ=None)
+    status = run_cli(args, stdout=out, stderr=err, environ=environ)
     return int(status), out.getvalue(), err.getvalue()
 
 

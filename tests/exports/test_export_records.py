@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.exports.support import cli, read_only_url, store_of
+from tests.support.auth import session_for
 from workflow import event_types as T
 
 KINDS = [("odm", ["export", "odm"], "x.xml"), ("fhir", ["export", "fhir"], "x.json"),
@@ -67,8 +68,11 @@ def test_read_only_database_exports_with_a_warning_and_records_nothing(
     writable = tmp_path / "writable.xml"
     assert cli(db, "export", "odm", "--out", str(writable))[0] == 0
     out = tmp_path / "read-only.xml"
+    # audrey proves who she is with the session `trialflow login` started on the writable
+    # database (a read-only one cannot store a session)
+    login = {"TRIALFLOW_SESSION": session_for(db, "audrey")}
     status, stdout, err = cli(read_only_url(db), "--json", "export", "odm", "--out", str(out),
-                              user="audrey")
+                              user="audrey", environ=login)
     assert status == 0
     answer = json.loads(stdout)
     assert answer["recorded"] is False and "read-only" in answer["warning"]
@@ -78,8 +82,7 @@ def test_read_only_database_exports_with_a_warning_and_records_nothing(
     assert store_of(db).last_position() == head
 
 
-@pytest.mark.parametrize(("user", "reason"), [(None, "--user"), ("scheduler", "scheduler"),
-                                              ("nobody", "not a user")])
+@pytest.mark.parametrize(("user", "reason"), [(None, "--user"), ("scheduler", "scheduler")])
 def test_without_a_user_who_may_write_the_export_warns(
         db: str, tmp_path: Path, user: str | None, reason: str) -> None:
     head = store_of(db).last_position()
@@ -88,6 +91,17 @@ def test_without_a_user_who_may_write_the_export_warns(
     assert status == 0 and out.is_file()
     assert "not recorded" in stdout
     assert "Warning:" in err and reason in err
+    assert store_of(db).last_position() == head
+
+
+def test_a_user_who_is_not_proven_exports_nothing(db: str, tmp_path: Path) -> None:
+    """`--user nobody` (not a user, no password to present): refused before anything is
+    exported, and nothing at all is written."""
+    head = store_of(db).last_position()
+    out = tmp_path / "bundle.json"
+    status, stdout, _ = cli(db, "--json", "export", "fhir", "--out", str(out), user="nobody")
+    assert status == 1 and not out.exists()
+    assert json.loads(stdout)["rule"] == "authentication_required"
     assert store_of(db).last_position() == head
 
 

@@ -3,16 +3,16 @@ planned visit, stable UIDs when the dates move."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import icalendar
 
 from projections.exports.ics import escape_text, fold
 from tests.exports.support import cli, store_of
-from tests.support.study import COORDINATOR
-from workflow.bootstrap import build_app
-from workflow.commands import Workflow
+from tests.support.clock import FakeClock
+from tests.support.study import COORDINATOR, open_desk
+from workflow.commands import messages as M
 from workflow.schedule import planned_visits
 from workflow.study import fold_study
 from workflow.subject import fold_subject
@@ -55,12 +55,14 @@ def test_one_all_day_event_per_planned_visit(db: str, tmp_path: Path) -> None:
 
 def test_uids_stay_when_a_corrected_infusion_moves_the_dates(db: str, tmp_path: Path) -> None:
     _, before = export(db, tmp_path)
-    flow = Workflow(build_app(db))
+    flow = open_desk(db, FakeClock(datetime.now(UTC)))
     infusion = flow.subject("S-001").infusion
     assert infusion is not None
     later = datetime.fromisoformat("2025-02-06T09:00:00+08:00")
-    flow.correct(COORDINATOR, "S-001", infusion.position, [f"infused_at={later.isoformat()}"],
-                 "infusion time transcribed from the wrong day", None)
+    flow.send(COORDINATOR, M.CorrectRecord("S-001", infusion.position,
+                                           (f"infused_at={later.isoformat()}",),
+                                           "infusion time transcribed from the wrong day"))
+    flow.store.engine.dispose()
     _, after = export(db, tmp_path)
     old, new = events_of(before), events_of(after)
     assert set(old) == set(new)

@@ -11,8 +11,8 @@ from events.store import EventStore
 from projections import registry
 from projections.views import View, memory_view
 from tests.support.clock import FakeClock
-from tests.support.study import COORDINATOR, INVESTIGATOR, on_day, screen_eligible
-from workflow.commands import Workflow
+from tests.support.study import COORDINATOR, INVESTIGATOR, Desk, on_day, screen_eligible
+from workflow.commands import messages as M
 
 Snapshot = dict[str, list[str]]
 
@@ -41,7 +41,7 @@ def memory_snapshot(store: EventStore, position: int | None = None) -> Snapshot:
 Step = Callable[[], None]
 
 
-def lifecycle(flow: Workflow, clock: FakeClock, subject: str, start: date,
+def lifecycle(flow: Desk, clock: FakeClock, subject: str, start: date,
               visit_offsets: list[int]) -> list[Step]:
     """The steps of one subject from consent to follow-up visits, AEs and a correction;
     `visit_offsets[i]` shifts visit i's date (some land outside their window)."""
@@ -58,23 +58,21 @@ def lifecycle(flow: Workflow, clock: FakeClock, subject: str, start: date,
 
     def confirm() -> None:
         at(start + timedelta(days=3))
-        flow.confirm_eligibility(INVESTIGATOR, subject, None)
+        flow.send(INVESTIGATOR, M.ConfirmEligibility(subject))
 
     def collect() -> None:
         at(start + timedelta(days=7))
-        flow.leukapheresis(c, subject, start + timedelta(days=7), coi, None)
+        flow.send(c, M.RecordLeukapheresis(subject, start + timedelta(days=7), coi))
 
     def release() -> None:
         at(start + timedelta(days=20))
-        flow.release(c, subject, f"LOT-{subject}", coi, failed=False, reason=None,
-                     viable_cells=2e8, command_id=None)
+        flow.send(c, M.ReleaseProduct(subject, f"LOT-{subject}", coi, viable_cells=2e8))
 
     def dose(offset: int, cyclo: float) -> Step:
         def step() -> None:
             at(d0 + timedelta(days=offset))
-            flow.lymphodepletion(c, subject, d0 + timedelta(days=offset), round(25 * bsa, 1),
-                                 round(cyclo, 1), deviation=False, reason=None,
-                                 command_id=None)
+            flow.send(c, M.GiveLymphodepletion(subject, d0 + timedelta(days=offset),
+                                               round(25 * bsa, 1), round(cyclo, 1)))
         return step
 
     def infuse() -> None:
@@ -82,38 +80,38 @@ def lifecycle(flow: Workflow, clock: FakeClock, subject: str, start: date,
         order = flow.subject(subject).enrolment_order
         assert order is not None
         cells = flow.study().protocol.cohort_for(order).target_cells(58)
-        flow.infuse(c, subject, datetime.fromisoformat(f"{d0.isoformat()}T10:00:00+08:00"),
-                    cells, coi, deviation=False, reason=None, command_id=None)
+        flow.send(c, M.Infuse(subject, datetime.fromisoformat(
+            f"{d0.isoformat()}T10:00:00+08:00"), cells, coi))
 
     def adverse_event() -> None:
         onset = d0 + timedelta(days=2)
         at(onset)
-        flow.record(c, subject, "adverse_event", [
+        flow.send(c, M.RecordForm(subject, "adverse_event", (
             "term=cytokine release syndrome", "category=crs", f"onset_date={onset}",
             "grade=2", "temperature_c=39.2", "hypotension=no_vasopressors",
             "serious_criteria=hospitalisation", "expected=no",
             f"awareness_at={onset}T09:00:00+08:00", f"sponsor_aware_at={onset}T15:00:00+08:00",
-        ], onset, None, None)
+        ), onset))
 
     def causality() -> None:
         at(d0 + timedelta(days=3))
         ae = [f for f in flow.subject(subject).forms.values() if f.form == "adverse_event"]
-        flow.record(INVESTIGATOR, subject, "causality", [
-            f"ae_position={ae[0].position}", "relatedness=probable"], None, None, None)
+        flow.send(INVESTIGATOR, M.RecordForm(subject, "causality", (
+            f"ae_position={ae[0].position}", "relatedness=probable")))
 
     def correct_grade() -> None:
         at(d0 + timedelta(days=4))
         ae = [f for f in flow.subject(subject).forms.values() if f.form == "adverse_event"]
-        flow.correct(c, subject, ae[0].position, ["grade=3"], "source document says grade 3",
-                     None)
+        flow.send(c, M.CorrectRecord(subject, ae[0].position, ("grade=3",),
+                                     "source document says grade 3"))
 
     def visit(code: str, target: int, shift: int) -> Step:
         def step() -> None:
             day = d0 + timedelta(days=target + shift)
             at(day)
-            flow.record(c, subject, "disease_activity", ["arthritis", "pga=1",
-                        "new_activity=no"], day, code, None)
-            flow.visit(c, subject, code, "done", day, None)
+            flow.send(c, M.RecordForm(subject, "disease_activity", (
+                "arthritis", "pga=1", "new_activity=no"), day, code))
+            flow.send(c, M.RecordVisit(subject, code, "done", day))
         return step
 
     visits = [("D1", 1), ("D4", 4), ("D7", 7), ("D10", 10), ("D14", 14)]

@@ -1,4 +1,4 @@
-"""Study days are the site's local calendar dates (clinical-rules.md "Study days"), seen
+"""Study days are the site's local calendar dates (docs/clinical-rules.md "Study days"), seen
 through the query commands.
 
 Three sites where a careless UTC date or a 24-hour step through a daylight-saving change
@@ -9,7 +9,7 @@ would move a visit by a day:
 - KIR (Pacific/Kiritimati, UTC+14): infused at 00:30 local on 2025-06-11 (2025-06-10 in UTC).
 - PPG (Pacific/Pago_Pago, UTC-11): infused at 23:30 local on 2025-09-10 (2025-09-11 in UTC).
 
-Screening to lymphodepletion go through the real command handlers with the clock at noon at
+Screening to lymphodepletion go through the executor with the clock at noon at
 the site; the infusion and every query go through the CLI.
 """
 
@@ -26,11 +26,21 @@ import pytest
 
 from events.schema import upgrade
 from tests.support.clock import FakeClock
-from tests.support.study import ADMIN, EXCLUSIONS_NO
+from tests.support.study import (
+    ADMIN,
+    PASSWORD,
+    SCHEDULER_SECRET,
+    TEST_KDF,
+    Desk,
+    screening_forms,
+)
 from workflow.bootstrap import build_app
-from workflow.commands import Workflow
+from workflow.commands import messages as M
+from workflow.commands.actors import Actors
+from workflow.commands.executor import Executor
+from workflow.identity import Password, Secret
 
-# clinical-rules.md, follow-up visits: target day ± window days
+# docs/clinical-rules.md, follow-up visits: target day ± window days
 SCHEDULE = {"D1": (1, 0), "D4": (4, 1), "D7": (7, 1), "D10": (10, 1), "D14": (14, 2),
             "D21": (21, 2), "D28": (28, 2), "D60": (60, 7), "D90": (90, 7),
             "D180": (180, 14), "D270": (270, 14), "D360": (360, 14)}
@@ -104,39 +114,16 @@ def local_noon(clock: FakeClock, site: Site, day: date) -> None:
     clock.set(datetime.combine(day, time(12), site.zone))
 
 
-def screen(flow: Workflow, site: Site, on: date) -> None:
-    """Consent and every screening form of an eligible woman (copied from
-    tests/support/study.py, with this site's coordinator)."""
+def screen(flow: Desk, site: Site, on: date) -> None:
+    """Consent and every screening form of an eligible woman (tests/support/study.py), with
+    this site's coordinator."""
     c, subject = site.coordinator, site.subject
-    flow.consent(c, subject, on, "2.0", None)
-    forms = [
-        ("demographics", ["date_of_birth=1990-05-01", "sex=female",
-                          "childbearing_potential=yes", "partner_childbearing_potential=no"]),
-        ("vitals", ["weight_kg=58", "height_cm=162"]),
-        ("sle_classification", ["ana_titer=320", "joint_involvement", "anti_dsdna_or_anti_smith",
-                                "low_c3_and_low_c4"]),
-        ("disease_activity", ["arthritis", "proteinuria", "low_complement",
-                              "increased_dna_binding", "pga=2", "new_activity=yes"]),
-        ("prior_treatment", ["drug=prednisone", "drug_class=glucocorticoid",
-                             "start_date=2019-01-01", "outcome=inadequate_response"]),
-        ("prior_treatment", ["drug=mycophenolate mofetil", "drug_class=immunosuppressant",
-                             "start_date=2020-01-01", "stop_date=2022-01-01",
-                             "outcome=inadequate_response"]),
-        ("prior_treatment", ["drug=rituximab", "drug_class=biologic", "start_date=2022-02-01",
-                             "stop_date=2023-06-01", "outcome=relapse"]),
-        ("medication", ["drug=prednisone", "drug_class=glucocorticoid", "dose_mg_per_day=15",
-                        "start_date=2024-01-01"]),
-        ("medication", ["drug=hydroxychloroquine", "drug_class=antimalarial",
-                        "dose_mg_per_day=400", "start_date=2023-01-01"]),
-        ("pregnancy_test", ["specimen=serum", "result=negative"]),
-        ("contraception", ["agreed=yes"]),
-        ("exclusion_checklist", EXCLUSIONS_NO),
-    ]
-    for form, tokens in forms:
-        flow.record(c, subject, form, tokens, on, None, None)
+    flow.send(c, M.ConsentSubject(subject, on, "2.0"))
+    for form, tokens in screening_forms():
+        flow.send(c, M.RecordForm(subject, form, tuple(tokens), on))
 
 
-def up_to_lymphodepletion(flow: Workflow, clock: FakeClock, site: Site) -> None:
+def up_to_lymphodepletion(flow: Desk, clock: FakeClock, site: Site) -> None:
     """Consent at D0-30 ... the regimen's last dose on D0-3, each step at noon at the site."""
     c, subject, d0 = site.coordinator, site.subject, site.d0
     start = d0 - timedelta(days=30)
@@ -144,30 +131,38 @@ def up_to_lymphodepletion(flow: Workflow, clock: FakeClock, site: Site) -> None:
     local_noon(clock, site, start)
     screen(flow, site, start)
     local_noon(clock, site, start + timedelta(days=3))
-    flow.confirm_eligibility(site.investigator, subject, None)
+    flow.send(site.investigator, M.ConfirmEligibility(subject))
     local_noon(clock, site, start + timedelta(days=7))
-    flow.leukapheresis(c, subject, start + timedelta(days=7), coi, None)
+    flow.send(c, M.RecordLeukapheresis(subject, start + timedelta(days=7), coi))
     local_noon(clock, site, start + timedelta(days=20))
-    flow.release(c, subject, f"LOT-{subject}", coi, failed=False, reason=None,
-                 viable_cells=2e8, command_id=None)
+    flow.send(c, M.ReleaseProduct(subject, f"LOT-{subject}", coi, viable_cells=2e8))
     bsa = 1.62  # sqrt(162 * 58 / 3600)
     for offset, cyclophosphamide in ((-5, 0.0), (-4, 0.0), (-3, 1000 * bsa)):
         day = d0 + timedelta(days=offset)
         local_noon(clock, site, day)
-        flow.lymphodepletion(c, subject, day, round(25 * bsa, 1), round(cyclophosphamide, 1),
-                             deviation=False, reason=None, command_id=None)
+        flow.send(c, M.GiveLymphodepletion(subject, day, round(25 * bsa, 1),
+                                           round(cyclophosphamide, 1)))
+
+
+def three_sites(url: str, clock: FakeClock) -> Desk:
+    """A study with the three sites, each with its coordinator and investigator (every user
+    with the test password, set by themselves after the admin added them)."""
+    app = build_app(url, clock=clock, store_clock=clock, kdf=TEST_KDF)
+    upgrade(app.engine)
+    flow = Desk(Actors(Executor(app)), clock)
+    flow.executor.execute(M.InitialiseStudy(ADMIN, Secret(PASSWORD), Secret(SCHEDULER_SECRET)),
+                          Password(ADMIN, Secret(PASSWORD)))
+    flow.actors.know(ADMIN, PASSWORD)
+    for site in SITES:
+        flow.send(ADMIN, M.AddSite(site.code, site.tz))
+        flow.add_user(site.coordinator, "coordinator", site.code)
+        flow.add_user(site.investigator, "investigator", site.code)
+    return flow
 
 
 def build(url: str) -> str:
     clock = FakeClock("2025-01-01T00:00:00+00:00")
-    app = build_app(url, clock=clock, store_clock=clock)
-    upgrade(app.engine)
-    flow = Workflow(app)
-    flow.initialise(ADMIN)
-    for site in SITES:
-        flow.add_site(ADMIN, site.code, site.tz, None)
-        flow.add_user(ADMIN, site.coordinator, "coordinator", site.code, None)
-        flow.add_user(ADMIN, site.investigator, "investigator", site.code, None)
+    flow = three_sites(url, clock)
     for site in SITES:  # one after the other: recorded times only move forward
         up_to_lymphodepletion(flow, clock, site)
     for site in SITES:  # through the CLI, recorded by the database clock (after the above)

@@ -17,13 +17,13 @@ from projections.runner import Runner
 from projections.views import View, open_view
 from tests.projections.support import lifecycle, memory_snapshot, snapshot
 from tests.support.clock import FakeClock
-from tests.support.study import new_study
+from tests.support.study import COORDINATOR, Desk, new_study, open_desk
 from workflow.bootstrap import build_app
-from workflow.commands import Workflow
+from workflow.commands import messages as M
 from workflow.study import Study
 
 
-def _trial(url: str, subjects: int = 2, steps: int | None = None) -> tuple[Workflow, Runner]:
+def _trial(url: str, subjects: int = 2, steps: int | None = None) -> tuple[Desk, Runner]:
     clock = FakeClock("2025-01-01T04:00:00+00:00")
     flow = new_study(url, clock)
     runner = Runner(flow.store.engine, flow.store)
@@ -36,7 +36,16 @@ def _trial(url: str, subjects: int = 2, steps: int | None = None) -> tuple[Workf
     return flow, runner
 
 
-def _tables(flow: Workflow) -> dict[str, list[str]]:
+def _visit_done(url: str, visits: list[tuple[str, str, date]]) -> None:
+    """Visits recorded done by the coordinator through another executor (the clock later
+    than the trial's: as a second process would)."""
+    other = open_desk(url, FakeClock("2025-03-01T04:00:00+00:00"))
+    for subject, visit, on in visits:
+        other.send(COORDINATOR, M.RecordVisit(subject, visit, "done", on))
+    other.store.engine.dispose()
+
+
+def _tables(flow: Desk) -> dict[str, list[str]]:
     return snapshot(open_view(flow.store.engine, flow.store))
 
 
@@ -66,7 +75,7 @@ def test_as_of_position_equals_rebuild_of_the_first_events(sqlite_url: str) -> N
     assert _tables(flow) == memory_snapshot(flow.store)
 
 
-def _checkpoints(flow: Workflow) -> set[int]:
+def _checkpoints(flow: Desk) -> set[int]:
     with flow.store.engine.connect() as conn:
         return {int(p) for p in conn.execute(select(t.checkpoints.c.position)).scalars()}
 
@@ -76,10 +85,8 @@ def test_a_crash_in_the_middle_applies_nothing(sqlite_url: str, monkeypatch: pyt
     flow, runner = _trial(sqlite_url, subjects=2, steps=9)
     before = _tables(flow)
     marks = _checkpoints(flow)
-    clock = FakeClock("2025-03-01T04:00:00+00:00")
-    rest = Workflow(build_app(sqlite_url, clock=clock))
-    rest.visit("cora", "S-001", "D1", "done", date(2025, 2, 5), None)
-    rest.visit("cora", "S-002", "D1", "done", date(2025, 2, 14), None)
+    _visit_done(sqlite_url, [("S-001", "D1", date(2025, 2, 5)),
+                             ("S-002", "D1", date(2025, 2, 14))])
     calls: list[str] = []
 
     def crash(ctx: object) -> dict[str, list[dict[str, object]]]:
@@ -113,13 +120,12 @@ def _catch_up_in_a_process(url: str, rounds: int) -> int:
 def test_several_runners_at_once_apply_each_event_once(db_url: str) -> None:
     flow, runner = _trial(db_url, subjects=1, steps=8)  # the runner is at the head
     start = flow.store.last_position()
-    clock = FakeClock("2025-03-01T04:00:00+00:00")
-    other = Workflow(build_app(db_url, clock=clock))
+    other = open_desk(db_url, FakeClock("2025-03-01T04:00:00+00:00"))
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(3) as pool:
         pending = [pool.apply_async(_catch_up_in_a_process, (db_url, 20)) for _ in range(3)]
         for code, day in (("D1", 6), ("D4", 9), ("D7", 12)):
-            other.visit("cora", "S-001", code, "done", date(2025, 2, day), None)
+            other.send(COORDINATOR, M.RecordVisit("S-001", code, "done", date(2025, 2, day)))
         results = [p.get(timeout=120) for p in pending]
     last = runner.catch_up().applied.get("visits", 0)
     assert _tables(flow) == memory_snapshot(flow.store)
@@ -135,9 +141,7 @@ def test_several_runners_at_once_apply_each_event_once(db_url: str) -> None:
 def test_a_read_only_login_folds_the_lag_in_memory(tmp_path: Path) -> None:
     path = tmp_path / "trialflow.db"
     flow, _ = _trial(f"sqlite:///{path}", subjects=1, steps=8)
-    clock = FakeClock("2025-03-01T04:00:00+00:00")
-    Workflow(build_app(f"sqlite:///{path}", clock=clock)).visit(
-        "cora", "S-001", "D1", "done", date(2025, 2, 5), None)
+    _visit_done(f"sqlite:///{path}", [("S-001", "D1", date(2025, 2, 5))])
     marks = _checkpoints(flow)
     read_only = build_app(f"sqlite:///file:{path}?mode=ro&uri=true")
     view = open_view(read_only.engine, read_only.store)
@@ -156,9 +160,7 @@ def test_a_select_only_postgres_login_folds_the_lag_in_memory(postgres_url: str)
     import psycopg
 
     flow, _ = _trial(postgres_url, subjects=1, steps=8)
-    clock = FakeClock("2025-03-01T04:00:00+00:00")
-    Workflow(build_app(postgres_url, clock=clock)).visit(
-        "cora", "S-001", "D1", "done", date(2025, 2, 5), None)
+    _visit_done(postgres_url, [("S-001", "D1", date(2025, 2, 5))])
     marks = _checkpoints(flow)
     role = f"tf_reader_{uuid.uuid4().hex[:8]}"
     dbname = postgres_url.rsplit("/", 1)[1]

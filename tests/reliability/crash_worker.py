@@ -7,18 +7,24 @@ whose two channels are slow enough to be killed in. Clinical time comes from a s
 clock (one step per day); the only real sleeps are a few milliseconds here and there, so that
 a kill can land inside a transaction or between the issue of a reminder and its delivery.
 
-Every write has a fixed command id, so a restarted worker repeats its day and gets the first
-result of what the killed one committed. Lines on stdout, each written with one `write(2)`
-and only *after* what it reports has happened:
+Every write is a message sent through the one executor (a `Desk` of tests/support/study.py)
+by a user proven by a session (the scheduler by its secret). Every write has a fixed command
+id, so a restarted worker repeats its day and gets the first result of what the killed one
+committed; only the users' first password changes are not repeated but skipped once done (a
+temporary password proves nothing once changed). The simulated days lie before the real
+clock: the store refuses a write decided in the future. Lines on stdout, each written with one
+`write(2)` and only *after* what it reports has happened:
 
     start PID DAY           the worker runs from DAY (the last `day` of the one before)
     day DATE                a simulated day begins
     try CMD                 an append of command CMD begins
     tx CMD                  CMD's transaction holds the append lock, its state is read
     txi CMD                 CMD's events and command row are inserted, not yet committed
+    txw CMD                 CMD's statements beside its events (a credential row) are run
+                            too, not yet committed
     ok CMD P1,P2,… new|dup  CMD's append returned: committed at these positions (dup: a
                             repeat that got the first result)
-    rep CMD                 a command repeated before the store (the workflow found its id)
+    rep CMD                 a command repeated before the store (the executor found its id)
     cutx rows|mark          inside a catch-up transaction: writing rows / moving checkpoints
     caught HEAD             the catch-up committed up to HEAD
     send ID CHANNEL         a reminder is being sent (before its delivery is recorded)
@@ -52,7 +58,7 @@ from sqlalchemy import Connection, Engine
 
 from events.engine import create_store_engine
 from events.schema import upgrade
-from events.store import AppendContext, AppendResult, EventStore, StreamAppend
+from events.store import AppendContext, AppendResult, EventStore, Statement, StreamAppend
 from projections.runner import Runner
 from projections.scheduler import tick
 from tests.support.clock import FakeClock
@@ -61,15 +67,26 @@ from tests.support.study import (
     COORDINATOR,
     INVESTIGATOR,
     MONITOR,
+    PASSWORD,
+    SCHEDULER,
+    SCHEDULER_SECRET,
     SITE,
+    TEST_KDF,
     TZ,
+    Desk,
     on_day,
     screening_forms,
 )
 from workflow.bootstrap import App
-from workflow.commands import Outcome, Workflow
+from workflow.commands import messages as M
+from workflow.commands.actors import Actors
+from workflow.commands.executor import Executor, Outcome
+from workflow.identity import Password, Secret
 
-START = date(2025, 1, 6)  # the first subject consents on the first simulated day
+# The first subject consents on the first simulated day (a Monday after the screening forms'
+# treatment dates). A soak run covers some 750 simulated days: they must all lie in the past,
+# since the store refuses a write decided ahead of the database's clock.
+START = date(2024, 3, 4)
 EVERY = 9  # a new candidate consents every EVERY days
 ENROLLED = 6  # the protocol's cap: candidates 1..6 enrol, the later ones fail screening
 FOLLOW_UP = (("D1", 1), ("D4", 4), ("D7", 7), ("D10", 10), ("D14", 14), ("D21", 21),
@@ -78,7 +95,7 @@ FOLLOW_UP = (("D1", 1), ("D4", 4), ("D7", 7), ("D10", 10), ("D14", 14), ("D21", 
 BSA = 1.62  # sqrt(162 cm * 58 kg / 3600)
 SCREENING = screening_forms()
 
-Action = tuple[str, Callable[[Workflow], Outcome]]  # (command id, the command)
+Action = tuple[str, Callable[[Desk], Outcome]]  # (command id, the command)
 
 
 def say(line: str) -> None:
@@ -99,27 +116,39 @@ class Pauses:
 @dataclass
 class MarkedStore(EventStore):
     """The real store, saying where each append is. `_insert` runs under the append lock with
-    the log's state read (SQLite: after BEGIN IMMEDIATE; PostgreSQL: the advisory lock held),
-    and its statements are followed by COMMIT."""
+    the log's state read (SQLite: after BEGIN IMMEDIATE; PostgreSQL: the advisory lock held);
+    `_write` then runs the statements that change with the events (a credential row, the
+    sessions it ends), and COMMIT follows."""
 
     pause: Callable[[float], None] = lambda ms: None
 
-    def append_streams(self, appends: Sequence[StreamAppend], context: AppendContext
-                       ) -> AppendResult:
-        say(f"try {context.command_id or '-'}")
-        result = super().append_streams(appends, context)
+    def at(self, line: str, longest_ms: float) -> None:
+        """Say where the append is, then pause up to `longest_ms` there."""
+        say(line)
+        if longest_ms:
+            self.pause(longest_ms)
+
+    def append_streams(self, appends: Sequence[StreamAppend], context: AppendContext, *,
+                       also: Sequence[Statement] = (),
+                       expected_last_position: int | None = None) -> AppendResult:
+        self.at(f"try {context.command_id or '-'}", 0)
+        result = super().append_streams(appends, context, also=also,
+                                        expected_last_position=expected_last_position)
         self.pause(2)  # committed, not yet reported
-        say(f"ok {result.command_id} {','.join(map(str, result.positions))} "
-            f"{'dup' if result.duplicate else 'new'}")
-        self.pause(3)  # right after a commit
+        self.at(f"ok {result.command_id} {','.join(map(str, result.positions))} "
+                f"{'dup' if result.duplicate else 'new'}", 3)  # right after a commit
         return result
 
+    def _write(self, cursor: Any, appends: Sequence[StreamAppend], context: AppendContext,
+               command_id: str, *rest: Any) -> tuple[AppendResult, list[tuple[Any, ...]]]:
+        written = super()._write(cursor, appends, context, command_id, *rest)
+        self.at(f"txw {command_id}", 2)
+        return written
+
     def _insert(self, cursor: Any, rows: list[tuple[Any, ...]], command: tuple[Any, ...]) -> None:
-        say(f"tx {command[0]}")
-        self.pause(4)
+        self.at(f"tx {command[0]}", 4)
         super()._insert(cursor, rows, command)
-        say(f"txi {command[0]}")
-        self.pause(3)
+        self.at(f"txi {command[0]}", 3)
 
 
 class MarkedRunner(Runner):
@@ -161,20 +190,44 @@ def subject_id(number: int) -> str:
     return f"S-{number:03d}"
 
 
+USERS = ((COORDINATOR, "coordinator", SITE), (INVESTIGATOR, "investigator", SITE),
+         (MONITOR, "monitor", None))
+
+
+def temporary_password(name: str) -> str:
+    """The first password the admin gives `name` (fixed: a restarted worker gives the same)."""
+    return f"temporary-password-{sum(map(ord, name)):05d}"
+
+
 def setup_actions() -> list[Action]:
-    users = [(COORDINATOR, "coordinator", SITE), (INVESTIGATOR, "investigator", SITE),
-             (MONITOR, "monitor", None)]
     actions: list[Action] = [
-        ("setup-init", lambda f: f.initialise(ADMIN, command_id="setup-init")),
-        ("setup-site", lambda f: f.add_site(ADMIN, SITE, TZ, "setup-site")),
+        ("setup-init", lambda f: f.executor.execute(
+            M.InitialiseStudy(ADMIN, Secret(PASSWORD), Secret(SCHEDULER_SECRET), 2),
+            Password(ADMIN, Secret(PASSWORD)), command_id="setup-init")),
+        ("setup-site", lambda f: f.send(ADMIN, M.AddSite(SITE, TZ), "setup-site")),
     ]
-    for name, role, site in users:
+    for name, role, site in USERS:
         actions.append((f"setup-user-{name}", _add_user(name, role, site)))
     return actions
 
 
-def _add_user(name: str, role: str, site: str | None) -> Callable[[Workflow], Outcome]:
-    return lambda f: f.add_user(ADMIN, name, role, site, f"setup-user-{name}")
+def _add_user(name: str, role: str, site: str | None) -> Callable[[Desk], Outcome]:
+    return lambda f: f.send(ADMIN, M.AddUser(name, role, site,
+                                             Secret(temporary_password(name))),
+                            f"setup-user-{name}")
+
+
+def first_passwords(flow: Desk) -> None:
+    """Each user replaces the admin's temporary password by their own, as at a first login:
+    while the study says it is temporary (once changed, the temporary one proves nothing, so
+    this step is not repeated after a kill but skipped)."""
+    temporary = flow.study().temporary_passwords
+    for name, _, _ in USERS:
+        if name in temporary:
+            flow.executor.execute(M.ChangePassword(name, Secret(PASSWORD)),
+                                  Password(name, Secret(temporary_password(name))),
+                                  command_id=f"setup-passwd-{name}")
+        flow.actors.know(name, PASSWORD)
 
 
 def actions_on(day: date) -> list[Action]:
@@ -192,14 +245,14 @@ def _subject_actions(number: int, n: int, day: date) -> list[Action]:
     c = COORDINATOR
     out: list[Action] = []
 
-    def add(cid: str, command: Callable[[Workflow, str], Outcome]) -> None:
+    def add(cid: str, command: Callable[[Desk, str], Outcome]) -> None:
         full = f"{s}-{cid}"
         out.append((full, lambda f: command(f, full)))
 
     if n < 0:
         return out
     if n == 0:
-        add("consent", lambda f, cid: f.consent(c, s, day, "2.0", cid))
+        add("consent", lambda f, cid: f.send(c, M.ConsentSubject(s, day, "2.0"), cid))
         for k, (form, tokens) in enumerate(SCREENING):
             add(f"screen-{k}", _record(s, form, tokens, day))
         return out
@@ -207,24 +260,23 @@ def _subject_actions(number: int, n: int, day: date) -> list[Action]:
     d0 = 30
     if not enrolled:
         if n == 24:  # after the scheduler's screening_expiring reminder (from day 22)
-            add("screen-fail", lambda f, cid: f.screen_fail(
-                c, s, "Not eligible after review of the screening results.", cid))
+            add("screen-fail", lambda f, cid: f.send(c, M.RecordScreenFailure(
+                s, "Not eligible after review of the screening results."), cid))
         elif n < 24:
             add(f"vitals-{n}", _record(s, "vitals", ["weight_kg=58", "height_cm=162"], day))
         return out
     coi = f"COI-{s}"
     if n == 3:
-        add("confirm", lambda f, cid: f.confirm_eligibility(INVESTIGATOR, s, cid))
+        add("confirm", lambda f, cid: f.send(INVESTIGATOR, M.ConfirmEligibility(s), cid))
     elif n == 7:
-        add("collect", lambda f, cid: f.leukapheresis(c, s, day, coi, cid))
+        add("collect", lambda f, cid: f.send(c, M.RecordLeukapheresis(s, day, coi), cid))
     elif n == 20:
-        add("release", lambda f, cid: f.release(c, s, f"LOT-{s}", coi, failed=False,
-                                                reason=None, viable_cells=2e8, command_id=cid))
+        add("release", lambda f, cid: f.send(c, M.ReleaseProduct(
+            s, f"LOT-{s}", coi, False, None, 2e8), cid))
     elif n in (d0 - 5, d0 - 4, d0 - 3):
         cyclo = round(1000 * BSA, 1) if n == d0 - 3 else 0.0
-        add(f"ld-{n}", lambda f, cid: f.lymphodepletion(
-            c, s, day, round(25 * BSA, 1), cyclo, deviation=False, reason=None,
-            command_id=cid))
+        add(f"ld-{n}", lambda f, cid: f.send(c, M.GiveLymphodepletion(
+            s, day, round(25 * BSA, 1), cyclo, False, None), cid))
     elif n == d0:
         add("infuse", lambda f, cid: _infuse(f, s, day, coi, cid))
     elif n == d0 + 2 and number % 2 == 1:  # a serious, unexpected AE: SAE and SUSAR clocks
@@ -243,27 +295,28 @@ def _subject_actions(number: int, n: int, day: date) -> list[Action]:
             "arthritis", "pga=1", "new_activity=no"], day, code))
         add(f"{code}-visit", _visit(s, code, day))
         if code == "D360":
-            add("complete", lambda f, cid: f.complete(c, s, cid))
+            add("complete", lambda f, cid: f.send(c, M.CompleteStudy(s), cid))
     if d0 < n < d0 + 360 and n % 5 == 0:
         add(f"vitals-{n}", _record(s, "vitals", ["weight_kg=58", "height_cm=162"], day))
     return out
 
 
 def _record(s: str, form: str, tokens: list[str], day: date, visit: str | None = None
-            ) -> Callable[[Workflow, str], Outcome]:
-    return lambda f, cid: f.record(COORDINATOR, s, form, tokens, day, visit, cid)
+            ) -> Callable[[Desk, str], Outcome]:
+    return lambda f, cid: f.send(COORDINATOR, M.RecordForm(s, form, tuple(tokens), day, visit),
+                                 cid)
 
 
-def _visit(s: str, code: str, day: date) -> Callable[[Workflow, str], Outcome]:
-    return lambda f, cid: f.visit(COORDINATOR, s, code, "done", day, cid)
+def _visit(s: str, code: str, day: date) -> Callable[[Desk, str], Outcome]:
+    return lambda f, cid: f.send(COORDINATOR, M.RecordVisit(s, code, "done", day), cid)
 
 
-def _infuse(flow: Workflow, s: str, day: date, coi: str, cid: str) -> Outcome:
+def _infuse(flow: Desk, s: str, day: date, coi: str, cid: str) -> Outcome:
     order = flow.subject(s).enrolment_order
     assert order is not None, s
     cells = flow.study().protocol.cohort_for(order).target_cells(58)
-    return flow.infuse(COORDINATOR, s, datetime.fromisoformat(f"{day}T10:00:00+08:00"), cells,
-                       coi, deviation=False, reason=None, command_id=cid)
+    return flow.send(COORDINATOR, M.Infuse(s, datetime.fromisoformat(f"{day}T10:00:00+08:00"),
+                                           cells, coi, False, None), cid)
 
 
 def noon(day: date) -> datetime:
@@ -282,12 +335,17 @@ def run(url: str, seed: int, first: date, *, finish: bool) -> None:
     upgrade(engine)
     clock = FakeClock()
     store = MarkedStore(engine, pause=pause)
-    flow = Workflow(App(engine=engine, store=store, clock=clock))
+    app = App(engine=engine, store=store, clock=clock, kdf=TEST_KDF)
+    flow = Desk(Actors(Executor(app)), clock)
+    flow.actors.know(ADMIN, PASSWORD)
+    flow.actors.know(SCHEDULER, SCHEDULER_SECRET, service=True)
+    scheduler = Password(SCHEDULER, Secret(SCHEDULER_SECRET))
     runner = MarkedRunner(engine, store, pause)
     channels = [SlowChannel("log", pause), SlowChannel("webhook", pause)]
     say(f"start {os.getpid()} {first}")
     on_day(clock, first)
     _carry_out(flow, setup_actions())
+    first_passwords(flow)
     day = first
     while True:
         say(f"day {day}")
@@ -296,17 +354,17 @@ def run(url: str, seed: int, first: date, *, finish: bool) -> None:
         pause(2)
         caught = runner.catch_up()
         say(f"caught {caught.head}")
-        report = tick(engine, store, noon(day), "scheduler", channels)
+        report = tick(app, scheduler, noon(day), channels)
         say(f"ticked {len(report.issued)} {len(report.delivered)}")
         if finish:
-            tick(engine, store, noon(day), "scheduler", channels)  # anything left over
+            tick(app, scheduler, noon(day), channels)  # anything left over
             engine.dispose()
             say("finished")
             return
         day += timedelta(days=1)
 
 
-def _carry_out(flow: Workflow, actions: list[Action]) -> None:
+def _carry_out(flow: Desk, actions: list[Action]) -> None:
     for cid, command in actions:
         outcome = command(flow)
         if outcome.summary.get("repeated"):

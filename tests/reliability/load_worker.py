@@ -2,15 +2,17 @@
 process with its own engine and connections:
 
 - `coordinator`: one site coordinator recording follow-up forms (vitals, labs, disease
-  activity, CAR-T persistence) for random subjects through `Workflow.record`, the handler
-  `trialflow record` calls, each with a unique command id, until its time is up. A
-  `ConcurrencyConflict` is retried: the handler itself retries it (`CONFLICT_RETRIES`), and
-  the coordinator submits the same command id again should the handler give up. Every
+  activity, CAR-T persistence) for random subjects: `RecordForm` messages through the one
+  executor, as `trialflow record` sends them, proven by the coordinator's session, each with a
+  unique command id, until its time is up. A `ConcurrencyConflict` is retried: the executor
+  itself retries it (`CONFLICT_RETRIES`), and the coordinator submits the same command id
+  again should the executor give up. Every
   acknowledged command is logged as one JSON line (command id, subject, positions, versions,
   latency, conflicts met), so the test can hold the log to exactly what was acknowledged.
-- `scheduler`: `projections.scheduler.tick` in a loop, as `trialflow scheduler run` does, on a
-  simulated clock that all schedulers share (`sim_start` at the go signal, advancing
-  `sim_days_per_second`), so reminders come due during the run; every pass is logged.
+- `scheduler`: `projections.scheduler.tick` in a loop, as `trialflow scheduler run` does, with
+  the scheduler's secret, on a simulated clock that all schedulers share (`sim_start` at the
+  go signal, advancing `sim_days_per_second`), so reminders come due during the run; every
+  pass is logged.
 - `follower`: the projection runner's catch-up in a loop; every catch-up is logged.
 
 All wait on the `go` event after their setup (imports, connections), so that the measured
@@ -33,18 +35,22 @@ from typing import IO, Any, Protocol
 from cli.logging_setup import configure
 from events.engine import create_store_engine
 from events.errors import ConcurrencyConflict
-from events.store import AppendContext, AppendResult, EventStore, StreamAppend
+from events.store import AppendContext, AppendResult, EventStore, Statement, StreamAppend
 from projections.runner import Runner
 from projections.scheduler import tick
+from tests.support.study import PASSWORD, SCHEDULER_SECRET, TEST_KDF
 from workflow.bootstrap import App, build_app, system_clock
-from workflow.commands import Workflow
+from workflow.commands import messages as M
+from workflow.commands.actors import Actors
+from workflow.commands.executor import Executor
+from workflow.identity import Password, Secret
 
 FOLLOW_UP_VISITS = (("D1", 1), ("D4", 4), ("D7", 7), ("D10", 10), ("D14", 14), ("D21", 21),
                     ("D28", 28), ("D60", 60), ("D90", 90))
 ACTIVITY_FLAGS = ("arthritis", "proteinuria", "rash", "alopecia", "mucosal_ulcers",
                   "low_complement", "increased_dna_binding")
 SCHEDULER_USER = "scheduler"
-RESUBMIT_LIMIT = 100  # the same command id submitted again after the handler gave up
+RESUBMIT_LIMIT = 100  # the same command id submitted again after the executor gave up
 
 
 class Flag(Protocol):
@@ -76,14 +82,16 @@ class Plan:
 
 
 class CountingStore(EventStore):
-    """The event store, counting the conflicts it raises (each one makes the handler retry)."""
+    """The event store, counting the conflicts it raises (each one makes the executor retry)."""
 
     conflicts: int = 0
 
-    def append_streams(self, appends: Sequence[StreamAppend], context: AppendContext
-                       ) -> AppendResult:
+    def append_streams(self, appends: Sequence[StreamAppend], context: AppendContext, *,
+                       also: Sequence[Statement] = (),
+                       expected_last_position: int | None = None) -> AppendResult:
         try:
-            return super().append_streams(appends, context)
+            return super().append_streams(appends, context, also=also,
+                                          expected_last_position=expected_last_position)
         except ConcurrencyConflict:
             self.conflicts += 1
             raise
@@ -141,11 +149,12 @@ def coordinator(plan: Plan, index: int, ready: Flag, go: Flag) -> None:
     user = plan.coordinators[index]
     engine = create_store_engine(plan.url)
     store = CountingStore(engine)
-    flow = Workflow(App(engine=engine, store=store, clock=system_clock))
+    flow = Actors(Executor(App(engine=engine, store=store, clock=system_clock, kdf=TEST_KDF)))
+    flow.know(user, PASSWORD)
     subjects = sorted(plan.subjects)
     d0s = {s: date.fromisoformat(d) for s, d in plan.subjects.items()}
     rng = random.Random(f"{plan.run}/{index}")
-    flow.study()  # connect before the clock starts
+    flow.credential(user)  # connect and start the session before the clock starts
     with log_path(plan, "coordinator", index).open("w") as log:
         ready.set()
         go.wait()
@@ -163,11 +172,11 @@ def coordinator(plan: Plan, index: int, ready: Flag, go: Flag) -> None:
                 began = time.perf_counter()
                 while True:
                     try:
-                        outcome = flow.record(user, subject, form, tokens, day, visit,
-                                              command_id)
+                        outcome = flow.send(user, M.RecordForm(subject, form, tuple(tokens),
+                                                               day, visit), command_id)
                         break
                     except ConcurrencyConflict:
-                        resubmitted += 1  # the handler's own retries were all conflicts too
+                        resubmitted += 1  # the executor's own retries were all conflicts too
                         if resubmitted > RESUBMIT_LIMIT:
                             raise
                 done = time.perf_counter()
@@ -206,6 +215,7 @@ def scheduler(plan: Plan, index: int, ready: Flag, go: Flag, stop: Flag, go_at: 
               ) -> None:
     _as_deployed()
     app = build_app(plan.url)
+    credential = Password(SCHEDULER_USER, Secret(SCHEDULER_SECRET))
     channels = [_QuietChannel()]
     with log_path(plan, "scheduler", index).open("w") as log:
         ready.set()
@@ -214,7 +224,7 @@ def scheduler(plan: Plan, index: int, ready: Flag, go: Flag, stop: Flag, go_at: 
             now = simulated_now(plan, go_at).astimezone(UTC)
             began = time.perf_counter()
             try:
-                report = tick(app.engine, app.store, now, SCHEDULER_USER, channels)
+                report = tick(app, credential, now, channels)
             except Exception as error:  # as `scheduler run` does: log it, the next pass retries
                 _failure(log, error)
             else:

@@ -1,16 +1,20 @@
 """Bad input: a generated corpus over every CLI command, option, argument and form field.
 
 Every case runs in-process through `cli.app.run` against a copy of one prepared SQLite study
-(users with passwords and live session tokens, subjects in every phase, an open query). For
-each case:
+(users with passwords and live session tokens, the scheduler's secret file, subjects in every
+phase, an open query). For each case:
 
 - the exit status is documented (0 done, 1 refused by a rule, 2 bad input, 3 retryable,
-  4 integrity) and nothing escapes `run` as an exception;
+  4 integrity), never 70 (an internal error: a bug that escaped as an exception) nor 130
+  (interrupted), and nothing escapes `run` as an exception;
 - neither stream shows a traceback; a failure is one sentence on one line (`Error: …` on
   stderr, or the `error` of the one JSON document `{error, rule, detail}` with `--json`);
 - with `--json` stdout is exactly one JSON document, and valid UTF-8 (a script reads bytes);
 - unless the status is 0 the log is unchanged (the `events` table's last position and row
-  count, and the `commands` table); a 0 is a valid command, counted in `TALLY`;
+  count, and the `commands` table), but for the record of a failed authentication: a refusal
+  whose rule is `authentication_failed` or `account_locked` may append `AuthenticationFailed`
+  (and `AccountLocked`) to the `study` stream, with their command rows, and nothing else; a 0
+  is a valid command, counted in `TALLY`;
 - a form value that no field of its kind can take (NaN for a number, a date in year 9999, an
   empty or control-character value, invalid UTF-8, …) is refused.
 
@@ -64,12 +68,18 @@ from tests.support.study import (
     COORDINATOR,
     INVESTIGATOR,
     MONITOR,
+    SCHEDULER,
+    SCHEDULER_SECRET,
+    TEST_KDF,
+    Desk,
     enrol,
     new_study,
     on_day,
     screen_eligible,
     through_infusion,
 )
+from tests.support.study import PASSWORD as FIRST_PASSWORD
+from workflow.commands import messages as M
 from workflow.forms import FORMS, FieldSpec, FormSpec, Kind
 
 # --- hypothesis profiles ---------------------------------------------------------------------
@@ -102,8 +112,9 @@ def soak_budget(examples: int) -> settings:
 
 TODAY = datetime.now(UTC).date()
 NOW = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-PASSWORD = "Correct-Horse-Battery-9"
+PASSWORD = "Correct-Horse-Battery-9"  # every user's, changed by themselves from new_study's
 USERS = (ADMIN, COORDINATOR, INVESTIGATOR, MONITOR, "dora", "audrey", "otto")
+LOCKED = "lucy"  # a monitor whose account is locked after failed attempts
 
 
 def day(days_ago: int) -> str:
@@ -117,6 +128,7 @@ class Study:
     head: tuple[int, int, int]  # events: last position, rows; commands: rows
     tokens: dict[str, str]  # user -> live session token (empty without authentication)
     auth: bool
+    secret_file: str | None  # the scheduler's secret (None without authentication)
     positions: dict[str, int]  # form -> position of that form recorded for S-001
     query_id: str
     seal: str  # `audit seal` of the template
@@ -142,20 +154,27 @@ def _dispose_engines() -> None:
         engine.dispose()
 
 
-def _to_lymphodepletion(flow: Any, subject: str, start: date, clock: FakeClock) -> None:
+def _to_lymphodepletion(flow: Desk, subject: str, start: date, clock: FakeClock) -> None:
     enrol(flow, subject, start, clock)
     coi = f"COI-{subject}"
     on_day(clock, start + timedelta(days=5))
-    flow.leukapheresis(COORDINATOR, subject, start + timedelta(days=5), coi, None)
+    flow.send(COORDINATOR, M.RecordLeukapheresis(subject, start + timedelta(days=5), coi))
     on_day(clock, start + timedelta(days=8))
-    flow.release(COORDINATOR, subject, f"LOT-{subject}", coi, failed=False, reason=None,
-                 viable_cells=2e8, command_id=None)
+    flow.send(COORDINATOR, M.ReleaseProduct(subject, f"LOT-{subject}", coi, viable_cells=2e8))
+
+
+def _today(clock: FakeClock) -> None:
+    """Noon at the site today, or now if that is later than now: the store refuses a write
+    decided ahead of its clock."""
+    on_day(clock, TODAY)
+    clock.set(min(clock(), datetime.now(UTC)))
 
 
 def _build(root: Path) -> Study:
     from workflow.bootstrap import build_app
-    from workflow.commands import Workflow
-    from workflow.monitoring import Monitoring
+    from workflow.commands.executor import Executor
+    from workflow.errors import RuleViolation
+    from workflow.identity import Password, Secret
     from workflow.protocol import builtin_protocol_text
 
     template = root / "template.db"
@@ -169,37 +188,42 @@ def _build(root: Path) -> Study:
     bsa = 1.62
     for offset, cyclo in ((5, 0.0), (4, 0.0), (3, 1000 * bsa)):  # D-5..D-3: now in infusion
         on_day(clock, TODAY - timedelta(days=offset))
-        flow.lymphodepletion(COORDINATOR, "S-005", TODAY - timedelta(days=offset),
-                             round(25 * bsa, 1), round(cyclo, 1), deviation=False, reason=None,
-                             command_id=None)
+        flow.send(COORDINATOR, M.GiveLymphodepletion(
+            "S-005", TODAY - timedelta(days=offset), round(25 * bsa, 1), round(cyclo, 1)))
     enrol(flow, "S-006", TODAY - timedelta(days=12), clock)  # collected, not released
     on_day(clock, TODAY - timedelta(days=2))
-    flow.leukapheresis(COORDINATOR, "S-006", TODAY - timedelta(days=2), "COI-S-006", None)
+    flow.send(COORDINATOR, M.RecordLeukapheresis("S-006", TODAY - timedelta(days=2),
+                                                 "COI-S-006"))
     screen_eligible(flow, "S-003", TODAY - timedelta(days=3), clock=clock)  # eligible, screening
-    on_day(clock, TODAY)
-    flow.record(COORDINATOR, "S-001", "adverse_event",
-                ["term=headache", f"onset_date={day(5)}", "grade=1", "serious_criteria=none"],
-                TODAY, None, None)
-    flow.record(COORDINATOR, "S-001", "labs", ["c3_g_l=0.8", "c4_g_l=0.1"], TODAY, None, None)
+    _today(clock)
+    flow.send(COORDINATOR, M.RecordForm("S-001", "adverse_event", (
+        "term=headache", f"onset_date={day(5)}", "grade=1", "serious_criteria=none"), TODAY))
+    flow.send(COORDINATOR, M.RecordForm("S-001", "labs", ("c3_g_l=0.8", "c4_g_l=0.1"), TODAY))
     positions: dict[str, int] = {}
     for event in flow.store.read_stream("S-001"):
         if event.type == "FormRecorded":
             positions[str(event.payload["form"])] = event.position
-    query = Monitoring(flow).open_query(MONITOR, "S-001", positions["vitals"], "weight_kg",
-                                        "Please confirm the weight.", None)
+    query = flow.send(MONITOR, M.OpenQuery("S-001", positions["vitals"], "weight_kg",
+                                           "Please confirm the weight."))
     order = flow.subject("S-005").enrolment_order
+    assert order is not None
     cells = flow.study().protocol.cohort_for(order).target_cells(58)
     tokens: dict[str, str] = {}
     auth = _has_authentication()
-    if auth:
-        from workflow import identity
-        from workflow.signing import Signing
-
-        app = build_app(url)
-        signing = Signing(Workflow(app))
+    secret_file: str | None = None
+    if auth:  # each user sets a password of their own, and logs in (the real clock's session)
+        flow.add_user(LOCKED, "monitor")  # locked out by failed attempts: `users unlock` works
+        executor = Executor(build_app(url, kdf=TEST_KDF))
         for user in USERS:
-            signing.change_password(ADMIN, user, PASSWORD, None, datetime.now(UTC))
-            tokens[user] = identity.create_session(app.engine, user, datetime.now(UTC), 24)[0]
+            executor.execute(M.ChangePassword(user, Secret(PASSWORD)),
+                             Password(user, Secret(FIRST_PASSWORD)))
+            tokens[user] = executor.login(Password(user, Secret(PASSWORD)), 24)[0]
+        (root / "scheduler.secret").write_text(SCHEDULER_SECRET + "\n", encoding="utf-8")
+        secret_file = str(root / "scheduler.secret")
+        for _ in range(flow.study().max_failed_attempts):
+            with contextlib.suppress(RuleViolation):
+                executor.authenticate(Password(LOCKED, Secret("not-the-password")))
+        assert flow.study().account_locked(LOCKED)
     for argv in (["status"], ["projections", "status"]):  # read models caught up once
         assert run(["--db", url, *argv], stdout=io.StringIO(), stderr=io.StringIO(),
                    environ={}) == 0
@@ -211,7 +235,8 @@ def _build(root: Path) -> Study:
     text = builtin_protocol_text(2)
     assert "\nversion = 2\n" in text
     return Study(root=root, template=template, head=_counts(template), tokens=tokens,
-                 auth=auth, positions=positions, query_id=str(query.summary["query"]),
+                 auth=auth, secret_file=secret_file, positions=positions,
+                 query_id=str(query.summary["query"]),
                  seal=out.getvalue(), protocol_v3=text.replace("\nversion = 2\n",
                                                                "\nversion = 3\n", 1),
                  cells_s005=repr(float(cells)))
@@ -225,21 +250,21 @@ def _has_authentication() -> bool:
 
 @contextlib.contextmanager
 def cheap_password_hashing() -> Iterator[None]:
-    """scrypt at N=2**4 instead of 2**14 while this module runs: a thousand authenticated cases
-    fit the time budget, and the hashing cost is not what this corpus tests."""
-    try:
-        from workflow import identity
-    except ImportError:
-        yield
-        return
-    saved = getattr(identity, "SCRYPT_N", None)
-    if saved is not None:
-        setattr(identity, "SCRYPT_N", 2**4)  # noqa: B010 (a Final constant)
+    """The tests' cheap scrypt parameters (TEST_KDF) for the passwords the CLI hashes while this
+    module runs (`build_app`'s default, which `trialflow` uses), and for the work a check of
+    an unknown user's password burns: a thousand authenticated cases fit the time budget, and
+    the hashing cost is not what this corpus tests. Each stored hash names its parameters, so
+    it is verified by them whatever the default."""
+    from workflow import bootstrap
+
+    defaults = bootstrap.build_app.__kwdefaults__
+    assert defaults is not None and "kdf" in defaults
+    saved = defaults["kdf"]
+    defaults["kdf"] = TEST_KDF
     try:
         yield
     finally:
-        if saved is not None:
-            setattr(identity, "SCRYPT_N", saved)  # noqa: B010
+        defaults["kdf"] = saved
 
 
 @contextlib.contextmanager
@@ -319,7 +344,7 @@ NEVER_A_FIELD_VALUE = frozenset({"empty", "invalid_utf8", "control", "long"})
 ONLY_TEXT_TAKES = frozenset({"huge_number", "nan_inf", "far_date", "far_time", "sql", "shell",
                              "unknown_subject", "unknown_user", "option_like", "unicode"})
 GLOBAL_NAMES = frozenset({"--db", "--user", "--log-level", "--json", "--password-stdin",
-                          "--version", "--help", "-h"})
+                          "--secret-file", "--version", "--help", "-h"})
 
 
 def hostile(cls: str, index: int) -> str:
@@ -589,6 +614,9 @@ def skeletons(study: Study) -> dict[tuple[str, ...], Skeleton]:
         ("users", "list"): Skeleton(),
         ("users", "passwd"): Skeleton(ADMIN, {"name": ("otto",)},
                                       passwords=(PASSWORD, "Another-Secret-77")),
+        ("users", "policy"): Skeleton(ADMIN, {"--max-failed-attempts": ("7",)}),
+        ("users", "unlock"): Skeleton(ADMIN, {"name": (LOCKED,),
+                                              "--reason": ("She called from the site.",)}),
         ("visit",): Skeleton(COORDINATOR, {"subject": ("S-001",), "visit": ("D28",),
                                            "--on": (day(2),)}, flags=("--done",)),
         ("visits",): Skeleton(values={"subject": ("S-001",), **moments}),
@@ -618,6 +646,7 @@ class Case:
     globals_last: bool = False
     passwords: tuple[str, ...] | None = None  # stdin lines, with --password-stdin
     token: str | None = None  # TRIALFLOW_SESSION
+    secret_file: str | None = None  # TRIALFLOW_SECRET_FILE (the scheduler's secret)
     extra: list[str] = field(default_factory=list)
     must_refuse: str | None = None  # why a 0 would be a bug
     db: str | None = None  # another --db than the copy of the study
@@ -685,6 +714,8 @@ def base_case(study: Study, path: tuple[str, ...], variant: int = 0, *,
         case.passwords = skeleton.passwords
     elif skeleton.user in study.tokens:
         case.token = study.tokens[skeleton.user]
+    elif skeleton.user == SCHEDULER:
+        case.secret_file = study.secret_file
     return safe(case)
 
 
@@ -717,6 +748,23 @@ class Result:
     error: BaseException | None
     before: tuple[int, int, int]
     after: tuple[int, int, int]
+    # what was appended: (stream, type, actor, command id) of each new event, and the number
+    # of `commands` rows that name one of those command ids
+    appended: list[tuple[str, str, str, str]] = field(default_factory=list)
+    appended_commands: int = 0
+
+
+def _appended(path: Path, head: tuple[int, int, int]) -> tuple[list[tuple[str, str, str, str]],
+                                                               int]:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        rows = [tuple(str(v) for v in row) for row in conn.execute(
+            "SELECT stream_id, type, actor, command_id FROM events WHERE position > ? "
+            "ORDER BY position", (head[0],))]
+        ids = sorted({row[3] for row in rows})
+        commands = conn.execute(
+            f"SELECT count(*) FROM commands WHERE command_id IN ({', '.join('?' * len(ids))})",
+            ids).fetchone()[0] if ids else 0
+    return rows, int(commands)  # type: ignore[return-value]
 
 
 class _Timeout(Exception):
@@ -746,6 +794,8 @@ def execute(study: Study, case: Case) -> Result:
     db = study.current
     argv = ["--db", case.db if case.db is not None else f"sqlite:///{db}", *case.argv()]
     environ = {"TRIALFLOW_SESSION": case.token} if case.token else {}
+    if case.secret_file is not None:
+        environ["TRIALFLOW_SECRET_FILE"] = case.secret_file
     stdin = "".join(line + "\n" for line in case.passwords or ())
     out, err = io.StringIO(), io.StringIO()
     status: int | None = None
@@ -759,11 +809,13 @@ def execute(study: Study, case: Case) -> Result:
     finally:
         _dispose_engines()
     after = _counts(db)
+    appended, commands = _appended(db, study.head) if after != study.head else ([], 0)
     if after != study.head or error is not None or (status == 0 and case.path in MOVES_STATE):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
         study.current = None
-    return Result(status, out.getvalue(), err.getvalue(), error, study.head, after)
+    return Result(status, out.getvalue(), err.getvalue(), error, study.head, after, appended,
+                  commands)
 
 
 # Bugs the corpus tolerates while they are open, by signature: (exception type, file,
@@ -840,7 +892,7 @@ def message_problem(message: str, rule: str | None) -> str | None:
 
 
 def inputs_of(case: Case) -> list[str]:
-    return [*case.argv(), *(case.passwords or ()), case.token or ""]
+    return [*case.argv(), *(case.passwords or ()), case.token or "", case.secret_file or ""]
 
 
 def echoes_control(case: Case, message: str) -> bool:
@@ -878,13 +930,15 @@ def judge(study: Study, case: Case, result: Result) -> str:
         TALLY[(command, *case.label, f"known-bug {sig[0]} at {where(result.error)}")] += 1
         return "known-bug"
     status = result.status
-    assert status in (0, 1, 2, 3, 4), f"{shown} exited {status}"
+    # 70 is an internal error (a bug that escaped as an exception), 130 an interruption
+    assert status in (0, 1, 2, 3, 4), f"{shown} exited {status}: {result.out}{result.err}"
     assert "Traceback" not in result.out + result.err, f"{shown}:\n{result.out}{result.err}"
     try:
         found, _ = split_globals(["--db", "x", *case.argv()])
         json_mode = bool(found.get("--json"))
     except click.UsageError:
         json_mode = "--json" in case.argv()
+    rule: str | None = None  # the refusal's rule, as the JSON document or the message says
     listing = status == 0 and case.path == ("audit", "log") and (
         "--all" in case.values or "--jsonl" in case.values or case.values.get("--csv") == "-")
     if json_mode and not listing:
@@ -901,20 +955,57 @@ def judge(study: Study, case: Case, result: Result) -> str:
             assert isinstance(document, dict) and set(document) == {"error", "rule", "detail"}, \
                 f"{shown}: {document!r}"
             LAST_ERROR[0] = str(document["error"])
+            rule = str(document["rule"])
             check_message(case, shown, str(document["error"]), document["rule"])
     elif status != 0:
         text = "\n".join(line for line in result.err.splitlines() if not line.startswith("{"))
         assert text.startswith("Error: ") or text == "Aborted.", f"{shown}: {result.err!r}"
         LAST_ERROR[0] = text.removeprefix("Error: ")
+        rule = authentication_rule(LAST_ERROR[0])
         check_message(case, shown, text.removeprefix("Error: "), None)
     if status != 0:
-        assert result.after == result.before, (
-            f"{shown} exited {status} but wrote: {result.before} -> {result.after}")
+        if result.after != result.before:  # allowed: the record of a failed authentication
+            check_failed_attempt_record(shown, status, rule, result)
     elif case.must_refuse:
         raise AssertionError(f"{shown} was accepted although {case.must_refuse}")
     outcome = "ok" if status == 0 else f"exit {status}"
-    TALLY[(command, *case.label, outcome)] += 1
+    recorded = ", failed attempt recorded" if status != 0 and result.after != result.before else ""
+    TALLY[(command, *case.label, outcome + recorded)] += 1
     return outcome
+
+
+# A failed authentication is recorded (by design): the refusal's rule, and the only events
+# it may append, to the `study` stream, as the actor `unauthenticated`.
+AUTHENTICATION_RULES = frozenset({"authentication_failed", "account_locked"})
+AUTHENTICATION_RECORDS = frozenset({"AuthenticationFailed", "AccountLocked"})
+AUTHENTICATION_MESSAGES = (  # the rule of a plain-text refusal, by its sentence
+    (re.compile(r"User .* could not be authenticated: the user name or the "
+                r"(password|session token) is wrong\."), "authentication_failed"),
+    (re.compile(r"The account of .* is locked after failed attempts; an admin unlocks it "
+                r"with `trialflow users unlock .*`\."), "account_locked"),
+)
+
+
+def authentication_rule(message: str) -> str | None:
+    for sentence, rule in AUTHENTICATION_MESSAGES:
+        if sentence.fullmatch(message):
+            return rule
+    return None
+
+
+def check_failed_attempt_record(shown: str, status: int, rule: str | None,
+                                result: Result) -> None:
+    """A refusal that wrote: only the record of a failed authentication may be written, and
+    only by a refusal of that rule."""
+    wrote = f"{shown} exited {status} ({rule}) but wrote: {result.before} -> {result.after}"
+    assert rule in AUTHENTICATION_RULES, wrote
+    new_events = result.after[0] - result.before[0]
+    assert new_events == result.after[1] - result.before[1] == len(result.appended) > 0, wrote
+    assert all(stream == "study" and kind in AUTHENTICATION_RECORDS and actor == "unauthenticated"
+               for stream, kind, actor, _ in result.appended), f"{wrote}: {result.appended}"
+    commands = len({row[3] for row in result.appended})
+    assert result.after[2] - result.before[2] == result.appended_commands == commands, (
+        f"{wrote}: commands rows")
 
 
 def check(study: Study, case: Case) -> str:
@@ -927,7 +1018,7 @@ def check(study: Study, case: Case) -> str:
 
 def parameter_keys(study: Study, path: tuple[str, ...]) -> list[str]:
     """The parameters of `path`, an extra word, and for a command that acts as a user: --user,
-    and the stdin passwords or the session token it authenticates with."""
+    and the stdin passwords, the session token or the secret file it authenticates with."""
     command = command_of(path)
     keys = [key_of(p) for p in command.params if not (isinstance(p, click.Option)
                                                        and p.is_flag)]
@@ -939,6 +1030,8 @@ def parameter_keys(study: Study, path: tuple[str, ...]) -> list[str]:
         keys.append("password")
     elif skeleton.user in study.tokens:
         keys.append("token")
+    elif skeleton.user == SCHEDULER and study.secret_file is not None:
+        keys.append("secret_file")
     return keys
 
 
@@ -956,6 +1049,8 @@ def with_hostile(study: Study, path: tuple[str, ...], key: str, cls: str,
         case.passwords = (value, *(case.passwords or ())[1:])
     elif key == "token":
         case.token = value
+    elif key == "secret_file":
+        case.secret_file = value
     else:
         param = next(p for p in command_of(path).params if key_of(p) == key)
         if is_many(param):
@@ -1587,29 +1682,32 @@ def test_regression_invalid_utf8_password(study: Study) -> None:
 def test_regression_nan_in_float_options(study: Study, path: tuple[str, ...],
                                          changes: dict[str, Any], named: str) -> None:
     """Was: ValueError from events/envelope.py canonical_json (JSON has no NaN). Now the
-    options are finite floats (cli/options.py) and the workflow checks doses before hashing
-    the request (workflow/commands.py)."""
+    options are finite floats (cli/options.py) and the messages check doses when they are
+    made, before any request is hashed (workflow/commands/messages.py)."""
     outcome, message = refusal(study, path, changes)
     assert outcome == "exit 2" and named in message, message
 
 
 def test_regression_nan_doses_in_the_workflow(study: Study) -> None:
-    """The workflow itself (not only the CLI's option types) refuses NaN and infinite doses
-    before anything is hashed or written."""
+    """The write side itself (not only the CLI's option types) refuses NaN and infinite doses
+    before anything is hashed or written: the messages refuse them when they are made (so each
+    message is made inside `pytest.raises`), before the executor sees them."""
     from workflow.bootstrap import build_app
-    from workflow.commands import Workflow
+    from workflow.commands.actors import Actors
+    from workflow.commands.executor import Executor
     from workflow.errors import InvalidInput
 
     copy = study.root / "cases" / "workflow-nan.db"
     shutil.copyfile(study.template, copy)
-    flow = Workflow(build_app(f"sqlite:///{copy}"))
+    flow = Actors(Executor(build_app(f"sqlite:///{copy}", kdf=TEST_KDF)))
+    flow.know(COORDINATOR, PASSWORD)
     calls: list[Callable[[], object]] = [
-        lambda: flow.release(COORDINATOR, "S-006", "LOT", "COI-S-006", failed=False,
-                             reason=None, viable_cells=float("nan"), command_id=None),
-        lambda: flow.lymphodepletion(COORDINATOR, "S-004", TODAY, float("inf"), 0.0,
-                                     deviation=False, reason=None, command_id=None),
-        lambda: flow.infuse(COORDINATOR, "S-005", datetime.now(UTC), float("-inf"),
-                            "COI-S-005", deviation=False, reason=None, command_id=None),
+        lambda: flow.send(COORDINATOR, M.ReleaseProduct("S-006", "LOT", "COI-S-006", False,
+                                                        None, float("nan"))),
+        lambda: flow.send(COORDINATOR, M.GiveLymphodepletion("S-004", TODAY, float("inf"),
+                                                             0.0)),
+        lambda: flow.send(COORDINATOR, M.Infuse("S-005", datetime.now(UTC), float("-inf"),
+                                                "COI-S-005")),
     ]
     try:
         for call in calls:

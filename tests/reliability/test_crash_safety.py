@@ -26,6 +26,11 @@ Workers are forked by one `crash_worker --serve` process that imported everythin
 restart costs a fork and not half a second of imports; each worker is a process of its own,
 killed by its pid.
 
+A credential change (`trialflow users passwd NAME`, by an admin for another user and by a user
+for themselves) is killed at each step of its append, on SQLite and PostgreSQL: the user's
+`credentials` row changed if and only if the matching `CredentialsChanged` event is in the log,
+and their sessions ended only then; a refused change changes nothing (tests at the end).
+
 The kill's moment: each kill aims at one kind of place in turn (the n-th `tx`, `ok`, `cutx`,
 issued-reminder or `send` line, n random, plus a random sub-millisecond to few-millisecond
 delay, or a random time), and is then classified by where the worker really was: its last
@@ -48,7 +53,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from select import select as wait_readable
 from typing import Any
@@ -67,7 +72,20 @@ from projections.study_facts import facts_of
 from projections.views import View
 from tests.projections.support import memory_snapshot, snapshot
 from tests.reliability.crash_worker import START
+from tests.support.clock import FakeClock
 from tests.support.pg import fresh_database
+from tests.support.study import (
+    ADMIN,
+    COORDINATOR,
+    INVESTIGATOR,
+    PASSWORD,
+    TEST_KDF,
+    Desk,
+    new_study,
+)
+from workflow import identity
+from workflow.commands import messages as M
+from workflow.identity import Password, Secret, SessionToken
 from workflow.study import Study, fold_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,13 +132,12 @@ def _wanted(target: str, rng: random.Random) -> tuple[Callable[[str], bool], int
     return (lambda line: False), 1, 0.0
 
 
-class Server:
-    """`crash_worker --serve`: one process that imports once and forks a worker for each
-    line we send it. Its stdout is read here, in this thread, straight from the pipe (no
-    reader thread between a line and the kill)."""
+class Serving:
+    """A worker server (`python -m MODULE --serve`): one process that imports once and forks a
+    worker for each line we send it. Its stdout is read here, in this thread, straight from
+    the pipe (no reader thread between a line and the kill)."""
 
-    def __init__(self, url: str, stderr: Path) -> None:
-        argv = [sys.executable, "-m", "tests.reliability.crash_worker", "--db", url, "--serve"]
+    def __init__(self, argv: list[str], stderr: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALFLOW_")}
         self.stderr = stderr
         self.err = stderr.open("w")
@@ -151,6 +168,24 @@ class Server:
             *complete, self.buffer = self.buffer.split(b"\n")
             self.pending.extend(c.decode() for c in complete)
         return self.pending.pop(0)
+
+    def close(self) -> None:
+        """End the server this test started: its stdin closes, it exits; else SIGKILL."""
+        self.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.err.close()
+
+
+class Server(Serving):
+    """`crash_worker --serve`: a worker forked for each simulated run we ask for."""
+
+    def __init__(self, url: str, stderr: Path) -> None:
+        super().__init__([sys.executable, "-m", "tests.reliability.crash_worker", "--db", url,
+                          "--serve"], stderr)
 
     def life(self, day: date, seed: int, target: str, rng: random.Random | None) -> Life:
         """Fork a worker from `day`; kill it (SIGKILL) at the moment `target` aims at, or
@@ -198,16 +233,6 @@ class Server:
                     if delay:
                         time.sleep(delay)
                     return
-
-    def close(self) -> None:
-        """End the server this test started: its stdin closes, it exits; else SIGKILL."""
-        self.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.err.close()
 
 
 # --- what the database holds ----------------------------------------------------------------
@@ -343,7 +368,7 @@ class CrashRun:
         if undelivered(self.engine):
             self.tally.undelivered += 1
         last = life.last()
-        if last.startswith(("tx ", "txi ")):
+        if last.startswith(("tx ", "txi ", "txw ")):
             cid = last.split()[1]
             committed = bool(_rows(self.engine, "SELECT 1 FROM commands WHERE command_id = "
                                    f"'{cid}'"))
@@ -516,3 +541,292 @@ def test_two_hundred_kills_on_sqlite(sqlite_file: str, tmp_path: Path) -> None:
 def test_a_hundred_kills_on_postgres(tmp_path: Path) -> None:
     with fresh_database() as url:
         crash_loop(url, tmp_path, 100, "soak postgres", rebuild_copies=False)
+
+
+# --- a credential change killed at each step --------------------------------------------------
+
+# Where the `users passwd` worker stops to be killed (tests/reliability/passwd_worker.py), and
+# whether the change has committed there; None: the command runs to its end.
+HALTS: dict[str | None, bool] = {
+    "try": False,  # decided, before the append
+    "tx": False,  # inside the append's transaction: the lock held, the log's state read
+    "txi": False,  # inside it: the event and the command row inserted
+    "txw": False,  # inside it: the credential row replaced and the sessions deleted too
+    "ok": True,  # right after the commit, before the command answers
+    None: True,
+}
+WITNESS = INVESTIGATOR  # a user whose sessions no change of another user may touch
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a credential change may touch, read straight from the database."""
+
+    row: tuple[str, ...] | None  # the user's (scheme, salt, hash, changed_at)
+    sessions: dict[str, frozenset[str]]  # user -> hashes of their session tokens
+    changes: tuple[tuple[int, str, str, bool, str], ...]  # CredentialsChanged of the user:
+    # (position, name, by, temporary, command id)
+    head: int
+    commands: int
+
+
+def credentials_of(engine: Engine, name: str) -> Credentials:
+    row = _rows(engine, "SELECT scheme, salt, hash, changed_at FROM credentials WHERE name = "
+                f"'{name}'")
+    sessions: dict[str, set[str]] = {}
+    for who, token_hash in _rows(engine, "SELECT name, token_hash FROM sessions"):
+        sessions.setdefault(str(who), set()).add(str(token_hash))
+    changes = []
+    for position, payload, command_id in _rows(
+            engine, "SELECT position, payload, command_id FROM events WHERE stream_id = "
+            f"'{STUDY_STREAM}' AND type = 'CredentialsChanged' ORDER BY position"):
+        data = json.loads(payload)
+        if data["name"] == name:
+            changes.append((int(position), data["name"], data["by"], bool(data["temporary"]),
+                            str(command_id)))
+    head = int(_rows(engine, "SELECT coalesce(max(position), 0) FROM events")[0][0])
+    commands = int(_rows(engine, "SELECT count(*) FROM commands")[0][0])
+    return Credentials(None if not row else tuple(str(v) for v in row[0]),
+                       {k: frozenset(v) for k, v in sessions.items()}, tuple(changes), head,
+                       commands)
+
+
+@dataclass
+class Command:
+    """One `users passwd` run by the worker: what it said and how it ended."""
+
+    lines: list[str]
+    returncode: int | None
+    halted: bool  # stopped where it was asked to, and killed there
+
+    def answer(self) -> tuple[int, dict[str, str]] | None:
+        """The command's exit status and output (None: it was killed before it answered)."""
+        for line in self.lines:
+            if line.startswith("done "):
+                _, status, body = line.split(" ", 2)
+                return int(status), json.loads(body)
+        return None
+
+
+class PasswdServer(Serving):
+    """`passwd_worker --serve`: a `trialflow` command line forked for each request, stopped
+    where asked and killed there by its pid."""
+
+    def __init__(self, stderr: Path) -> None:
+        super().__init__([sys.executable, "-m", "tests.reliability.passwd_worker", "--serve"],
+                         stderr)
+
+    def command(self, argv: list[str], passwords: list[str], halt: str | None) -> Command:
+        request: dict[str, object] = {
+            "halt": halt, "argv": argv, "stdin": "".join(p + "\n" for p in passwords),
+            "env": {}}
+        self.stdin.write((json.dumps(request) + "\n").encode())
+        self.stdin.flush()
+        first = self.line(time.monotonic() + 60)
+        assert first is not None and first.startswith("start "), f"no worker: {first!r}"
+        pid = int(first.split()[1])
+        lines, halted = [first], False
+        try:
+            while halt is not None:  # wait for the worker to reach the place (or to end)
+                line = self.line(time.monotonic() + 60)
+                assert line is not None, f"the worker never reached {halt}: {lines}"
+                if line.startswith(f"exited {pid} "):
+                    self.pending.insert(0, line)
+                    break
+                lines.append(line)
+                if line.split()[0] == halt:
+                    halted = True
+                    break
+        finally:  # whatever happens here, the worker this test forked ends, by its id
+            if halt is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        status: int | None = None
+        while (line := self.line(time.monotonic() + 60)) is not None:
+            if line.startswith(f"exited {pid} "):
+                status = int(line.split()[2])
+                break
+            lines.append(line)
+        return Command(lines, status, halted)
+
+
+def passwd_argv(url: str, actor: str, victim: str, command_id: str) -> list[str]:
+    return ["--db", url, "--user", actor, "--password-stdin", "--json", "users", "passwd",
+            victim, "--command-id", command_id]
+
+
+def ready_for_a_change(flow: Desk, victim: str, actor: str) -> dict[str, str]:
+    """The victim with a password of their own (not a temporary one) and a live session, the
+    actor and the witness with one too; their session tokens."""
+    if victim in flow.study().temporary_passwords:  # an admin set it in the last round
+        temporary = flow.actors.passwords[victim]
+        flow.executor.execute(M.ChangePassword(victim, Secret(PASSWORD)),
+                              Password(victim, temporary))
+        flow.actors.know(victim, PASSWORD)
+    return {name: flow.executor.login(flow.actors.password(name), 8)[0]
+            for name in dict.fromkeys((victim, actor, WITNESS))}
+
+
+def check_killed_change(flow: Desk, victim: str, actor: str, halt: str | None,
+                        before: Credentials, after: Credentials, tokens: dict[str, str],
+                        old: str, new: str, command_id: str, context: str) -> bool:
+    """The credentials row changed if and only if the matching `CredentialsChanged` is in the
+    log, with nothing else; the user's sessions ended only then. Returns whether it
+    committed."""
+    engine = flow.executor.engine
+    added = after.changes[len(before.changes):]
+    assert after.changes[:len(before.changes)] == before.changes, context
+    committed = bool(added)
+    assert committed == HALTS[halt], f"committed: {committed}\n{context}"
+    assert (after.row != before.row) == committed, (
+        f"the credentials row {'did not change' if committed else 'changed'} although the "
+        f"log {'has' if committed else 'has no'} CredentialsChanged of {victim}\n{context}")
+    stored = identity.stored_credential(engine, victim)
+    assert identity.matches(stored, new, TEST_KDF) == committed, context
+    assert identity.matches(stored, old, TEST_KDF) != committed, context
+    found = _rows(engine, f"SELECT result FROM commands WHERE command_id = '{command_id}'")
+    others = {k: v for k, v in before.sessions.items() if k != victim}
+    assert {k: v for k, v in after.sessions.items() if k != victim} == others, context
+    if committed:
+        assert before.row is not None and after.row is not None
+        assert after.row[1] != before.row[1] and after.row[2] != before.row[2], context  # salt
+        assert [a[1:] for a in added] == [(victim, actor, actor != victim, command_id)], (
+            context)
+        # nothing but the change: one event, one command row naming it
+        assert after.head == before.head + 1 and after.commands == before.commands + 1
+        assert found and json.loads(found[0][0])["positions"] == [added[0][0]], context
+        assert victim not in after.sessions, f"the sessions of {victim} survived\n{context}"
+        assert identity.session_of(engine, tokens[victim]) is None, context
+    else:
+        assert after == before, f"a change that did not commit left a trace\n{context}"
+        assert not found, context
+        assert after.sessions.get(victim) == before.sessions.get(victim), context
+        # the victim's live session still proves who they are
+        user = flow.executor.authenticate(SessionToken(victim, Secret(tokens[victim])))
+        assert user.name == victim, context
+    for name, token in tokens.items():  # the others' sessions work whatever happened
+        if name != victim:
+            assert flow.executor.authenticate(SessionToken(name, Secret(token))).name == name
+    assert verify(flow.store).events == flow.store.last_position(), context
+    return committed
+
+
+def credential_kills(url: str, tmp: Path) -> list[str]:
+    clock = FakeClock(datetime.now(UTC))  # the CLI's clock is the real one
+    flow = new_study(url, clock)
+    server = PasswdServer(tmp / "passwd.err")
+    report: list[str] = []
+    try:
+        for scenario, (actor, victim) in enumerate(((ADMIN, COORDINATOR),
+                                                    (COORDINATOR, COORDINATOR))):
+            for n, halt in enumerate(HALTS):
+                tokens = ready_for_a_change(flow, victim, actor)
+                old = flow.actors.passwords[victim].value
+                acting = flow.actors.passwords[actor].value
+                new = f"Changed-Secret-{scenario}-{n:02d}"
+                command_id = f"passwd-{actor}-{victim}-{halt or 'end'}"
+                before = credentials_of(flow.executor.engine, victim)
+                began = time.monotonic()
+                command = server.command(passwd_argv(url, actor, victim, command_id),
+                                         [acting, new], halt)
+                ran = time.monotonic() - began
+                context = (f"{actor} sets the password of {victim}, stopped at {halt}: "
+                           f"{command.lines}\n{server.stderr.read_text()[-3000:]}")
+                if halt is None:
+                    assert command.returncode == 0 and command.answer() is not None, context
+                    assert command.answer()[0] == 0, context  # type: ignore[index]
+                else:
+                    assert command.halted and command.returncode == -signal.SIGKILL, context
+                    assert command.answer() is None, context
+                after = credentials_of(flow.executor.engine, victim)
+                committed = check_killed_change(flow, victim, actor, halt, before, after,
+                                                tokens, old, new, command_id, context)
+                if committed:
+                    flow.actors.know(victim, new)
+                if halt == "ok":  # killed before it answered: the same command id tells
+                    again = server.command(passwd_argv(url, actor, victim, command_id),
+                                           [flow.actors.passwords[actor].value, new], None)
+                    answer = again.answer()
+                    assert answer is not None and answer[0] == 0, again.lines
+                    document = json.loads(answer[1]["out"])
+                    assert document["repeated"] is True, document
+                    assert document["positions"] == [after.changes[-1][0]], document
+                    assert credentials_of(flow.executor.engine, victim) == after
+                report.append(f"{actor}->{victim} at {halt or 'end'}: "
+                              f"{'committed' if committed else 'rolled back'} ({ran:.2f} s)")
+    finally:
+        server.close()
+        flow.executor.engine.dispose()
+    return report
+
+
+def test_a_credential_change_killed_at_each_step(db_url: str, tmp_path: Path) -> None:
+    """`trialflow users passwd NAME` (an admin setting another user's password, a user
+    changing their own) killed with SIGKILL before its append, inside the append's transaction
+    (after the state is read, after the event is inserted, after the credential row is
+    replaced and the sessions deleted) and right after the commit: the `credentials` row
+    changed if and only if the matching `CredentialsChanged` is in the log, the user's
+    sessions ended only then, and a repeat of the command killed after its commit gets the
+    first result."""
+    began = time.monotonic()
+    report = credential_kills(db_url, tmp_path)
+    print(f"\n[credential kills {db_url.split(':', 1)[0]}] {time.monotonic() - began:.1f} s: "
+          + "; ".join(report))
+
+
+def test_a_refused_credential_change_changes_nothing(db_url: str) -> None:
+    """A coordinator setting the admin's password, a wrong acting password, a session instead
+    of the password, a new password that is too short: refused, and the credentials row, the
+    sessions (a live session of the victim still works) and the log's credential changes are
+    as they were; a failed authentication leaves its AuthenticationFailed record, nothing
+    else."""
+    from cli.app import run
+
+    clock = FakeClock(datetime.now(UTC))
+    flow = new_study(db_url, clock)
+    engine = flow.executor.engine
+    try:
+        tokens = {name: flow.executor.login(flow.actors.password(name), 8)[0]
+                  for name in (ADMIN, COORDINATOR, WITNESS)}
+        cases = [  # (actor, victim, stdin lines, session, expected rule, exit status)
+            (COORDINATOR, ADMIN, [PASSWORD, "Taken-Over-Admin-1"], None, "role", 1),
+            (ADMIN, COORDINATOR, ["not-the-admin-password", "Taken-Over-Cora-1"], None,
+             "authentication_failed", 1),
+            (COORDINATOR, COORDINATOR, None, tokens[COORDINATOR], "authentication_required",
+             1),
+            (COORDINATOR, COORDINATOR, [PASSWORD, "short"], None, None, 2),
+        ]
+        for n, (actor, victim, lines, session, rule, status) in enumerate(cases):
+            before = credentials_of(engine, victim)
+            argv = ["--db", db_url, "--user", actor, "--json", "users", "passwd", victim,
+                    "--command-id", f"refused-{n}"]
+            if lines is not None:
+                argv.append("--password-stdin")
+            out, err = io.StringIO(), io.StringIO()
+            got = run(argv, stdout=out, stderr=err,
+                      stdin=io.StringIO("".join(f"{line}\n" for line in lines or ())),
+                      environ={"TRIALFLOW_SESSION": session} if session else {})
+            context = f"{actor} sets the password of {victim}: {out.getvalue()}{err.getvalue()}"
+            assert got == status, context
+            document = json.loads(out.getvalue())
+            if rule is not None:
+                assert document["rule"] == rule, context
+            after = credentials_of(engine, victim)
+            assert after.row == before.row and after.changes == before.changes, context
+            assert after.sessions == before.sessions, context
+            appended = _rows(engine, "SELECT stream_id, type, payload FROM events WHERE "
+                             f"position > {before.head} ORDER BY position")
+            if rule == "authentication_failed":  # the record of the failed attempt, only
+                assert [(s, k, json.loads(p)["name"]) for s, k, p in appended] == [
+                    (STUDY_STREAM, "AuthenticationFailed", actor)], context
+            else:
+                assert appended == [] and after.commands == before.commands, context
+            assert not _rows(engine, "SELECT 1 FROM commands WHERE command_id = "
+                             f"'refused-{n}'"), context
+            assert identity.matches(identity.stored_credential(engine, victim), PASSWORD,
+                                    TEST_KDF), context
+            for name, token in tokens.items():  # every live session still works
+                user = flow.executor.authenticate(SessionToken(name, Secret(token)))
+                assert user.name == name, context
+    finally:
+        engine.dispose()

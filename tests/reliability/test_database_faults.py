@@ -6,7 +6,8 @@ write lock, a SQLite page limit and a real full filesystem, a read-only SQLite U
 Every command either does all it was asked or nothing: it exits 0, or with one clear sentence
 (exit 3: retryable, exit 1: refused), and a retry with the same --command-id appends nothing
 twice. The writer and scheduler loops run in their own processes
-(`python -m tests.reliability.test_database_faults writer|ticker …`, see `main`).
+(`python -m tests.reliability.test_database_faults writer|ticker …`, see `main`): the writers
+as the coordinator with a live session, the scheduler with its secret file.
 """
 
 from __future__ import annotations
@@ -43,10 +44,20 @@ from tests.projections.support import memory_snapshot, snapshot
 from tests.reliability.pg_server import PrivateServer, private_server
 from tests.support.auth import login_environ
 from tests.support.clock import FakeClock
-from tests.support.study import COORDINATOR, INVESTIGATOR, new_study, screen_eligible
+from tests.support.study import (
+    COORDINATOR,
+    INVESTIGATOR,
+    PASSWORD,
+    TEST_KDF,
+    Desk,
+    new_study,
+    screen_eligible,
+)
 from tests.support.study import through_infusion as infused
 from workflow.bootstrap import build_app
-from workflow.commands import Workflow
+from workflow.commands import messages as M
+from workflow.commands.actors import Actors
+from workflow.commands.executor import Executor
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIALFLOW = str(Path(sys.executable).with_name("trialflow"))  # the installed command
@@ -83,7 +94,8 @@ def error_line(stderr: str) -> str:
 
 
 def session_env(url: str, user: str) -> dict[str, str]:
-    """The environment of `user`'s CLI runs: a live session (tests/support/auth.py)."""
+    """The environment of `user`'s CLI runs: a live session, or the scheduler's secret file
+    (tests/support/auth.py)."""
     env = login_environ(["--user", user], dict(os.environ), url=url)
     env["TRIALFLOW_DB"] = url
     return env
@@ -113,12 +125,15 @@ def _write_loop(url: str, mode: str, subject: str, stop: Path) -> None:
     """Record vitals for `subject` until `stop` exists; print one JSON line per command with
     every attempt. A command that exits 3 is retried with the same command id until it is
     done (a user following the message). `mode` cli: each command is a fresh `trialflow` run
-    (cli.app.run, its own engine); flow: one long-lived Workflow whose pooled connections die
-    with the server."""
+    (cli.app.run, its own engine); flow: one long-lived executor (the coordinator acting
+    through `Actors` with a session) whose pooled connections die with the server."""
     from cli.app import run
 
     env = dict(os.environ)
-    flow = Workflow(build_app(url)) if mode == "flow" else None
+    flow = None
+    if mode == "flow":
+        flow = Actors(Executor(build_app(url, kdf=TEST_KDF)))
+        flow.know(COORDINATOR, PASSWORD)
     deadline = time.monotonic() + 90
     number = 0
     while not stop.exists() and time.monotonic() < deadline:
@@ -133,8 +148,8 @@ def _write_loop(url: str, mode: str, subject: str, stop: Path) -> None:
                                   "vitals", *tokens, "--command-id", command_id],
                                  stdout=out, stderr=err, environ=env)
                 else:
-                    outcome = flow.record(COORDINATOR, subject, "vitals", tokens, None, None,
-                                          command_id)
+                    outcome = flow.send(COORDINATOR, M.RecordForm(subject, "vitals",
+                                                                  tuple(tokens)), command_id)
                     status = 0
                     note = " (repeated command: nothing appended)" * outcome.result.duplicate
                     out.write(f"Recorded{note}. Positions: "
@@ -304,7 +319,8 @@ def run_crash(server: PrivateServer, url: str, d0: date, down: float, crashes: i
     workers = [Worker.start(["writer", url, "cli", subject, str(stop)], env)
                for subject in WRITERS[:-1]]
     workers.append(Worker.start(["writer", url, "flow", WRITERS[-1], str(stop)], env))
-    ticker = Worker.start(["ticker", url, first, "120", str(stop)], env)
+    ticker = Worker.start(["ticker", url, first, "120", str(stop)],
+                          session_env(url, "scheduler"))
     everyone = [*workers, ticker]
     try:
         downtimes = []
@@ -335,7 +351,7 @@ def crash_scenario(server: PrivateServer, tmp: Path, *, down: float, crashes: in
     flow = new_study(url, clock)
     d0 = infused(flow, "S-001", date(2024, 9, 2), clock)  # visits: reminders to issue
     for subject in WRITERS:
-        flow.consent(COORDINATOR, subject, date(2024, 9, 2), "2.0", None)
+        flow.send(COORDINATOR, M.ConsentSubject(subject, date(2024, 9, 2), "2.0"))
     dispose_engines()
 
     found = run_crash(server, url, d0, down, crashes, tmp)
@@ -407,7 +423,7 @@ def test_writers_survive_repeated_server_crashes(running: PrivateServer,
 def test_a_server_that_is_down_from_the_start(running: PrivateServer) -> None:
     url = running.create_database()
     clock = FakeClock("2024-09-02T04:00:00+00:00")
-    new_study(url, clock).consent(COORDINATOR, "S-001", date(2024, 9, 2), "2.0", None)
+    new_study(url, clock).send(COORDINATOR, M.ConsentSubject("S-001", date(2024, 9, 2), "2.0"))
     dispose_engines()
     cora, scheduler = session_env(url, COORDINATOR), session_env(url, "scheduler")
     write = ["--user", COORDINATOR, "record", "S-001", "vitals", "weight_kg=58",
@@ -442,12 +458,12 @@ def _in_parallel(commands: list[tuple[list[str], dict[str, str]]]
 
 
 # ---------------------------------------------------------------------------- SQLite
-def sqlite_study(path: Path, subject: str = "S-001") -> Workflow:
-    """A study on the SQLite file `path` with `subject` screened today (the CLI's clock is the
-    real one), every connection closed after."""
+def sqlite_study(path: Path, subject: str = "S-001", *, consented_days_ago: int = 3) -> Desk:
+    """A study on the SQLite file `path` with `subject` consented `consented_days_ago` days
+    ago and screened (the CLI's clock is the real one)."""
     clock = FakeClock(datetime.now(UTC))
     flow = new_study(f"sqlite:///{path}", clock)
-    screen_eligible(flow, subject, today() - timedelta(days=3))
+    screen_eligible(flow, subject, today() - timedelta(days=consented_days_ago))
     return flow
 
 
@@ -647,19 +663,20 @@ def test_a_read_only_database_refuses_writes_and_still_reads(tmp_path: Path) -> 
     """`?mode=ro`: writes (a coordinator's, the scheduler's) exit 1 with one sentence; the reads
     fold what the read models lack in memory; the file does not change by a byte."""
     path = tmp_path / "trialflow.db"
-    sqlite_study(path)
+    # consented 24 days ago: the screening window (28 days) closes in a few days, so the
+    # scheduler has a reminder to issue now (a pass may not be run at a later --now)
+    sqlite_study(path, consented_days_ago=24)
     dispose_engines()
     url = f"sqlite:///{path}"
     read_only = f"sqlite:///file:{path}?mode=ro&uri=true"
     env = session_env(url, INVESTIGATOR)
+    scheduler = session_env(url, "scheduler")
     dispose_engines()
     digest, before = file_digest(path), last_position(path)
-    soon = datetime.now(UTC) + timedelta(days=22)  # the screening window closes in a few days
     results = _in_parallel([
         (["--db", read_only, "--user", INVESTIGATOR, "confirm-eligibility", "S-001",
           "--command-id", "ro-1"], env),
-        (["--db", read_only, "--user", "scheduler", "scheduler", "tick", "--now",
-          soon.isoformat()], env),
+        (["--db", read_only, "--user", "scheduler", "scheduler", "tick"], scheduler),
         (["--db", read_only, "eligibility", "S-001"], env),
         (["--db", read_only, "audit", "verify"], env)])
     write, tick, eligibility, verify = results

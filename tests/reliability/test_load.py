@@ -3,10 +3,11 @@ running, and proof that no acknowledged event was lost or duplicated (docs/relia
 "Load").
 
 Setup (a few seconds): a fresh database; the study through the real commands (admin, sites,
-users, one coordinator user per process), amended to the protocol variant with an enrolment
-cap of 200 (`trialflow demo --subjects` uses it); in each dose cohort one subject goes from
-consent to infusion through the commands and the generator of `trialflow demo --subjects`
-(workflow/demo.py) copies its history to the cohort's other places, each shifted by a day.
+users, one coordinator user per process), initialised as a demo study (copies of subjects are
+accepted only there) and amended to the protocol variant with an enrolment cap of 200
+(`trialflow demo --subjects` uses it); in each dose cohort one subject goes from consent to
+infusion through the commands and `CopySubjects` messages (as `trialflow demo --subjects` sends
+them) copy its history to the cohort's other places, each shifted by a day.
 All 200 subjects are in follow-up, where the forms recorded below belong. The read models are
 caught up before the run.
 
@@ -53,6 +54,7 @@ from sqlalchemy import text
 
 from cli.logging_setup import configure
 from events.envelope import RecordedEvent
+from events.schema import upgrade
 from projections.demo_story import protocol_variant, variant_version
 from projections.runner import Runner
 from projections.views import open_view
@@ -60,29 +62,68 @@ from tests.projections.support import snapshot
 from tests.reliability.load_worker import Plan, coordinator, follower, log_path, read_log, scheduler
 from tests.support.auth import run_cli
 from tests.support.clock import FakeClock
-from tests.support.study import ADMIN, SITE, new_study, through_infusion
+from tests.support.study import (
+    ADMIN,
+    COORDINATOR,
+    INVESTIGATOR,
+    MONITOR,
+    PASSWORD,
+    SCHEDULER,
+    SCHEDULER_SECRET,
+    SITE,
+    TEST_KDF,
+    TZ,
+    Desk,
+    through_infusion,
+)
 from workflow import event_types as T
 from workflow.bootstrap import App, build_app
-from workflow.demo import clone_subjects, template_of
+from workflow.commands import messages as M
+from workflow.commands.actors import Actors
+from workflow.commands.executor import Executor
+from workflow.identity import Password, Secret
 
 SUBJECTS = 200
 FIRST_CONSENT = date(2024, 1, 8)
 SCHEDULERS = 2
+COPIES_PER_MESSAGE = 40  # subjects per CopySubjects message (as `trialflow demo` sends them)
 START_TIMEOUT = 120.0  # seconds for the processes to be ready
 STOP_TIMEOUT = 120.0  # seconds past the run's end for a process to finish
 
 
 # --- setup ------------------------------------------------------------------------------------
 
+def demo_study(url: str, clock: FakeClock) -> Desk:
+    """The study of `tests.support.study.new_study` (the same sites, users, passwords and
+    scheduler secret), initialised with purpose "demo": the only kind of study that accepts
+    `CopySubjects`."""
+    app = build_app(url, clock=clock, kdf=TEST_KDF)
+    upgrade(app.engine)
+    desk = Desk(Actors(Executor(app)), clock)
+    desk.executor.execute(M.InitialiseStudy(ADMIN, Secret(PASSWORD), Secret(SCHEDULER_SECRET),
+                                            2, "demo"),
+                          Password(ADMIN, Secret(PASSWORD)))
+    desk.actors.know(ADMIN, PASSWORD)
+    desk.actors.know(SCHEDULER, SCHEDULER_SECRET, service=True)
+    desk.send(ADMIN, M.AddSite(SITE, TZ))
+    desk.send(ADMIN, M.AddSite("OTHER", "Europe/Berlin"))
+    for name, role, site in ((COORDINATOR, "coordinator", SITE),
+                             (INVESTIGATOR, "investigator", SITE), (MONITOR, "monitor", None),
+                             ("dora", "data_manager", None), ("audrey", "auditor", None),
+                             ("otto", "coordinator", "OTHER")):
+        desk.add_user(name, role, site)
+    return desk
+
+
 def build_study(url: str, coordinators: Sequence[str]) -> dict[str, date]:
     """The study with SUBJECTS subjects in follow-up; returns each subject's D0."""
     clock = FakeClock(f"{FIRST_CONSENT - timedelta(days=7)}T04:00:00+00:00")
-    flow = new_study(url, clock)
+    flow = demo_study(url, clock)
     for name in coordinators:
-        flow.add_user(ADMIN, name, "coordinator", SITE, None)
-    flow.load_protocol(ADMIN, protocol_variant(SUBJECTS),
-                       f"load test: protocol version 2 with cap {SUBJECTS}", None)
-    flow.amend_protocol(ADMIN, variant_version(), None)
+        flow.add_user(name, "coordinator", SITE)
+    flow.send(ADMIN, M.LoadProtocol(protocol_variant(SUBJECTS),
+                                    f"load test: protocol version 2 with cap {SUBJECTS}"))
+    flow.send(ADMIN, M.AmendProtocol(variant_version()))
     protocol = flow.study().protocol
     ids = [f"S-{n:03d}" for n in range(1, SUBJECTS + 1)]
     d0s: dict[str, date] = {}
@@ -95,8 +136,10 @@ def build_study(url: str, coordinators: Sequence[str]) -> dict[str, date]:
         template = ids[first]
         d0 = through_infusion(flow, template, FIRST_CONSENT + timedelta(days=first), clock)
         copies = ids[first + 1:end]
-        clone_subjects(flow.store, template_of(flow.store, template), copies,
-                       first_order=first + 2)
+        for start in range(0, len(copies), COPIES_PER_MESSAGE):  # copy k shifted by k days
+            flow.send(ADMIN, M.CopySubjects(
+                template, tuple(copies[start:start + COPIES_PER_MESSAGE]), first + 2 + start,
+                variant_version(), spread_days=365, offset=start))
         d0s[template] = d0
         d0s.update({s: d0 + timedelta(days=k) for k, s in enumerate(copies)})  # shifted k days
         first = end

@@ -16,10 +16,10 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from tests.support.clock import FakeClock
-from tests.support.study import new_study, through_infusion
+from tests.support.study import TEST_KDF, Desk, new_study, through_infusion
 from workflow.bootstrap import build_app
-from workflow.commands import Workflow
 from workflow.protocol import Protocol
+from workflow.study import load_study
 
 START = date(2025, 1, 6)
 D0 = date(2025, 2, 5)
@@ -37,7 +37,7 @@ def plus(now: str, **delta: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_infused(url: str) -> Workflow:
+def build_infused(url: str) -> Desk:
     clock = FakeClock("2025-01-01T00:00:00+00:00")
     flow = new_study(url, clock)
     assert through_infusion(flow, SUBJECT, START, clock) == D0
@@ -45,7 +45,11 @@ def build_infused(url: str) -> Workflow:
 
 
 def protocol_of(url: str) -> Protocol:
-    return Workflow(build_app(url)).study().protocol
+    app = build_app(url, kdf=TEST_KDF)
+    try:
+        return load_study(app.store).protocol
+    finally:
+        app.engine.dispose()
 
 
 # --- the CLI in-process, for the commands that are not the scheduler's ---------------------

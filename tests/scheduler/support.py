@@ -1,21 +1,29 @@
 """Real things for the scheduler's tests: `trialflow` processes, an SMTP server (aiosmtpd), an
 HTTP webhook receiver that can fail or hang on demand, and direct reads of the `events` table.
 
-Time never passes by sleeping: every scheduler pass gets its clock from `--now`. A process is
-polled (short waits in a loop with a deadline) only to see that it has reached a point.
+Time never passes by sleeping: every scheduler pass gets its clock from `--now` (a time in the
+past: a pass decided in the future is refused, rule `clock_ahead`). A process is polled (short
+waits in a loop with a deadline) only to see that it has reached a point.
+
+The scheduler is a service account: a process acting as `scheduler` gets the test secret of
+the studies `new_study` builds through `TRIALFLOW_SECRET_FILE` (`scheduler_env`) unless the
+test gives an environment of its own.
 """
 
 from __future__ import annotations
 
+import atexit
 import email
 import email.policy
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,6 +37,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from tests.support.study import SCHEDULER, scheduler_secret_file
+
 ROOT = Path(__file__).resolve().parents[2]
 REMINDER_TYPES = ("ReminderIssued", "ReminderCancelled", "ReminderDelivered",
                   "ReminderDeliveryFailed")
@@ -38,10 +48,34 @@ REMINDER_TYPES = ("ReminderIssued", "ReminderCancelled", "ReminderDelivered",
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any TRIALFLOW_* setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALFLOW_")}
+    """This process's environment without any TRIALFLOW_* setting nor systemd's credentials
+    (so no secret and no session reaches a command unless a test gives it), plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TRIALFLOW_") and k != "CREDENTIALS_DIRECTORY"}
     env.update(extra)
     return env
+
+
+_secrets: list[Path] = []
+
+
+def secret_file() -> Path:
+    """A file holding the scheduler's secret of every study `new_study` builds (one per test
+    run, removed at exit)."""
+    if not _secrets:
+        folder = Path(tempfile.mkdtemp(prefix="trialflow-scheduler-tests-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _secrets.append(scheduler_secret_file(folder))
+    return _secrets[0]
+
+
+def scheduler_env(**extra: str) -> dict[str, str]:
+    """`clean_env(**extra)` with the scheduler's secret file in TRIALFLOW_SECRET_FILE."""
+    return clean_env(**{"TRIALFLOW_SECRET_FILE": str(secret_file()), **extra})
+
+
+def default_env(user: str | None) -> dict[str, str]:
+    return scheduler_env() if user == SCHEDULER else clean_env()
 
 
 def cli_argv(url: str, *argv: str, user: str | None = "scheduler") -> list[str]:
@@ -61,9 +95,12 @@ class Done:
 
 def trialflow(url: str, *argv: str, user: str | None = "scheduler",
               env: dict[str, str] | None = None, timeout: float = 60) -> Done:
-    """Run `trialflow` as a real process in the project's directory."""
-    done = subprocess.run(cli_argv(url, *argv, user=user), cwd=ROOT, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    """Run `trialflow` as a real process in the project's directory (no terminal on stdin, so
+    nothing prompts for a password); `env` default: `default_env(user)`."""
+    done = subprocess.run(cli_argv(url, *argv, user=user), cwd=ROOT,
+                          env=default_env(user) if env is None else env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout, check=False)
     return Done(done.returncode, done.stdout, done.stderr)
 
 
@@ -78,8 +115,11 @@ def tick(url: str, now: str, *options: str, env: dict[str, str] | None = None
 
 
 def spawn(url: str, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(cli_argv(url, *argv), cwd=ROOT, env=env or clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """`trialflow --user scheduler …` started as a process; `env` default: `scheduler_env()`."""
+    return subprocess.Popen(cli_argv(url, *argv), cwd=ROOT,
+                            env=scheduler_env() if env is None else env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 20) -> Any:
@@ -103,8 +143,9 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
 # --- the events table ----------------------------------------------------------------------
 
 
-def events(url: str, types: tuple[str, ...] = REMINDER_TYPES) -> list[dict[str, Any]]:
-    """Events of these types, straight from the `events` table, in log order."""
+def events(url: str, types: tuple[str, ...] | None = REMINDER_TYPES) -> list[dict[str, Any]]:
+    """Events of these types (None: of any type), straight from the `events` table, in log
+    order."""
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
@@ -114,7 +155,7 @@ def events(url: str, types: tuple[str, ...] = REMINDER_TYPES) -> list[dict[str, 
     finally:
         engine.dispose()
     return [{**row, "payload": json.loads(row["payload"])} for row in rows
-            if row["type"] in types]
+            if types is None or row["type"] in types]
 
 
 def count_all(url: str) -> int:

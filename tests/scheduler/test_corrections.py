@@ -1,6 +1,6 @@
 """A corrected infusion time moves D0 and every visit window: the reminders of the old target
 dates are cancelled by a `ReminderCancelled` event (not deleted, not delivered any more) and
-the next tick issues the reminders of the new target dates (DESIGN.md "Reminders")."""
+the next tick issues the reminders of the new target dates (docs/design.md "Reminders")."""
 
 from __future__ import annotations
 

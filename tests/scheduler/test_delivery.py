@@ -1,4 +1,4 @@
-"""Delivery, at least once (DESIGN.md "Reminders"): after the commit, over a real SMTP server
+"""Delivery, at least once (docs/design.md "Reminders"): after the commit, over a real SMTP server
 and a real HTTP webhook, each message carrying the reminder's id; a channel that is down is
 recorded (`ReminderDeliveryFailed` with `retry_at`), does not stop the others and is retried
 only after its backoff, never dropped; a scheduler killed between issuing and delivering
@@ -15,11 +15,12 @@ from tests.scheduler.support import (
     Mailbox,
     Webhook,
     body_of,
-    clean_env,
     count_all,
     free_port,
     issued,
     of_type,
+    scheduler_env,
+    secret_file,
     smtp_server,
     spawn,
     stop,
@@ -124,9 +125,10 @@ def test_email_and_webhook_carry_the_reminder_and_its_id(infused: str, mailbox: 
 
 def test_notifiers_configured_by_the_environment(infused: str, mailbox: Mailbox,
                                                  webhook: Webhook) -> None:
-    env = clean_env(TRIALFLOW_SMTP=mailbox.address, TRIALFLOW_MAIL_FROM="ops@pku3.example",
-                    TRIALFLOW_MAIL_TO="cora@pku3.example, mona@cro.example",
-                    TRIALFLOW_WEBHOOK=webhook.url)
+    env = scheduler_env(TRIALFLOW_SMTP=mailbox.address,
+                        TRIALFLOW_MAIL_FROM="ops@pku3.example",
+                        TRIALFLOW_MAIL_TO="cora@pku3.example, mona@cro.example",
+                        TRIALFLOW_WEBHOOK=webhook.url)
     report = tick(infused, NOW, env=env)
     assert {d["channel"] for d in report["delivered"]} == {"log", "email", "webhook"}
     assert len(mailbox.messages) == len(webhook.received) == 2
@@ -143,6 +145,7 @@ def test_in_process_environ_configures_the_notifiers(infused: str, webhook: Webh
     out, err = io.StringIO(), io.StringIO()
     status = run(["--json", "scheduler", "tick", "--now", NOW], stdout=out, stderr=err,
                  environ={"TRIALFLOW_DB": infused, "TRIALFLOW_USER": "scheduler",
+                          "TRIALFLOW_SECRET_FILE": str(secret_file()),
                           "TRIALFLOW_WEBHOOK": webhook.url})
     assert status == 0, (out.getvalue(), err.getvalue())
     assert len(webhook.received) == 2

@@ -1,4 +1,4 @@
-"""Issued exactly once across processes (DESIGN.md "Reminders"): three `scheduler tick`
+"""Issued exactly once across processes (docs/design.md "Reminders"): three `scheduler tick`
 processes on one PostgreSQL database, held at the append lock until all three are waiting so
 that they really race, issue each reminder once (the database keeps the command id
 `reminder-issue-<id>` unique) and cancel each obsolete reminder once; every reminder still
@@ -7,6 +7,7 @@ role may issue: anyone else is refused, naming the rule, and nothing is written.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from events.store import APPEND_LOCK_KEY
 from tests.scheduler.study import SUBJECT, build_infused, local, position_of, write
 from tests.scheduler.support import (
     Webhook,
+    clean_env,
     count_all,
     events,
     issued,
@@ -29,11 +31,11 @@ from tests.scheduler.support import (
     trialflow,
     wait_until,
 )
+from tests.support.auth import session_for
 from tests.support.clock import FakeClock
 from tests.support.pg import admin_dsn, fresh_database
-from tests.support.study import COORDINATOR, on_day, through_infusion
-from workflow.bootstrap import build_app
-from workflow.commands import Workflow
+from tests.support.study import COORDINATOR, on_day, open_desk, through_infusion
+from workflow.commands import messages as M
 
 NOW = local("2025-02-16")
 EXPECTED = {
@@ -52,13 +54,13 @@ def two_subjects() -> Iterator[tuple[str, int]]:
     with fresh_database() as url:
         build_infused(url).store.engine.dispose()
         clock = FakeClock("2025-01-09T04:00:00+00:00")
-        flow = Workflow(build_app(url, clock=clock))
+        flow = open_desk(url, clock)
         assert through_infusion(flow, "S-002", date(2025, 1, 9), clock) == date(2025, 2, 8)
         on_day(clock, date(2025, 2, 7))
-        outcome = flow.record(COORDINATOR, SUBJECT, "adverse_event", [
+        outcome = flow.send(COORDINATOR, M.RecordForm(SUBJECT, "adverse_event", (
             "term=Pneumonia", "onset_date=2025-02-06", "grade=3",
-            "serious_criteria=hospitalisation", "awareness_at=2025-02-06T20:00:00+08:00"],
-            date(2025, 2, 7), None, None)
+            "serious_criteria=hospitalisation", "awareness_at=2025-02-06T20:00:00+08:00"),
+            date(2025, 2, 7)))
         flow.store.engine.dispose()
         yield url, int(outcome.result.positions[0])
 
@@ -162,12 +164,16 @@ def test_each_cancellation_is_reported_by_the_one_scheduler_that_made_it(
 
 
 def test_only_a_scheduler_may_issue(infused: str) -> None:
+    # cora proves who she is (a live session, as after `trialflow login`): refused all the
+    # same, for her role
+    session = session_for(infused, COORDINATOR)
     before = count_all(infused)
-    done = trialflow(infused, "--json", "scheduler", "tick", "--now", NOW, user=COORDINATOR)
+    done = trialflow(infused, "--json", "scheduler", "tick", "--now", NOW, user=COORDINATOR,
+                     env=clean_env(TRIALFLOW_SESSION=session))
     assert done.status == 1
     body = done.json()
     assert body["rule"] == "role"
-    assert "cora" in body["error"] and "scheduler role" in body["error"]
+    assert "cora" in body["error"] and re.search(r"only (a )?scheduler may", body["error"])
     assert count_all(infused) == before  # nothing written, not even a first reminder
     assert events(infused) == []
     # and the scheduler writes reminders only, never clinical data

@@ -1,4 +1,4 @@
-"""Which reminders a `scheduler tick` process issues, and when (DESIGN.md "Reminders"): visit
+"""Which reminders a `scheduler tick` process issues, and when (docs/design.md "Reminders"): visit
 window opening (the protocol's lead days before the window), due, overdue (never a missed
 visit); screening expiring; SAE 24-hour report due and overdue, stopped by the initial report;
 expedited SUSAR reports at 15 days, or 7 days (+ the complete report) when life-threatening;
@@ -22,9 +22,7 @@ from tests.scheduler.study import (
 )
 from tests.scheduler.support import Webhook, events, issued_keys, tick
 from tests.support.clock import FakeClock
-from tests.support.study import COORDINATOR, INVESTIGATOR, screen_eligible
-from workflow.bootstrap import build_app
-from workflow.commands import Workflow
+from tests.support.study import COORDINATOR, INVESTIGATOR, open_desk, screen_eligible
 
 
 def _new(url: str, before: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
@@ -94,8 +92,9 @@ def test_visit_window_opening_due_and_overdue_at_the_sites_midnights(infused: st
 
 def test_screening_expiring_in_the_last_days_of_the_window(infused: str) -> None:
     clock = FakeClock("2025-02-06T04:00:00+00:00")
-    flow = Workflow(build_app(infused, clock=clock))
+    flow = open_desk(infused, clock)
     screen_eligible(flow, "S-002", date(2025, 2, 6), clock=clock)
+    flow.store.engine.dispose()
     protocol = protocol_of(infused)
     end = date(2025, 2, 6) + timedelta(days=protocol.screening_window_days)
     first = end - timedelta(days=protocol.screening_expiring_lead_days)  # 7 days before

@@ -17,9 +17,7 @@ import pytest
 
 from tests.scheduler.support import Webhook, of_type, spawn, stop, wait_until
 from tests.support.clock import FakeClock
-from tests.support.study import TZ, new_study, screen_eligible
-from workflow.bootstrap import build_app
-from workflow.commands import Workflow
+from tests.support.study import TZ, new_study, open_desk, screen_eligible
 
 
 def _site_today() -> date:
@@ -29,7 +27,7 @@ def _site_today() -> date:
 def _consent_25_days_ago(url: str, subject: str, *, new: bool) -> date:
     consent = _site_today() - timedelta(days=25)
     clock = FakeClock(datetime.now(UTC))
-    flow = new_study(url, clock) if new else Workflow(build_app(url, clock=clock))
+    flow = new_study(url, clock) if new else open_desk(url, clock)
     screen_eligible(flow, subject, consent, clock=clock)
     flow.store.engine.dispose()
     return consent

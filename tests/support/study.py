@@ -1,16 +1,31 @@
-"""Build a study through the real command handlers (no back door into the store)."""
+"""Build a study through the one executor, every step sent by a proven user (no back door into
+the store or the credentials)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 from events.schema import upgrade
+from events.store import EventStore
 from tests.support.clock import FakeClock
 from workflow.bootstrap import build_app
-from workflow.commands import Workflow
+from workflow.commands import messages as M
+from workflow.commands.actors import Actors
+from workflow.commands.executor import Executor, Outcome
+from workflow.identity import Kdf, Password, Secret
+from workflow.study import Study, load_study
+from workflow.subject import SubjectState, load_subject
 
 SITE, TZ = "PKU3", "Asia/Shanghai"
 ADMIN, COORDINATOR, INVESTIGATOR, MONITOR = "ada", "cora", "ivan", "mona"
+PASSWORD = "correct-horse-battery"  # every test user's
+SCHEDULER = "scheduler"
+SCHEDULER_SECRET = "test-scheduler-secret-" + "s" * 30  # the service account's (≥ 40)
+# Cheap password hashes for tests (each row names its parameters, so the CLI verifies them
+# as they were made); the default parameters are tested in tests/workflow/test_executor.py.
+TEST_KDF = Kdf(n=16, r=1, p=1)
 
 EXCLUSIONS_NO = [f"{code}=no" for code in (
     "prior_cart_or_gene_therapy", "active_infection", "hbv_hcv_hiv_syphilis", "active_cns_lupus",
@@ -18,30 +33,92 @@ EXCLUSIONS_NO = [f"{code}=no" for code in (
     "severe_organ_dysfunction")]
 
 
+@dataclass
+class Desk:
+    """A study under test: the executor, the users acting through it, and reads of the log."""
+
+    actors: Actors
+    clock: FakeClock
+
+    @property
+    def executor(self) -> Executor:
+        return self.actors.executor
+
+    @property
+    def store(self) -> EventStore:
+        return self.actors.executor.store
+
+    def send(self, user: str, message: M.Message, command_id: str | None = None) -> Outcome:
+        return self.actors.send(user, message, command_id)
+
+    def study(self) -> Study:
+        return load_study(self.store)
+
+    def subject(self, subject: str) -> SubjectState:
+        return load_subject(self.store, subject)
+
+    def add_user(self, name: str, role: str, site: str | None = None) -> None:
+        """A person added by the admin, who then sets their own password (PASSWORD)."""
+        self.actors.add_user(ADMIN, name, role, site, PASSWORD)
+
+
 def on_day(clock: FakeClock, day: date) -> None:
     """Move the clock to noon at the site (UTC+8) on `day`."""
     clock.set(datetime.fromisoformat(f"{day.isoformat()}T04:00:00+00:00"))
 
 
-def new_study(url: str, clock: FakeClock, *, protocol_version: int = 2) -> Workflow:
-    app = build_app(url, clock=clock)
+def open_desk(url: str, clock: FakeClock) -> Desk:
+    """A desk on an existing study made by `new_study` (the same passwords)."""
+    app = build_app(url, clock=clock, kdf=TEST_KDF)
+    actors = Actors(Executor(app))
+    for name in load_study(app.store).users:
+        if name == SCHEDULER:
+            actors.know(name, SCHEDULER_SECRET, service=True)
+        else:
+            actors.know(name, PASSWORD)
+    return Desk(actors, clock)
+
+
+PEOPLE = ((COORDINATOR, "coordinator", SITE), (INVESTIGATOR, "investigator", SITE),
+          (MONITOR, "monitor", None), ("dora", "data_manager", None), ("audrey", "auditor", None),
+          ("otto", "coordinator", "OTHER"))
+
+
+def new_study(url: str, clock: FakeClock, *, protocol_version: int = 2,
+              recorded_by_clock: bool = False,
+              people: tuple[tuple[str, str, str | None], ...] = PEOPLE,
+              purpose: str = "study") -> Desk:
+    """Sites PKU3 (Asia/Shanghai) and OTHER (Europe/Berlin), the admin ada, the scheduler and
+    `people`, each of whom set their own password (PASSWORD). `recorded_by_clock`: the
+    recorded times follow `clock` too (as-of tests), not the database's clock."""
+    app = build_app(url, clock=clock, kdf=TEST_KDF,
+                    store_clock=clock if recorded_by_clock else None)
     upgrade(app.engine)
-    flow = Workflow(app)
-    flow.initialise(ADMIN, protocol_version=protocol_version)
-    flow.add_site(ADMIN, SITE, TZ, None)
-    flow.add_site(ADMIN, "OTHER", "Europe/Berlin", None)
-    flow.add_user(ADMIN, COORDINATOR, "coordinator", SITE, None)
-    flow.add_user(ADMIN, INVESTIGATOR, "investigator", SITE, None)
-    flow.add_user(ADMIN, MONITOR, "monitor", None, None)
-    flow.add_user(ADMIN, "dora", "data_manager", None, None)
-    flow.add_user(ADMIN, "audrey", "auditor", None, None)
-    flow.add_user(ADMIN, "otto", "coordinator", "OTHER", None)
-    return flow
+    desk = Desk(Actors(Executor(app)), clock)
+    desk.executor.execute(M.InitialiseStudy(ADMIN, Secret(PASSWORD), Secret(SCHEDULER_SECRET),
+                                            protocol_version, purpose),
+                          Password(ADMIN, Secret(PASSWORD)))
+    desk.actors.know(ADMIN, PASSWORD)
+    desk.actors.know(SCHEDULER, SCHEDULER_SECRET, service=True)
+    desk.send(ADMIN, M.AddSite(SITE, TZ))
+    if any(site == "OTHER" for _, _, site in people):
+        desk.send(ADMIN, M.AddSite("OTHER", "Europe/Berlin"))
+    for name, role, site in people:
+        desk.add_user(name, role, site)
+    return desk
+
+
+def scheduler_secret_file(folder: Path) -> Path:
+    """A file holding the test scheduler's secret (for `--secret-file`)."""
+    path = folder / "scheduler.secret"
+    if not path.exists():
+        path.write_text(SCHEDULER_SECRET + "\n", encoding="utf-8")
+    return path
 
 
 def screening_forms(weight_kg: float = 58) -> list[tuple[str, list[str]]]:
     """Every screening form an eligible woman of childbearing potential needs
-    (clinical-rules.md inclusion criteria 1–9), as (form, tokens)."""
+    (docs/clinical-rules.md inclusion criteria 1–9), as (form, tokens)."""
     return [
         ("demographics", ["date_of_birth=1990-05-01", "sex=female",
                           "childbearing_potential=yes", "partner_childbearing_potential=no"]),
@@ -67,46 +144,47 @@ def screening_forms(weight_kg: float = 58) -> list[tuple[str, list[str]]]:
     ]
 
 
-def screen_eligible(flow: Workflow, subject: str, consent_on: date, *,
+def screen_eligible(flow: Desk, subject: str, consent_on: date, *,
                     weight_kg: float = 58, clock: FakeClock | None = None) -> None:
     """Consent and record every screening form an eligible woman of childbearing potential
-    needs (clinical-rules.md inclusion criteria 1–9)."""
-    on = consent_on
-    c = COORDINATOR
+    needs (docs/clinical-rules.md inclusion criteria 1–9)."""
     if clock is not None:
-        on_day(clock, on)
-    flow.consent(c, subject, on, "2.0", None)
-    rec = screening_forms(weight_kg)
-    for form, tokens in rec:
-        flow.record(c, subject, form, tokens, on, None, None)
+        on_day(clock, consent_on)
+    flow.send(COORDINATOR, M.ConsentSubject(subject, consent_on, "2.0"))
+    for form, tokens in screening_forms(weight_kg):
+        flow.send(COORDINATOR, M.RecordForm(subject, form, tuple(tokens), consent_on))
 
 
-def enrol(flow: Workflow, subject: str, consent_on: date, clock: FakeClock) -> None:
+def enrol(flow: Desk, subject: str, consent_on: date, clock: FakeClock) -> None:
     screen_eligible(flow, subject, consent_on, clock=clock)
     on_day(clock, consent_on + timedelta(days=3))
-    flow.confirm_eligibility(INVESTIGATOR, subject, None)
+    flow.send(INVESTIGATOR, M.ConfirmEligibility(subject))
 
 
-def through_infusion(flow: Workflow, subject: str, start: date, clock: FakeClock) -> date:
-    """Enrol, collect, release, lymphodepletion D-5..D-3 and infuse on D0; returns D0."""
+def to_lymphodepletion(flow: Desk, subject: str, start: date, clock: FakeClock) -> str:
+    """Enrol, collect on day 7 and release on day 20; returns the chain-of-identity id."""
     enrol(flow, subject, start, clock)
-    c = COORDINATOR
     coi = f"COI-{subject}"
     on_day(clock, start + timedelta(days=7))
-    flow.leukapheresis(c, subject, start + timedelta(days=7), coi, None)
+    flow.send(COORDINATOR, M.RecordLeukapheresis(subject, start + timedelta(days=7), coi))
     on_day(clock, start + timedelta(days=20))
-    flow.release(c, subject, f"LOT-{subject}", coi, failed=False, reason=None,
-                 viable_cells=2e8, command_id=None)
+    flow.send(COORDINATOR, M.ReleaseProduct(subject, f"LOT-{subject}", coi, viable_cells=2e8))
+    return coi
+
+
+def through_infusion(flow: Desk, subject: str, start: date, clock: FakeClock) -> date:
+    """Enrol, collect, release, lymphodepletion D-5..D-3 and infuse on D0; returns D0."""
+    coi = to_lymphodepletion(flow, subject, start, clock)
     d0 = start + timedelta(days=30)
     bsa = 1.62  # sqrt(162 * 58 / 3600) = 1.6155 -> 1.62
     for offset, cyclo in ((-5, 0.0), (-4, 0.0), (-3, 1000 * bsa)):
         on_day(clock, d0 + timedelta(days=offset))
-        flow.lymphodepletion(c, subject, d0 + timedelta(days=offset), round(25 * bsa, 1),
-                             round(cyclo, 1), deviation=False, reason=None, command_id=None)
+        flow.send(COORDINATOR, M.GiveLymphodepletion(subject, d0 + timedelta(days=offset),
+                                                     round(25 * bsa, 1), round(cyclo, 1)))
     order = flow.subject(subject).enrolment_order
     assert order is not None
     cells = flow.study().protocol.cohort_for(order).target_cells(58)
     on_day(clock, d0)
-    flow.infuse(c, subject, datetime.fromisoformat(f"{d0.isoformat()}T10:00:00+08:00"), cells,
-                coi, deviation=False, reason=None, command_id=None)
+    flow.send(COORDINATOR, M.Infuse(subject, datetime.fromisoformat(
+        f"{d0.isoformat()}T10:00:00+08:00"), cells, coi))
     return d0

@@ -27,7 +27,7 @@ from workflow.instruments.codes import (
 
 TODAY = date(2025, 3, 1)
 
-# The Forms table of ../shared/clinical-rules.md, spelt out so a renamed code fails here.
+# The Forms table of docs/clinical-rules.md, spelt out so a renamed code fails here.
 FORMS_TABLE: dict[str, set[str]] = {
     "consent": {"consent_date", "consent_form_version", "protocol_version", "site"},
     "demographics": {"date_of_birth", "sex", "childbearing_potential",

@@ -11,6 +11,7 @@ from projections.queries import Clock, eligibility_of
 from projections.views import open_view
 from tests.support.clock import FakeClock
 from tests.support.study import INVESTIGATOR, new_study, on_day, screen_eligible
+from workflow.commands import messages as M
 
 START = date(2024, 9, 2)
 
@@ -44,5 +45,5 @@ def test_screen_and_guard_agree(db_url: str) -> None:
                  stderr=io.StringIO(), environ={})
     past = json.loads(out.getvalue())
     assert status == 0 and past["overall"] == "pending"  # only the consent was recorded then
-    flow.confirm_eligibility(INVESTIGATOR, "S-001", None)
+    flow.send(INVESTIGATOR, M.ConfirmEligibility("S-001"))
     assert flow.subject("S-001").phase == "cell_collection"

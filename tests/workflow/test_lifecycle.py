@@ -1,229 +1,260 @@
-"""The IM19 path from consent to D360, refusals, roles, cap and amendment (both backends)."""
+"""The IM19 path from consent to D360 as decisions: given these events, when this message,
+then these events or this refusal (no database; tests/support/ledger.py)."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 
-from events.envelope import NewEvent
-from events.errors import ConcurrencyConflict
-from tests.support.clock import FakeClock
-from tests.support.study import (
+from tests.support.ledger import (
+    ADMIN,
     COORDINATOR,
     INVESTIGATOR,
     MONITOR,
+    Ledger,
+    a_study,
     enrol,
-    new_study,
-    on_day,
     screen_eligible,
     through_infusion,
+    to_lymphodepletion,
+    types,
 )
-from workflow.commands import Workflow
+from workflow.commands import messages as M
 from workflow.errors import InvalidInput, RuleViolation
 
 START = date(2024, 9, 2)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock("2025-12-01T02:00:00+00:00")
+def ledger() -> Ledger:
+    return a_study()
 
 
-@pytest.fixture
-def flow(db_url: str, clock: FakeClock) -> Workflow:
-    return new_study(db_url, clock)
-
-
-def refused(rule: str, call: object, *args: object, **kwargs: object) -> RuleViolation:
-    assert callable(call)
+def refused(ledger: Ledger, rule: str, user: str, message: M.Message) -> RuleViolation:
     with pytest.raises(RuleViolation) as caught:
-        call(*args, **kwargs)
+        ledger.decide(user, message)
     assert caught.value.rule == rule, caught.value.message
     return caught.value
 
 
-def test_whole_path_from_consent_to_d360(flow: Workflow, clock: FakeClock) -> None:
-    d0 = through_infusion(flow, "S-001", START, clock)
-    state = flow.subject("S-001")
+def test_whole_path_from_consent_to_d360(ledger: Ledger) -> None:
+    d0 = through_infusion(ledger, "S-001", START)
+    state = ledger.subject("S-001")
     assert state.phase == "follow_up" and state.infused_on == d0
-    assert state.cohort == flow.study().protocol.cohort_for(1).code
-    for visit in flow.study().protocol.visits:
-        on_day(clock, d0 + timedelta(days=visit.target_day))
-        flow.visit(COORDINATOR, "S-001", visit.code, "done",
-                   d0 + timedelta(days=visit.target_day), None)
-    before = flow.store.last_position()
-    flow.complete(COORDINATOR, "S-001", None)
-    assert flow.subject("S-001").phase == "completed"
-    phases = [e.payload["to"] for e in flow.store.read_stream("S-001")
-              if e.type == "PhaseChanged"]
+    assert state.cohort == ledger.study().protocol.cohort_for(1).code
+    for visit in ledger.study().protocol.visits:
+        ledger.at(d0 + timedelta(days=visit.target_day))
+        ledger.send(COORDINATOR, M.RecordVisit("S-001", visit.code, "done",
+                                               d0 + timedelta(days=visit.target_day)))
+    assert types(ledger.send(COORDINATOR, M.CompleteStudy("S-001"))) == [
+        "SubjectCompleted", "PhaseChanged"]
+    assert ledger.subject("S-001").phase == "completed"
+    phases = [e.payload["to"] for e in ledger.stream("S-001") if e.type == "PhaseChanged"]
     assert phases == ["cell_collection", "lymphodepletion", "infusion", "follow_up", "completed"]
-    assert flow.store.last_position() == before + 2
-    refused("phase", flow.off_study, COORDINATOR, "S-001", "death", None)
+    refused(ledger, "phase", COORDINATOR, M.TakeOffStudy("S-001", "death"))
 
 
-def test_refused_commands_write_nothing(flow: Workflow) -> None:
-    screen_eligible(flow, "S-002", START)
-    before = flow.store.last_position()
-    refused("phase", flow.leukapheresis, COORDINATOR, "S-002", START, "C1", None)
-    refused("role", flow.confirm_eligibility, COORDINATOR, "S-002", None)
-    refused("role", flow.record, MONITOR, "S-002", "vitals", ["weight_kg=60"], START, None, None)
-    refused("site", flow.record, "otto", "S-002", "vitals", ["weight_kg=60"], START, None, None)
-    refused("unknown_user", flow.record, "nobody", "S-002", "vitals", ["weight_kg=60"], START,
-            None, None)
-    refused("assessment_before_consent", flow.record, COORDINATOR, "S-002", "vitals",
-            ["weight_kg=60"], START - timedelta(days=1), None, None)
+def test_consent_records_site_protocol_and_clinical_date(ledger: Ledger) -> None:
+    ledger.at(START + timedelta(days=2))
+    (consented,) = ledger.send(COORDINATOR, M.ConsentSubject("S-001", START, "2.0"))
+    assert consented.type == "SubjectConsented"
+    assert consented.payload == {"subject": "S-001", "site": "PKU3",
+                                 "consent_date": "2024-09-02", "consent_form_version": "2.0",
+                                 "protocol_version": 2}
+    assert consented.occurred_at == "2024-09-02T00:00:00+08:00"  # midnight at the site
+    refused(ledger, "already_consented", COORDINATOR, M.ConsentSubject("S-001", START, "2.0"))
+
+
+def test_refusals_name_their_rule(ledger: Ledger) -> None:
+    screen_eligible(ledger, "S-002", START)
+    refused(ledger, "phase", COORDINATOR, M.RecordLeukapheresis("S-002", START, "C1"))
+    error = refused(ledger, "role", COORDINATOR, M.ConfirmEligibility("S-002"))
+    assert "only an investigator" in error.message
+    refused(ledger, "role", MONITOR, M.RecordForm("S-002", "vitals", ("weight_kg=60",), START))
+    refused(ledger, "site", "otto", M.RecordForm("S-002", "vitals", ("weight_kg=60",), START))
+    refused(ledger, "assessment_before_consent", COORDINATOR,
+            M.RecordForm("S-002", "vitals", ("weight_kg=60",), START - timedelta(days=1)))
+    refused(ledger, "not_consented", COORDINATOR,
+            M.RecordForm("S-404", "vitals", ("weight_kg=60",), START))
     with pytest.raises(InvalidInput):
-        flow.record(COORDINATOR, "S-002", "vitals", ["weight_kg=abc"], START, None, None)
+        ledger.decide(COORDINATOR, M.RecordForm("S-002", "vitals", ("weight_kg=abc",), START))
     with pytest.raises(InvalidInput):
-        flow.record(COORDINATOR, "S-002", "infusion", ["cells=1"], START, None, None)
+        ledger.decide(COORDINATOR, M.RecordForm("S-002", "infusion", ("cells=1",), START))
+    with pytest.raises(InvalidInput, match="in the future"):
+        ledger.decide(COORDINATOR, M.RecordForm("S-002", "vitals", ("weight_kg=60",),
+                                                date(2030, 1, 1)))
+
+
+def test_a_message_that_cannot_exist_is_bad_input() -> None:
     with pytest.raises(InvalidInput):
-        flow.record(COORDINATOR, "S-002", "vitals", ["weight_kg=60"], date(2030, 1, 1), None,
-                    None)
-    assert flow.store.last_position() == before
+        M.TakeOffStudy("S-001", "bored")
+    with pytest.raises(InvalidInput):
+        M.Infuse("S-001", datetime(2025, 1, 1), float("nan"), "C")
+    with pytest.raises(InvalidInput):
+        M.GiveLymphodepletion("S-001", START, 40.0, 0.0, deviation=True)  # no reason
+    with pytest.raises(InvalidInput):
+        M.AddSite("X", "Mars/Olympus")
+    from events.errors import InvalidStreamId
+
+    with pytest.raises(InvalidStreamId):
+        M.ConsentSubject("s-lower", START, "2.0")
 
 
-def test_history_may_predate_consent(flow: Workflow) -> None:
-    flow.consent(COORDINATOR, "S-003", START, "2.0", None)
-    flow.record(COORDINATOR, "S-003", "prior_treatment",
-                ["drug=rituximab", "drug_class=biologic", "start_date=2020-01-01"], START, None,
-                None)
-    assert len(flow.subject("S-003").forms_of("prior_treatment")) == 1
+def test_history_may_predate_consent(ledger: Ledger) -> None:
+    ledger.at(START)
+    ledger.send(COORDINATOR, M.ConsentSubject("S-003", START, "2.0"))
+    ledger.send(COORDINATOR, M.RecordForm("S-003", "prior_treatment", (
+        "drug=rituximab", "drug_class=biologic", "start_date=2020-01-01"), START))
+    assert len(ledger.subject("S-003").forms_of("prior_treatment")) == 1
 
 
-def test_deactivated_user_is_refused(flow: Workflow) -> None:
-    flow.deactivate_user("ada", COORDINATOR, None)
-    refused("user_deactivated", flow.consent, COORDINATOR, "S-004", START, "2.0", None)
+def test_deactivated_user_is_refused(ledger: Ledger) -> None:
+    ledger.send(ADMIN, M.DeactivateUser(COORDINATOR))
+    refused(ledger, "user_deactivated", COORDINATOR, M.ConsentSubject("S-004", START, "2.0"))
 
 
-def test_ineligible_subject_cannot_be_confirmed(flow: Workflow, clock: FakeClock) -> None:
-    screen_eligible(flow, "S-005", START, weight_kg=38, clock=clock)
-    error = refused("eligibility:weight", flow.confirm_eligibility, INVESTIGATOR, "S-005", None)
+def test_ineligible_subject_cannot_be_confirmed(ledger: Ledger) -> None:
+    screen_eligible(ledger, "S-005", START, weight_kg=38)
+    error = refused(ledger, "eligibility:weight", INVESTIGATOR, M.ConfirmEligibility("S-005"))
     assert "S-005" in error.message
-    flow.screen_fail(COORDINATOR, "S-005", "weight", None)
-    assert flow.subject("S-005").phase == "screen_failed"
+    assert types(ledger.send(COORDINATOR, M.RecordScreenFailure("S-005", "weight"))) == [
+        "ScreenFailed", "PhaseChanged"]
+    assert ledger.subject("S-005").phase == "screen_failed"
 
 
-def test_screening_window_expires(flow: Workflow, clock: FakeClock) -> None:
-    screen_eligible(flow, "S-006", START, clock=clock)
-    clock.set("2024-10-15T02:00:00+00:00")  # day 43 after consent
-    refused("screening_window_expired", flow.confirm_eligibility, INVESTIGATOR, "S-006", None)
+def test_screening_window_expires(ledger: Ledger) -> None:
+    screen_eligible(ledger, "S-006", START)
+    ledger.at(START + timedelta(days=43))
+    refused(ledger, "screening_window_expired", INVESTIGATOR, M.ConfirmEligibility("S-006"))
 
 
-def test_cap_cohorts_and_a_freed_place(flow: Workflow, clock: FakeClock) -> None:
-    clock.set("2024-09-20T02:00:00+00:00")
+def test_enrolment_takes_a_place_in_the_study_stream(ledger: Ledger) -> None:
+    screen_eligible(ledger, "S-001", START)
+    ledger.at(START + timedelta(days=3))
+    decision = ledger.decide(INVESTIGATOR, M.ConfirmEligibility("S-001"))
+    streams = {w.stream: [e.type for e in w.events] for w in decision.writes}
+    assert streams == {"S-001": ["EligibilityConfirmed", "PhaseChanged"],
+                       "study": ["EnrolmentPlaceTaken"]}
+    assert decision.summary["enrolment_order"] == 1
+
+
+def test_cap_cohorts_and_a_freed_place(ledger: Ledger) -> None:
     for n in range(1, 7):
-        enrol(flow, f"S-{n:03d}", START, clock)
-    cohorts = [flow.subject(f"S-{n:03d}").cohort for n in range(1, 7)]
+        enrol(ledger, f"S-{n:03d}", START)
+    cohorts = [ledger.subject(f"S-{n:03d}").cohort for n in range(1, 7)]
     assert cohorts[:3] == [cohorts[0]] * 3 and cohorts[3:] == [cohorts[3]] * 3
     assert cohorts[0] != cohorts[3]
-    screen_eligible(flow, "S-007", START, clock=clock)
-    on_day(clock, START + timedelta(days=4))
-    refused("enrolment_cap", flow.confirm_eligibility, INVESTIGATOR, "S-007", None)
-    flow.off_study(COORDINATOR, "S-002", "consent_withdrawn", None)  # before infusion
-    flow.confirm_eligibility(INVESTIGATOR, "S-007", None)
-    assert flow.subject("S-007").enrolment_order == 2
+    screen_eligible(ledger, "S-007", START)
+    ledger.at(START + timedelta(days=4))
+    refused(ledger, "enrolment_cap", INVESTIGATOR, M.ConfirmEligibility("S-007"))
+    freed = ledger.send(COORDINATOR, M.TakeOffStudy("S-002", "consent_withdrawn"))
+    assert "EnrolmentPlaceFreed" in types(freed)  # before infusion: the place is free again
+    ledger.send(INVESTIGATOR, M.ConfirmEligibility("S-007"))
+    assert ledger.subject("S-007").enrolment_order == 2
 
 
-def test_chain_of_identity_and_infusion_window(flow: Workflow, clock: FakeClock) -> None:
-    enrol(flow, "S-008", START, clock)
-    on_day(clock, START + timedelta(days=5))
-    flow.leukapheresis(COORDINATOR, "S-008", START + timedelta(days=5), "COI-A", None)
-    refused("chain_of_identity", flow.release, COORDINATOR, "S-008", "L1", "COI-B",
-            failed=False, reason=None, viable_cells=None, command_id=None)
-    flow.release(COORDINATOR, "S-008", "L1", "COI-A", failed=False, reason=None,
-                 viable_cells=None, command_id=None)
+def test_no_place_is_freed_after_infusion(ledger: Ledger) -> None:
+    through_infusion(ledger, "S-001", START)
+    assert types(ledger.send(COORDINATOR, M.TakeOffStudy("S-001", "lost_to_follow_up"))) == [
+        "SubjectWentOffStudy", "PhaseChanged"]
+
+
+def test_chain_of_identity_and_infusion_window(ledger: Ledger) -> None:
+    enrol(ledger, "S-008", START)
+    ledger.at(START + timedelta(days=5))
+    ledger.send(COORDINATOR, M.RecordLeukapheresis("S-008", START + timedelta(days=5), "COI-A"))
+    refused(ledger, "chain_of_identity", COORDINATOR, M.ReleaseProduct("S-008", "L1", "COI-B"))
+    ledger.send(COORDINATOR, M.ReleaseProduct("S-008", "L1", "COI-A"))
     d0 = START + timedelta(days=30)
     for offset, cyclo in ((-5, 0.0), (-4, 0.0), (-3, 1620.0)):
-        on_day(clock, d0 + timedelta(days=offset))
-        flow.lymphodepletion(COORDINATOR, "S-008", d0 + timedelta(days=offset), 40.5, cyclo,
-                             deviation=False, reason=None, command_id=None)
-    from datetime import datetime
-
+        ledger.at(d0 + timedelta(days=offset))
+        ledger.send(COORDINATOR, M.GiveLymphodepletion("S-008", d0 + timedelta(days=offset),
+                                                       40.5, cyclo))
     at = datetime.fromisoformat(f"{d0}T10:00:00+08:00")
-    on_day(clock, d0 + timedelta(days=10))
-    refused("chain_of_identity", flow.infuse, COORDINATOR, "S-008", at, 5.8e7, "COI-B",
-            deviation=False, reason=None, command_id=None)
-    refused("infusion_window", flow.infuse, COORDINATOR, "S-008", at + timedelta(days=9),
-            5.8e7, "COI-A", deviation=False, reason=None, command_id=None)
-    refused("dose_tolerance", flow.infuse, COORDINATOR, "S-008", at, 9e7, "COI-A",
-            deviation=False, reason=None, command_id=None)
-    flow.infuse(COORDINATOR, "S-008", at, 9e7, "COI-A", deviation=True,
-                reason="bag overfilled", command_id=None)
-    assert flow.subject("S-008").phase == "follow_up"
+    ledger.at(d0 + timedelta(days=10))
+    refused(ledger, "chain_of_identity", COORDINATOR, M.Infuse("S-008", at, 5.8e7, "COI-B"))
+    refused(ledger, "infusion_window", COORDINATOR,
+            M.Infuse("S-008", at + timedelta(days=9), 5.8e7, "COI-A"))
+    refused(ledger, "dose_tolerance", COORDINATOR, M.Infuse("S-008", at, 9e7, "COI-A"))
+    infused = ledger.send(COORDINATOR, M.Infuse("S-008", at, 9e7, "COI-A", deviation=True,
+                                                reason="bag overfilled"))
+    assert infused[0].reason == "bag overfilled" and infused[0].payload["deviation"] is True
+    assert ledger.subject("S-008").phase == "follow_up"
 
 
-def test_lymphodepletion_off_regimen_needs_a_deviation(flow: Workflow, clock: FakeClock) -> None:
-    enrol(flow, "S-009", START, clock)
-    on_day(clock, START + timedelta(days=5))
-    flow.leukapheresis(COORDINATOR, "S-009", START + timedelta(days=5), "C9", None)
-    flow.release(COORDINATOR, "S-009", "L9", "C9", failed=False, reason=None,
-                 viable_cells=None, command_id=None)
-    day = START + timedelta(days=20)
-    on_day(clock, day)
-    refused("dose_off_regimen", flow.lymphodepletion, COORDINATOR, "S-009", day, 80.0, 0.0,
-            deviation=False, reason=None, command_id=None)
-    flow.lymphodepletion(COORDINATOR, "S-009", day, 80.0, 0.0, deviation=True,
-                         reason="prescribing error", command_id=None)
-    assert flow.subject("S-009").phase == "lymphodepletion"
+def test_lymphodepletion_off_regimen_needs_a_deviation(ledger: Ledger) -> None:
+    to_lymphodepletion(ledger, "S-009", START)
+    day = START + timedelta(days=25)
+    ledger.at(day)
+    refused(ledger, "dose_off_regimen", COORDINATOR, M.GiveLymphodepletion("S-009", day, 80.0,
+                                                                             0.0))
+    (dose,) = ledger.send(COORDINATOR, M.GiveLymphodepletion("S-009", day, 80.0, 0.0, True,
+                                                             "prescribing error"))
+    assert dose.reason == "prescribing error" and dose.payload["deviation"] is True
+    assert ledger.subject("S-009").phase == "lymphodepletion"
 
 
-def test_amendment_requires_reconsent(db_url: str, clock: FakeClock) -> None:
-    flow = new_study(db_url, clock, protocol_version=1)
-    clock.set("2024-09-20T02:00:00+00:00")
-    enrol(flow, "S-010", START, clock)
-    on_day(clock, START + timedelta(days=5))
-    flow.leukapheresis(COORDINATOR, "S-010", START + timedelta(days=5), "C10", None)
-    flow.amend_protocol("ada", 2, None)
-    assert flow.study().protocol.version == 2
-    before = flow.store.last_position()
-    refused("reconsent_required", flow.release, COORDINATOR, "S-010", "L", "C10", failed=False,
-            reason=None, viable_cells=None, command_id=None)
-    assert flow.store.last_position() == before
-    flow.reconsent(COORDINATOR, "S-010", None, "3.0", None)
-    flow.release(COORDINATOR, "S-010", "L", "C10", failed=False, reason=None, viable_cells=None,
-                 command_id=None)
-    assert flow.subject("S-010").phase == "lymphodepletion"
+def test_a_dose_within_tolerance_is_not_a_deviation(ledger: Ledger) -> None:
+    to_lymphodepletion(ledger, "S-009", START)
+    day = START + timedelta(days=25)
+    ledger.at(day)
+    # expected 25 mg/m2 x 1.62 m2 = 40.5 mg; +19% is inside the default ±20%
+    (dose,) = ledger.send(COORDINATOR, M.GiveLymphodepletion("S-009", day, 48.2, 0.0))
+    assert dose.reason is None and dose.payload["deviation"] is False
 
 
-def test_repeated_command_id_returns_the_first_result(flow: Workflow) -> None:
-    first = flow.consent(COORDINATOR, "S-011", START, "2.0", "consent-S-011")
-    again = flow.consent(COORDINATOR, "S-011", START, "2.0", "consent-S-011")
-    assert again.result.positions == first.result.positions and again.result.duplicate
-    from events.errors import IdempotencyMismatch
+def test_amendment_requires_reconsent() -> None:
+    ledger = a_study(protocol_version=1)
+    enrol(ledger, "S-010", START)
+    ledger.at(START + timedelta(days=5))
+    ledger.send(COORDINATOR, M.RecordLeukapheresis("S-010", START + timedelta(days=5), "C10"))
+    ledger.send(ADMIN, M.AmendProtocol(2))
+    assert ledger.study().protocol.version == 2
+    refused(ledger, "reconsent_required", COORDINATOR, M.ReleaseProduct("S-010", "L", "C10"))
+    ledger.send(COORDINATOR, M.ReconsentSubject("S-010", "3.0"))
+    ledger.send(COORDINATOR, M.ReleaseProduct("S-010", "L", "C10"))
+    assert ledger.subject("S-010").phase == "lymphodepletion"
 
-    with pytest.raises(IdempotencyMismatch):
-        flow.consent(COORDINATOR, "S-011", START, "3.0", "consent-S-011")
 
-
-def test_correction_keeps_the_original(flow: Workflow) -> None:
-    flow.consent(COORDINATOR, "S-012", START, "2.0", None)
-    done = flow.record(COORDINATOR, "S-012", "vitals", ["weight_kg=60"], START, None, None)
-    position = done.result.positions[0]
-    flow.correct(COORDINATOR, "S-012", position, ["weight_kg=61.5"], "transcription", None)
-    assert flow.subject("S-012").forms[position].values["weight_kg"] == 61.5
-    original = next(e for e in flow.store.read_stream("S-012") if e.position == position)
-    assert original.payload["values"]["weight_kg"] == 60
+def test_correction_keeps_the_original(ledger: Ledger) -> None:
+    ledger.at(START)
+    ledger.send(COORDINATOR, M.ConsentSubject("S-012", START, "2.0"))
+    (recorded,) = ledger.send(COORDINATOR, M.RecordForm("S-012", "vitals", ("weight_kg=60",),
+                                                        START))
+    (corrected,) = ledger.send(COORDINATOR, M.CorrectRecord("S-012", recorded.position,
+                                                            ("weight_kg=61.5",), "transcription"))
+    assert corrected.payload == {"target_position": recorded.position, "form": "vitals",
+                                 "changes": {"weight_kg": 61.5}, "previous": {"weight_kg": 60}}
+    assert corrected.reason == "transcription"
+    assert ledger.subject("S-012").forms[recorded.position].values["weight_kg"] == 61.5
+    assert recorded.payload["values"]["weight_kg"] == 60
     with pytest.raises(InvalidInput):
-        flow.correct(COORDINATOR, "S-012", position, ["weight_kg=61"], "", None)
+        M.CorrectRecord("S-012", recorded.position, ("weight_kg=61",), "")
+    with pytest.raises(InvalidInput, match="no form recorded at position"):
+        ledger.decide(COORDINATOR, M.CorrectRecord("S-012", 999, ("weight_kg=61",), "typo"))
 
 
-def test_study_stream_conflict_is_retried_not_lost(flow: Workflow, clock: FakeClock) -> None:
-    """A place taken between load and append makes the handler reload, not double-book."""
-    screen_eligible(flow, "S-013", START, clock=clock)
-    original = flow.study
-    calls = {"n": 0}
+def test_the_infusion_time_is_the_one_phase_fact_a_correction_changes(ledger: Ledger) -> None:
+    d0 = through_infusion(ledger, "S-001", START)
+    infusion = ledger.subject("S-001").infusion
+    assert infusion is not None
+    ledger.at(d0 + timedelta(days=2))
+    (corrected,) = ledger.send(COORDINATOR, M.CorrectRecord(
+        "S-001", infusion.position, (f"infused_at={d0 + timedelta(days=1)}T09:00:00+08:00",),
+        "time from the nursing chart"))
+    assert ledger.subject("S-001").infused_on == d0 + timedelta(days=1)
+    with pytest.raises(InvalidInput, match="only infused_at"):
+        ledger.decide(COORDINATOR, M.CorrectRecord("S-001", infusion.position, ("cells=1",),
+                                                   "no"))
+    assert corrected.payload["previous"] == {"infused_at": f"{d0}T10:00:00+08:00"}
 
-    def study_then_interfere():  # type: ignore[no-untyped-def]
-        state = original()
-        calls["n"] += 1
-        if calls["n"] == 1:
-            flow.store.append("study", state.version, [NewEvent("SiteAdded", {
-                "site": "X", "tz": "UTC"})], __import__("events.store").store.AppendContext(
-                "ada", "admin"))
-        return state
 
-    flow.study = study_then_interfere  # type: ignore[method-assign]
-    flow.confirm_eligibility(INVESTIGATOR, "S-013", None)
-    assert calls["n"] == 2
-    assert ConcurrencyConflict  # the conflict was raised inside and retried
+def test_a_decision_touches_nothing_but_its_arguments(ledger: Ledger) -> None:
+    """The same message against the same context gives the same decision, twice."""
+    screen_eligible(ledger, "S-013", START)
+    ledger.at(START + timedelta(days=3))
+    first = ledger.decide(INVESTIGATOR, M.ConfirmEligibility("S-013"))
+    again = ledger.decide(INVESTIGATOR, M.ConfirmEligibility("S-013"))
+    assert first == again
+    assert ledger.subject("S-013").phase == "screening"  # deciding appended nothing

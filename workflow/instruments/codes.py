@@ -1,4 +1,4 @@
-"""Canonical codes of ../shared/clinical-rules.md, shared by instruments, forms and exports.
+"""Canonical codes of docs/clinical-rules.md, shared by instruments, forms and exports.
 
 Every other module takes its code lists from here, so a code is spelled in one place.
 """

@@ -17,7 +17,7 @@ WEIGHT_MAX_KG: Final = 400.0
 BSA_MAX_M2: Final = 5.0
 CELLS_MAX: Final = 10**12
 
-# Protocol defaults (clinical-rules.md): dose cohorts, tolerance and lymphodepletion regimen.
+# Protocol defaults (docs/clinical-rules.md): dose cohorts, tolerance and lymphodepletion regimen.
 DEFAULT_PER_KG_DOSE: Final = 1e6
 DEFAULT_FLAT_DOSE: Final = 1e8
 DEFAULT_DOSE_TOLERANCE: Final = 0.20

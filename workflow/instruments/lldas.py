@@ -11,7 +11,7 @@ from workflow.instruments.codes import LLDAS_BLOCKING_DESCRIPTORS, SLEDAI2K_DESC
 from workflow.instruments.sledai2k import sledai2k_score
 from workflow.instruments.sources import FRANKLYN_2016
 
-# Protocol defaults (clinical-rules.md, LLDAS).
+# Protocol defaults (docs/clinical-rules.md, LLDAS).
 DEFAULT_MAX_SLEDAI2K: Final = 4
 DEFAULT_MAX_PGA: Final = 1.0
 DEFAULT_MAX_PREDNISONE_MG_PER_DAY: Final = 7.5

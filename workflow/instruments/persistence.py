@@ -38,7 +38,7 @@ class PersistenceSummary:
     explanation: str
 
 
-# Source: IM19-SLE protocol (clinical-rules.md): qPCR transgene copies/ug gDNA, LLOQ 50 copies/ug.
+# Source: IM19-SLE protocol (docs/clinical-rules.md): qPCR copies/ug gDNA, LLOQ 50 copies/ug.
 def persistence_summary(
     samples: Iterable[tuple[int, float]],
     *,

@@ -9,7 +9,7 @@ from typing import Final
 from workflow.instruments import _validate as check
 from workflow.instruments.sources import KDIGO_2024
 
-# Protocol defaults (clinical-rules.md, renal response); every one is a protocol setting.
+# Protocol defaults (docs/clinical-rules.md, renal response); every one is a protocol setting.
 DEFAULT_INVOLVEMENT_UPCR: Final = 0.5
 DEFAULT_COMPLETE_UPCR_BELOW: Final = 0.5
 DEFAULT_PARTIAL_REDUCTION: Final = 0.5

@@ -21,7 +21,7 @@ class PrednisoneEquivalentResult:
     explanation: str
 
 
-# Source: prednisolone label equivalence table (clinical-rules.md): mg of drug = 1 mg prednisone.
+# Source: prednisolone label equivalence table (docs/clinical-rules.md): mg = 1 mg prednisone.
 def prednisone_equivalent(drug: str, dose_mg: float) -> PrednisoneEquivalentResult:
     """Prednisone mg = dose / factor, in exact decimals (methylprednisolone 6 mg -> 7.5 mg)."""
     name = check.choice(drug, "drug", GLUCOCORTICOID_FACTORS)

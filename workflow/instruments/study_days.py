@@ -14,7 +14,7 @@ from workflow.instruments.sources import PROTOCOL_CALENDAR
 
 DAY_LIMIT: Final = 3650
 
-# Protocol default (clinical-rules.md): visit -> (target study day, window ± days).
+# Protocol default (docs/clinical-rules.md): visit -> (target study day, window ± days).
 DEFAULT_VISIT_SCHEDULE: Final[Mapping[str, tuple[int, int]]] = {
     "D1": (1, 0), "D4": (4, 1), "D7": (7, 1), "D10": (10, 1), "D14": (14, 2),
     "D21": (21, 2), "D28": (28, 2), "D60": (60, 7), "D90": (90, 7), "D180": (180, 14),
@@ -54,14 +54,14 @@ class InfusionWindow:
     explanation: str
 
 
-# Source: IM19-SLE protocol calendar (clinical-rules.md): D0 = infusion, negative days before.
+# Source: IM19-SLE protocol calendar (docs/clinical-rules.md): D0 = infusion, negative days before.
 def study_day(infusion_date: date, on: date) -> int:
     """Days from D0 to `on`: the infusion day is 0, the day before it -1 (no day-zero gap)."""
     d0 = check.calendar_date(infusion_date, "infusion_date")
     return (check.calendar_date(on, "date") - d0).days
 
 
-# Source: IM19-SLE protocol calendar (clinical-rules.md): day N is the date D0 + N days.
+# Source: IM19-SLE protocol calendar (docs/clinical-rules.md): day N is the date D0 + N days.
 def date_of_day(infusion_date: date, day: int) -> date:
     """The calendar date of study day `day`."""
     d0 = check.calendar_date(infusion_date, "infusion_date")
@@ -75,7 +75,7 @@ def date_of_day(infusion_date: date, day: int) -> date:
         ) from error
 
 
-# Source: IM19-SLE protocol visit schedule (clinical-rules.md): target day ± window days.
+# Source: IM19-SLE protocol visit schedule (docs/clinical-rules.md): target day ± window days.
 def visit_windows(
     infusion_date: date,
     *,
@@ -112,7 +112,7 @@ def _windows(infusion_date: date, schedule: Mapping[str, Any]) -> tuple[VisitWin
     return tuple(windows)
 
 
-# Source: IM19-SLE protocol visit schedule (clinical-rules.md): one visit's window.
+# Source: IM19-SLE protocol visit schedule (docs/clinical-rules.md): one visit's window.
 def visit_window(
     infusion_date: date,
     visit: str,
@@ -124,7 +124,7 @@ def visit_window(
     return next(w for w in visit_windows(infusion_date, schedule=schedule) if w.visit == code)
 
 
-# Source: IM19-SLE protocol visit rules (clinical-rules.md): upcoming, due, overdue, missed.
+# Source: IM19-SLE protocol visit rules (docs/clinical-rules.md): upcoming, due, overdue, missed.
 def visit_status(
     window: VisitWindow,
     *,
@@ -163,7 +163,7 @@ def visit_status(
     )
 
 
-# Source: IM19-SLE protocol (clinical-rules.md): infusion 2-7 days after the last LD dose.
+# Source: IM19-SLE protocol (docs/clinical-rules.md): infusion 2-7 days after the last LD dose.
 def infusion_window(
     last_lymphodepletion_on: date,
     *,

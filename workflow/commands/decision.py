@@ -1,0 +1,107 @@
+"""What a decision sees (`Context`, loaded by the executor) and what it returns (`Decision`).
+
+A decision is a pure function `(message, context) -> Decision`, or it raises a refusal
+(`RuleViolation`, exit 1; `InvalidInput`, exit 2). It reads nothing but its arguments: no store,
+clock, SQL or closure. The executor appends the decision's writes at the versions it loaded and
+runs its credential changes in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from events.envelope import NewEvent, RecordedEvent
+from workflow.identity import Secret
+from workflow.monitoring import MonitoringState, fold_monitoring
+from workflow.reminders import Reminder, fold_reminders
+from workflow.study import Study, User
+from workflow.subject import SubjectState, fold_subject
+
+
+@dataclass(frozen=True)
+class Context:
+    """The state a message is decided against, as the executor loaded it."""
+
+    study: Study
+    actor: User
+    now: datetime  # the executor's clock (never ahead of the database's)
+    today: date  # `now` on the calendar of the subject's site (the actor's site, else UTC)
+    subject: SubjectState | None = None
+    review: MonitoringState | None = None
+    events: tuple[RecordedEvent, ...] = ()  # the subject's stream as loaded
+    reminders: Mapping[str, Reminder] = field(default_factory=dict)
+    template: tuple[RecordedEvent, ...] = ()  # CopySubjects: the template subject's stream
+    last_position: int = 0  # CopySubjects: the log's head when loaded
+
+    def require_subject(self) -> SubjectState:
+        assert self.subject is not None, "the executor loads the subject of a subject message"
+        return self.subject
+
+
+@dataclass(frozen=True)
+class Write:
+    """Events for one stream. `new`: the stream must not exist yet (expected version 0)."""
+
+    stream: str
+    events: tuple[NewEvent, ...]
+    new: bool = False
+
+
+@dataclass(frozen=True)
+class SetPassword:
+    """Replace a credential (and end its sessions) with the change's event."""
+
+    name: str
+    secret: Secret
+    service: bool = False
+
+
+@dataclass(frozen=True)
+class EndSessions:
+    name: str
+
+
+CredentialChange = SetPassword | EndSessions
+
+
+@dataclass(frozen=True)
+class Decision:
+    writes: tuple[Write, ...] = ()
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    credentials: tuple[CredentialChange, ...] = ()
+    expects_head: bool = False  # refuse if the log moved since loaded (positions in payloads)
+    # summary keys the executor fills after the append: key -> (index into the appended
+    # positions, format), e.g. {"query": (0, "Q-{}")}; format "{}" gives the position itself
+    positions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def decided(stream: str, events: Sequence[NewEvent], summary: Mapping[str, Any],
+            *more: Write, credentials: Sequence[CredentialChange] = ()) -> Decision:
+    """A decision writing `events` to `stream` (and `more`), with its summary."""
+    writes = (Write(stream, tuple(events)), *more) if events else tuple(more)
+    return Decision(writes, dict(summary), tuple(credentials))
+
+
+def context_for(message_loads: str, study: Study, actor: User, now: datetime, *,
+                subject: str | None = None, events: Sequence[RecordedEvent] = (),
+                reminders: Sequence[RecordedEvent] = (), template: Sequence[RecordedEvent] = (),
+                last_position: int = 0) -> Context:
+    """The context of a message from the events the executor read (a pure fold: tests build
+    the same context from events held in memory). `today` is `now` on the calendar of the
+    subject's site, else the actor's, else UTC."""
+    if subject is not None:
+        state = fold_subject(subject, events)
+        site = state.site or actor.site
+        return Context(study, actor, now, now.astimezone(study.zone(site)).date(),
+                       subject=state, review=fold_monitoring(subject, events),
+                       events=tuple(events))
+    today = now.astimezone(study.zone(actor.site)).date()
+    if message_loads == "reminders":
+        return Context(study, actor, now, today, reminders=fold_reminders(reminders))
+    if message_loads == "template":
+        return Context(study, actor, now, today, template=tuple(template),
+                       last_position=last_position)
+    return Context(study, actor, now, today)

@@ -1,0 +1,458 @@
+"""The one door for writes: authenticate, authorise, decide, append.
+
+Every write of every caller (the CLI, the scheduler, the demo, the tests) is
+`Executor.execute(message, credential)`:
+
+1. authenticate the credential against the study (a password, a session, or a personal
+   PostgreSQL login the database authenticated); a failed attempt is an event, and enough of
+   them lock the account;
+2. return the first result when the command id was carried out before (the idempotency hash is
+   the SHA-256 of the actor and the message's canonical JSON);
+3. authorise: the actor is active, its role may send the message (workflow/commands/roles.py),
+   a coordinator or investigator writes only subjects of their site, a password an admin set
+   is changed before anything else, a signature or credential change brings the password;
+4. load what the message needs (the study, the subject's stream folded, its queries, its
+   reminders) and the site's today from the executor's clock;
+5. decide (a pure function, workflow/commands/handlers.py), refuse any subject write while the
+   study is locked;
+6. append at the loaded versions, with the credential changes the decision asks for in the same
+   transaction, refused by the store if the clock is ahead of the database's; retry from 4 on a
+   conflict.
+
+Nothing else in the product appends to the log (a test reads the source to prove it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import structlog
+
+from events.envelope import NewEvent, canonical_json
+from events.errors import ClockAhead, ConcurrencyConflict, EventStoreError, IdempotencyMismatch
+from events.store import AppendContext, AppendResult, Statement, StreamAppend
+from events.streams import STUDY_STREAM, reminders_stream
+from workflow import event_types as T
+from workflow import identity
+from workflow.bootstrap import App
+from workflow.commands import messages as M
+from workflow.commands.decision import (
+    Context,
+    Decision,
+    EndSessions,
+    SetPassword,
+    Write,
+    context_for,
+)
+from workflow.commands.handlers import decide
+from workflow.commands.roles import PERMISSIONS, change_first, only
+from workflow.errors import InvalidInput, RuleViolation
+from workflow.identity import Credential, DatabaseLogin, Password, SessionToken
+from workflow.study import Study, User, load_study
+
+CONFLICT_RETRIES: Final = 3
+UNAUTHENTICATED: Final = "unauthenticated"  # actor of the events of a failed attempt
+
+log = structlog.get_logger("trialflow.executor")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: AppendResult
+    summary: dict[str, Any]
+
+
+@dataclass
+class _Loaded:
+    context: Context
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+class Executor:
+    """The one writer. `clock` is the application's "now" (default the app's); a write decided
+    at a "now" ahead of the database's clock is refused by the store."""
+
+    def __init__(self, app: App, *, clock: Callable[[], datetime] | None = None,
+                 retries: int = CONFLICT_RETRIES) -> None:
+        self.app = app
+        self.store = app.store
+        self.engine = app.engine
+        self.clock = clock or app.clock
+        self.kdf = app.kdf
+        self.retries = retries
+        self.last_outcome: Outcome | None = None  # for a caller interrupted after the commit
+        self._login: tuple[str | None] | None = None
+        self._ready = False
+
+    # ------------------------------------------------------------------ the door
+    def execute(self, message: M.Message, credential: Credential, *,
+                command_id: str | None = None) -> Outcome:
+        self._prepare()
+        if isinstance(message, M.InitialiseStudy):
+            return self._initialise(message, credential, command_id)
+        study = load_study(self.store)
+        actor = self._authenticate(credential, study)
+        command_id = command_id or self.store.new_id()
+        request_hash = self._request_hash(actor.name, message)
+        repeat = self._repeat(command_id, request_hash)
+        if repeat is not None:
+            return repeat
+        hashed: dict[tuple[str, str], tuple[Statement, ...]] = {}
+        for attempt in range(self.retries):
+            if attempt:
+                study = load_study(self.store)
+            user = self._known(study, actor.name)
+            loaded = self._load(message, study, user)
+            try:
+                decision = decide(message, loaded.context, method=credential.method)
+            except (RuleViolation, InvalidInput):
+                # The load may show this very command, carried out by another process since
+                # the check above (a scheduler racing another): that is a repeat, not a
+                # refusal. Its row committed with its events, so it is visible now.
+                repeat = self._repeat(command_id, request_hash)
+                if repeat is None:
+                    raise
+                return repeat
+            appends = self._appends(decision, loaded, credential)
+            statements = self._statements(decision, loaded.context.now, hashed)
+            try:
+                result = self.store.append_streams(
+                    appends, AppendContext(actor=user.name, role=user.role, site=user.site,
+                                           command_id=command_id, request_hash=request_hash,
+                                           acted_at=loaded.context.now),
+                    also=statements,
+                    expected_last_position=(loaded.context.last_position
+                                            if decision.expects_head else None))
+            except ConcurrencyConflict:
+                if attempt == self.retries - 1:
+                    raise
+                continue
+            except ClockAhead as error:
+                raise _clock_refusal(error) from None
+            return self._done(Outcome(result, _summary(decision, result)))
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ sessions and checks
+    def authenticate(self, credential: Credential) -> User:
+        """The active user a credential proves (failed attempts recorded), for callers that
+        check before they work (an export, a scheduler pass)."""
+        self._prepare()
+        study = load_study(self.store)
+        user = self._known(study, self._authenticate(credential, study).name)
+        if not user.active:
+            raise RuleViolation(f"User {user.name} is deactivated and may not write.",
+                                rule="user_deactivated", field="user")
+        return user
+
+    @staticmethod
+    def may_send(user: User, kind: type[M.Message]) -> None:
+        """Refuse (rule `role`) a role that may never send messages of this type."""
+        roles = PERMISSIONS[kind].roles
+        if user.role not in roles:
+            raise RuleViolation(f"User {user.name} ({user.role}) may not run `{kind.command}`: "
+                                f"only {only(roles)} may.", rule="role", field="user")
+
+    def login(self, credential: Password, hours: float) -> tuple[str, datetime]:
+        """A session token for the proven user (shown once; the database keeps its SHA-256)."""
+        if not isinstance(credential, Password):
+            raise RuleViolation("Logging in needs the password.", rule="authentication_required",
+                                field="password")
+        user = self.authenticate(credential)
+        if user.service:
+            raise RuleViolation(f"Service account {user.name} authenticates with its secret at "
+                                "every pass; it has no sessions.", rule="role", field="user")
+        study = load_study(self.store)
+        if user.name in study.temporary_passwords:
+            raise change_first(user.name)
+        if study.failed_attempts.get(user.name):  # signed in: the count starts again
+            self.store.append(STUDY_STREAM, None, [NewEvent(T.FAILED_ATTEMPTS_RESET, {
+                "name": user.name, "failed_attempts": study.failed_attempts[user.name]})],
+                AppendContext(actor=user.name, role=user.role, site=user.site))
+        return identity.start_session(self.engine, user.name, self.clock(), hours)
+
+    def logout(self, credential: Credential) -> int:
+        """End every session of the proven user; the number ended."""
+        user = self.authenticate(credential)
+        return identity.end_sessions(self.engine, user.name)
+
+    def check_clock(self, now: datetime) -> None:
+        """Refuse a write's "now" ahead of the database's clock (before any work is done)."""
+        from events.store import CLOCK_TOLERANCE
+
+        store_now = self.store.database_time()
+        if now > store_now + CLOCK_TOLERANCE:
+            raise _clock_refusal(ClockAhead(now, store_now))
+
+    def database_login(self) -> str | None:
+        """The PostgreSQL login of this engine (`session_user`), None on SQLite; read once."""
+        if self._login is None:
+            login = None
+            if self.engine.dialect.name == "postgresql":
+                from events.translate import driver_connection
+
+                with driver_connection(self.engine) as driver:
+                    login = str(driver.execute("SELECT session_user").fetchone()[0])
+                    driver.commit()
+            self._login = (login,)
+        return self._login[0]
+
+    # ------------------------------------------------------------------ authentication
+    def _authenticate(self, credential: Credential, study: Study) -> User:
+        login = self.database_login()
+        personal = login if login is not None and login in study.users else None
+        if isinstance(credential, DatabaseLogin):
+            if personal is None or credential.name != personal:
+                raise RuleViolation(f"The database login {login} is not the user "
+                                    f"{credential.name} of this study.",
+                                    rule="identity_mismatch", field="user")
+            return study.users[personal]
+        if personal is not None and credential.name != personal:
+            raise RuleViolation(f"The database login is {personal}, so it may not act as "
+                                f"{credential.name}.", rule="identity_mismatch", field="user")
+        name = credential.name
+        user = study.users.get(name)
+        if user is not None and study.account_locked(name):
+            self._record_failure(study, name, credential.method, "account_locked")
+            raise RuleViolation(f"The account of {name} is locked after failed attempts; an "
+                                f"admin unlocks it with `trialflow users unlock {name}`.",
+                                rule="account_locked", field="user")
+        if not self._verify(credential, user):
+            self._record_failure(study, name, credential.method,
+                                 "unknown_user" if user is None else "wrong_" + (
+                                     "password" if isinstance(credential, Password)
+                                     else "session"))
+            what = "password" if isinstance(credential, Password) else "session token"
+            raise RuleViolation(f"User {name} could not be authenticated: the user name or the "
+                                f"{what} is wrong.", rule="authentication_failed",
+                                field="password" if isinstance(credential, Password)
+                                else "session")
+        assert user is not None
+        return user
+
+    def _verify(self, credential: Password | SessionToken, user: User | None) -> bool:
+        if isinstance(credential, Password):
+            stored = (identity.stored_credential(self.engine, credential.name)
+                      if user is not None else None)
+            return identity.matches(stored, credential.secret.value, self.kdf)
+        row = identity.session_of(self.engine, credential.token.value)
+        if row is None or row.name != credential.name or user is None:
+            return False
+        now = self.clock()
+        if row.expires_at <= now:
+            raise RuleViolation(f"The session of user {credential.name} expired at "
+                                f"{row.expires_at.isoformat()}; run `trialflow login` again.",
+                                rule="session_expired", field="session")
+        return True
+
+    def _record_failure(self, study: Study, name: str, method: str, reason: str) -> None:
+        """`AuthenticationFailed` (and `AccountLocked` when the attempts reach the limit, with
+        the account's sessions ended) in the study stream. Exact under concurrency: appended
+        at the loaded version and retried; never lost (in the end at any version)."""
+        failed = NewEvent(T.AUTHENTICATION_FAILED, {"name": name, "method": method,
+                                                    "reason": reason, "login": self._who()})
+        context = AppendContext(actor=UNAUTHENTICATED, role="none")
+        try:
+            for attempt in range(self.retries + 2):
+                if attempt:
+                    study = load_study(self.store)
+                events: list[NewEvent] = [failed]
+                also: tuple[Statement, ...] = ()
+                if name in study.users and name not in study.locked_accounts:
+                    count = study.failed_attempts.get(name, 0) + 1
+                    if count >= study.max_failed_attempts:
+                        events.append(NewEvent(T.ACCOUNT_LOCKED, {"name": name,
+                                                                  "failed_attempts": count}))
+                        also = identity.end_sessions_statements(name)
+                try:
+                    self.store.append_streams([StreamAppend(STUDY_STREAM, study.version,
+                                                            events)], context, also=also)
+                    return
+                except ConcurrencyConflict:
+                    continue
+            self.store.append(STUDY_STREAM, None, [failed], context)
+        except EventStoreError as error:  # a read-only or full database: refused all the same
+            log.warning("failed attempt not recorded", name=name, error=str(error))
+
+    def _who(self) -> dict[str, str | None]:
+        """From which login an attempt came: the operating-system account, the database's."""
+        try:
+            import pwd
+
+            os_user: str | None = pwd.getpwuid(os.getuid()).pw_name
+        except (ImportError, KeyError, OSError):
+            os_user = None
+        try:
+            database = self.database_login()
+        except EventStoreError:
+            database = None
+        return {"os_user": os_user, "database_login": database}
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def _known(study: Study, name: str) -> User:
+        user = study.users.get(name)
+        if user is None:
+            raise RuleViolation(f"User {name} is not a user of this study.",
+                                rule="unknown_user", field="user")
+        return user
+
+    def _load(self, message: M.Message, study: Study, user: User) -> _Loaded:
+        """Read what `message` needs (I/O only; the context is a pure fold of it)."""
+        now = self.clock()
+        versions = {STUDY_STREAM: study.version}
+        subject = None
+        if message.loads == "subject":
+            subject = str(getattr(message, "subject"))  # noqa: B009 (a SubjectMessage)
+        elif message.loads == "query":
+            assert isinstance(message, M.QueryMessage)
+            subject = self._subject_of_query(message.query_position)
+        if subject is not None:
+            events = self.store.read_stream(subject)
+            versions[subject] = events[-1].version if events else 0
+            return _Loaded(context_for(message.loads, study, user, now, subject=subject,
+                                       events=events), versions)
+        if message.loads == "reminders":
+            assert isinstance(message, M.ReminderMessage)
+            stream = reminders_stream(message.subject)
+            reminders = self.store.read_stream(stream)
+            versions[stream] = reminders[-1].version if reminders else 0
+            return _Loaded(context_for(message.loads, study, user, now, reminders=reminders),
+                           versions)
+        if message.loads == "template":
+            assert isinstance(message, M.CopySubjects)
+            last = self.store.last_position()
+            return _Loaded(context_for(message.loads, study, user, now,
+                                       template=self.store.read_stream(message.template),
+                                       last_position=last), versions)
+        return _Loaded(context_for(message.loads, study, user, now), versions)
+
+    def _subject_of_query(self, number: int) -> str:
+        found = list(self.store.read_all(after=number - 1, up_to=number))
+        if not found or found[0].type != T.QUERY_OPENED:
+            raise InvalidInput(f"There is no query Q-{number}; `trialflow queries` lists them.",
+                               field="query")
+        return found[0].stream_id
+
+    # ------------------------------------------------------------------ appending
+    def _appends(self, decision: Decision, loaded: _Loaded,
+                 credential: Credential) -> list[StreamAppend]:
+        study, actor = loaded.context.study, loaded.context.actor
+        writes = list(decision.writes)
+        if study.failed_attempts.get(actor.name) and not isinstance(credential, DatabaseLogin):
+            reset = NewEvent(T.FAILED_ATTEMPTS_RESET, {
+                "name": actor.name, "failed_attempts": study.failed_attempts[actor.name]})
+            writes = _with_study_event(writes, reset)
+        appends = []
+        for write in writes:
+            if write.new:
+                expected = 0
+            else:
+                assert write.stream in loaded.versions, f"{write.stream} was not loaded"
+                expected = loaded.versions[write.stream]
+            appends.append(StreamAppend(write.stream, expected, write.events))
+        return appends
+
+    def _statements(self, decision: Decision, now: datetime,
+                    hashed: dict[tuple[str, str], tuple[Statement, ...]]
+                    ) -> tuple[Statement, ...]:
+        out: list[Statement] = []
+        for change in decision.credentials:
+            if isinstance(change, SetPassword):
+                key = (change.name, change.secret.value)
+                if key not in hashed:  # hashed once, whatever the retries
+                    hashed[key] = identity.password_statements(
+                        change.name, change.secret.value, now, service=change.service,
+                        kdf=self.kdf)
+                out.extend(hashed[key])
+            elif isinstance(change, EndSessions):
+                out.extend(identity.end_sessions_statements(change.name))
+        return tuple(out)
+
+    # ------------------------------------------------------------------ the first write
+    def _initialise(self, m: M.InitialiseStudy, credential: Credential,
+                    command_id: str | None) -> Outcome:
+        """The first admin is proven by the password this message sets: whoever may create
+        the database creates its first admin. Refused once the study exists."""
+        if not isinstance(credential, Password) or credential.name != m.admin or \
+                credential.secret != m.password:
+            raise RuleViolation(f"The study is initialised with the password of its first "
+                                f"admin {m.admin}.", rule="authentication_required",
+                                field="password")
+        study = load_study(self.store)
+        command_id = command_id or self.store.new_id()
+        request_hash = self._request_hash(m.admin, m)
+        repeat = self._repeat(command_id, request_hash)
+        if repeat is not None:
+            return repeat
+        now = self.clock()
+        admin = User(m.admin, "admin", None)
+        loaded = _Loaded(context_for(m.loads, study, admin, now), {STUDY_STREAM: study.version})
+        decision = decide(m, loaded.context)
+        try:
+            result = self.store.append_streams(
+                self._appends(decision, loaded, credential),
+                AppendContext(actor=m.admin, role="admin", command_id=command_id,
+                              request_hash=request_hash, acted_at=now),
+                also=self._statements(decision, now, {}))
+        except ClockAhead as error:
+            raise _clock_refusal(error) from None
+        return self._done(Outcome(result, _summary(decision, result)))
+
+    # ------------------------------------------------------------------ helpers
+    def _prepare(self) -> None:
+        if not self._ready:
+            identity.ensure_tables(self.engine)
+            self._ready = True
+
+    def _repeat(self, command_id: str, request_hash: str) -> Outcome | None:
+        """The first result when this command id was carried out before (refused when the
+        same id came with another request); None when it was not."""
+        earlier = self.store.find_command(command_id)
+        if earlier is None:
+            return None
+        if earlier.request_hash != request_hash:
+            raise IdempotencyMismatch(command_id)
+        return self._done(Outcome(earlier.result, {"repeated": True}))
+
+    def _done(self, outcome: Outcome) -> Outcome:
+        self.last_outcome = outcome
+        return outcome
+
+    @staticmethod
+    def _request_hash(actor: str, message: M.Message) -> str:
+        return hashlib.sha256(canonical_json({"actor": actor, **message.canonical()})
+                              .encode("utf-8")).hexdigest()
+
+
+def _summary(decision: Decision, result: AppendResult) -> dict[str, Any]:
+    summary = dict(decision.summary)
+    for key, (index, shape) in decision.positions.items():
+        if index < len(result.positions):
+            position = result.positions[index]
+            summary[key] = position if shape == "{}" else shape.format(position)
+    return summary
+
+
+def _with_study_event(writes: Sequence[Write], event: NewEvent) -> list[Write]:
+    out, added = [], False
+    for write in writes:
+        if write.stream == STUDY_STREAM and not added:
+            write = Write(write.stream, (*write.events, event), write.new)
+            added = True
+        out.append(write)
+    if not added:
+        out.append(Write(STUDY_STREAM, (event,)))
+    return out
+
+
+def _clock_refusal(error: ClockAhead) -> RuleViolation:
+    return RuleViolation(f"The clock of this command ({error.acted_at}) is ahead of the "
+                         f"database's ({error.store_now}): a write may not be decided in the "
+                         "future (a later --now is for reads), so nothing was written.",
+                         rule="clock_ahead", field="now")
+
