@@ -307,7 +307,7 @@ def _interrupted(env: Env | None, json_mode: bool, out: TextIO, err: TextIO) -> 
                    "nothing).")
         data["detail"] = {"recorded": None, "command_id": command_id}
     else:
-        message = "Interrupted; nothing was written."
+        message = "Interrupted before any record was written."
     data["error"] = message
     try:
         if json_mode:

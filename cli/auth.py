@@ -80,14 +80,18 @@ def _personal_login(env: Env) -> str | None:
 
 
 def _secret_file(env: Env) -> str | None:
-    """A service account's secret, from the first file named (none: None)."""
-    named = env.secret_file or env.environ.get("TRIALFLOW_SECRET_FILE")
-    if not named:
+    """A service account's secret, from the first file named (none: None). The environment's
+    files (TRIALFLOW_SECRET_FILE, $CREDENTIALS_DIRECTORY) stand for service accounts only, so
+    a person's session or password is never displaced by them; `--secret-file` is explicit."""
+    named = env.secret_file
+    if not named and _service_account(env):
+        named = env.environ.get("TRIALFLOW_SECRET_FILE")
         folder = env.environ.get("CREDENTIALS_DIRECTORY")
         candidate = Path(folder) / f"{SECRET_PREFIX}{env.user}" if folder else None
-        if candidate is None or not candidate.is_file():
-            return None
-        named = str(candidate)
+        if not named and candidate is not None and candidate.is_file():
+            named = str(candidate)
+    if not named:
+        return None
     try:
         text = Path(named).read_text(encoding="utf-8")
     except (OSError, UnicodeError) as error:
@@ -98,6 +102,14 @@ def _secret_file(env: Env) -> str | None:
     if not secret:
         raise InvalidInput(f"The secret file {named} is empty.", field="secret_file")
     return secret
+
+
+def _service_account(env: Env) -> bool:
+    from workflow.study import SERVICE_ROLES, load_study
+
+    user = load_study(env.app.store).users.get(env.user or "")
+    return (user is None and env.user == "scheduler") or (
+        user is not None and user.role in SERVICE_ROLES)
 
 
 def write_secret_file(path: Path, secret: str) -> None:

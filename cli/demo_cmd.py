@@ -158,9 +158,15 @@ def database_kind(url: str) -> str:
 
 
 def _sqlite_path(url: str) -> str:
+    """The file a SQLite URL names (`sqlite:///file:PATH?uri=true` included)."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).database or ""
+    path = make_url(url).database or ""
+    if path.startswith("file:"):  # a URI filename: file:PATH, file://HOST/PATH
+        path = path.removeprefix("file:").split("?", 1)[0]
+        if path.startswith("//"):
+            path = "/" + path[2:].split("/", 1)[-1]
+    return path
 
 
 def _remove_sqlite(url: str) -> None:

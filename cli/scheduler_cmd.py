@@ -79,9 +79,10 @@ def tick(env: Env, now: datetime | None, smtp: str | None, mail_from: str | None
     notifiers = _notifiers(env, smtp, mail_from, mail_to, webhook)
     report = one_pass(env.app, _credential(env), _utc(now) or env.app.clock(), notifiers)
     data = report.to_json()
+    refused = "".join(f"\nNot issued: {e}" for _, e in report.refused)
     emit(env, data, f"Issued {len(report.issued)} reminders ({report.already_issued} already "
          f"issued by another scheduler), cancelled {len(report.cancelled)}, delivered "
-         f"{len(report.delivered)}, failed {len(report.failed)} (will retry).")
+         f"{len(report.delivered)}, failed {len(report.failed)} (will retry).{refused}")
 
 
 @scheduler.command("run", help="Run passes every --interval seconds until SIGINT or SIGTERM "

@@ -22,9 +22,10 @@ parent's connections are left to the parent), see `_forget_pools_after_fork`.
 from __future__ import annotations
 
 import os
+import re
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -88,10 +89,16 @@ def _busy_timeout_ms(seconds: str) -> int:
 
 
 def _shown(text: str) -> str:
-    """A URL for a message: its password hidden, at most 80 characters."""
-    with suppress(sa_exc.ArgumentError, ValueError):
+    """A URL for a message: its password hidden (also in a URL that does not parse), at most
+    80 characters."""
+    try:
         text = make_url(text).render_as_string(hide_password=True)
+    except (sa_exc.ArgumentError, ValueError):
+        text = _USERINFO.sub(r"\1:***@", text)
     return repr(text if len(text) <= 80 else text[:80] + "…")
+
+
+_USERINFO = re.compile(r"(//[^/:@]*):[^/@]*@")  # `//user:password@` of a URL
 
 
 def _postgres_engine(url: str) -> Engine:

@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from events.errors import EventStoreError, IntegrityFailure, StoreUnavailable
 from events.store import EventStore
 from events.streams import reminders_stream
 from projections.notifiers import Notifier
@@ -35,6 +36,7 @@ from projections.views import View, open_view
 from workflow.bootstrap import App
 from workflow.commands import messages as M
 from workflow.commands.executor import Executor
+from workflow.errors import WorkflowError
 from workflow.identity import Credential
 from workflow.machine import TERMINAL
 from workflow.reminders import (
@@ -48,6 +50,10 @@ from workflow.reminders import (
 )
 
 log = structlog.get_logger("trialflow.scheduler")
+
+
+def _sentence(error: Exception) -> str:
+    return getattr(error, "message", None) or str(error)
 SCHEDULER_RETRIES = 25
 
 
@@ -59,12 +65,14 @@ class TickReport:
     cancelled: list[str] = field(default_factory=list)
     delivered: list[tuple[str, str]] = field(default_factory=list)  # (id, channel)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (id, channel, error)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (id, why): others went on
 
     def to_json(self) -> dict[str, Any]:
         return {"now": self.now, "issued": self.issued, "already_issued": self.already_issued,
                 "cancelled": self.cancelled,
                 "delivered": [{"id": i, "channel": c} for i, c in self.delivered],
-                "failed": [{"id": i, "channel": c, "error": e} for i, c, e in self.failed]}
+                "failed": [{"id": i, "channel": c, "error": e} for i, c, e in self.failed],
+                "refused": [{"id": i, "error": e} for i, e in self.refused]}
 
 
 def due_obligations(view: View, now: datetime) -> tuple[list[Obligation], set[tuple[str, str]]]:
@@ -113,6 +121,20 @@ class _Desk:
         outcome = self.executor.execute(message, self.credential, command_id=command_id)
         return not outcome.result.duplicate
 
+    def issue(self, obligation: Obligation) -> bool:
+        """Issue once by the obligation's command id. A command row for that id that is not
+        the reminder's (written outside trialflow, to silence it) is an integrity failure:
+        the reminder is then issued under a second id every scheduler derives alike."""
+        message = M.IssueReminder(obligation.subject, obligation.obligation, obligation.kind,
+                                  obligation.due_at, obligation.detail, obligation.generation)
+        command_id = f"reminder-issue-{obligation.reminder_id}"
+        try:
+            return self.send(message, command_id)
+        except IntegrityFailure as error:
+            log.error("reminder command id taken by a foreign row", error=str(error),
+                      reminder_id=obligation.reminder_id)
+            return self.send(message, f"{command_id}-reissued")
+
 
 def tick(app: App, credential: Credential, now: datetime,
          notifiers: Sequence[Notifier]) -> TickReport:
@@ -135,9 +157,16 @@ def tick(app: App, credential: Credential, now: datetime,
         # reminder, numbered by the cancellations before it, so it too is issued once
         obligation = replace(obligation, generation=len(earlier))
         # the command id derives from the obligation's key: issued once by any scheduler
-        if desk.send(M.IssueReminder(obligation.subject, obligation.obligation, obligation.kind,
-                                     obligation.due_at, obligation.detail, obligation.generation),
-                     command_id=f"reminder-issue-{obligation.reminder_id}"):
+        try:
+            issued = desk.issue(obligation)
+        except (WorkflowError, EventStoreError) as error:
+            if isinstance(error, StoreUnavailable):
+                raise  # the database is away: the pass stops, the next one retries
+            report.refused.append((obligation.reminder_id, _sentence(error)))
+            log.error("reminder not issued", reminder_id=obligation.reminder_id,
+                      error=_sentence(error))
+            continue  # one refusal never stops the other reminders
+        if issued:
             report.issued.append(obligation.reminder_id)
         else:
             report.already_issued += 1  # another scheduler issued it first

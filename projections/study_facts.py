@@ -36,8 +36,10 @@ def facts_of(study: Study) -> dict[FactKey, str]:
     facts[("accounts", "max_failed_attempts")] = str(study.max_failed_attempts)
     for name, count in study.failed_attempts.items():
         facts[("failed_attempts", name)] = str(count)
-    for name in study.locked_accounts:
-        facts[("locked_account", name)] = "1"
+    for name, lock in study.locked_accounts.items():
+        facts[("locked_account", name)] = json.dumps(list(lock))
+    for name, count in study.locks.items():
+        facts[("locks", name)] = str(count)
     for name in study.temporary_passwords:
         facts[("temporary_password", name)] = "1"
     return facts
@@ -72,7 +74,10 @@ def study_from_facts(rows: Iterable[tuple[str, str, str]]) -> Study:
         elif kind == "failed_attempts":
             study.failed_attempts[key] = int(value)
         elif kind == "locked_account":
-            study.locked_accounts.add(key)
+            until, position = json.loads(value)
+            study.locked_accounts[key] = (until, int(position))
+        elif kind == "locks":
+            study.locks[key] = int(value)
         elif kind == "temporary_password":
             study.temporary_passwords.add(key)
     study.places = [place for _, place in sorted(places, key=lambda item: item[0])]

@@ -48,8 +48,8 @@ REMINDER_DELIVERY_FAILED: Final = "ReminderDeliveryFailed"
 # identity and signatures (21 CFR Part 11), study stream; never a hash
 CREDENTIALS_CHANGED: Final = "CredentialsChanged"  # {name, by, temporary}
 AUTHENTICATION_FAILED: Final = "AuthenticationFailed"  # {name, method, reason, login}
-ACCOUNT_LOCKED: Final = "AccountLocked"  # {name, failed_attempts}
-ACCOUNT_UNLOCKED: Final = "AccountUnlocked"  # {name}, reason
+ACCOUNT_LOCKED: Final = "AccountLocked"  # {name, failed_attempts, until (admins) or null}
+ACCOUNT_UNLOCKED: Final = "AccountUnlocked"  # {name, lapsed}, reason
 FAILED_ATTEMPTS_RESET: Final = "FailedAttemptsReset"  # {name, failed_attempts}: then signed in
 LOCKOUT_POLICY_SET: Final = "LockoutPolicySet"  # {max_failed_attempts}
 SIGNATURE_RECORDED: Final = "SignatureRecorded"  # subject stream, bound to an event's hash

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Integer,
     MetaData,
     String,
     Table,
@@ -59,6 +60,13 @@ sessions = Table(
     Column("name", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+# Password checks in a row that did not succeed, per name tried: counted *before* a check is
+# made, so parallel guesses are bounded by the limit, not by how many run at once.
+attempts = Table(
+    "attempts", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
 )
 
 
@@ -205,6 +213,35 @@ def password_statements(name: str, secret: str, now: datetime, *, service: bool,
 
 def end_sessions_statements(name: str) -> tuple[Statement, ...]:
     return (Statement("DELETE FROM sessions WHERE name = ?", (name,)),)
+
+
+def clear_attempts_statements(name: str) -> tuple[Statement, ...]:
+    return (Statement("DELETE FROM attempts WHERE name = ?", (name,)),)
+
+
+def claim_attempt(engine: Engine, name: str) -> int:
+    """Count a password check of `name` as failed before it is made, and return the count
+    (this one included). A database that cannot take the write refuses the check: no password
+    is ever checked without its attempt being counted."""
+    from events.translate import driver_connection
+
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    with driver_connection(engine) as driver:
+        row = driver.execute(
+            f"INSERT INTO attempts (name, failures) VALUES ({mark}, 1) ON CONFLICT (name) DO "
+            "UPDATE SET failures = attempts.failures + 1 RETURNING failures", (name,)).fetchone()
+        driver.commit()
+    return int(row[0])
+
+
+def clear_attempts(engine: Engine, name: str) -> None:
+    """The password was right: the count starts again."""
+    from events.translate import driver_connection
+
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    with driver_connection(engine) as driver:
+        driver.execute(f"DELETE FROM attempts WHERE name = {mark}", (name,))
+        driver.commit()
 
 
 # ---------------------------------------------------------------------- reads and sessions

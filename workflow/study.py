@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property, lru_cache
 from typing import Final
 from zoneinfo import ZoneInfo
@@ -55,8 +56,10 @@ class Study:
     locked: bool = False  # StudyLocked: every subject write is refused until StudyUnlocked
     purpose: str = "study"  # "demo" for a study made by `trialflow demo`
     temporary_passwords: set[str] = field(default_factory=set)  # set by an admin, unchanged
-    failed_attempts: dict[str, int] = field(default_factory=dict)  # consecutive, per user
-    locked_accounts: set[str] = field(default_factory=set)
+    failed_attempts: dict[str, int] = field(default_factory=dict)  # wrong passwords in a row
+    # name -> (until: ISO time or None for "until an admin unlocks", position of AccountLocked)
+    locked_accounts: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+    locks: dict[str, int] = field(default_factory=dict)  # AccountLocked events per user so far
     max_failed_attempts: int = DEFAULT_MAX_FAILED_ATTEMPTS
     authentication_failures: int = 0  # every failed attempt, known names or not
 
@@ -80,11 +83,21 @@ class Study:
         """The time zone of a site's calendar (UTC for none): the one place it is looked up."""
         return ZoneInfo(self.sites.get(site or "", "UTC"))
 
-    def account_locked(self, name: str) -> bool:
-        """Locked by an `AccountLocked`, or by failed attempts reaching the limit (so a lock
-        holds even when its event lost a race)."""
-        return name in self.locked_accounts or (
-            name in self.users and self.failed_attempts.get(name, 0) >= self.max_failed_attempts)
+    def account_locked(self, name: str, now: datetime | None = None) -> bool:
+        """Locked by an `AccountLocked` not lifted yet. An admin's lock lapses at its `until`
+        (so nobody can lock every admin out for good); without `now` it counts as held."""
+        entry = self.locked_accounts.get(name)
+        if entry is None:
+            return False
+        until = entry[0]
+        return until is None or now is None or now < datetime.fromisoformat(until)
+
+    def lock_lapsed(self, name: str, now: datetime) -> int | None:
+        """The position of `name`'s timed lock when its time is up (to be lifted), else None."""
+        entry = self.locked_accounts.get(name)
+        if entry is None or entry[0] is None or now < datetime.fromisoformat(entry[0]):
+            return None
+        return entry[1]
 
     def active_admins(self) -> list[str]:
         return sorted(u.name for u in self.users.values() if u.role == "admin" and u.active)
@@ -136,7 +149,7 @@ def apply_study(study: Study, event: RecordedEvent) -> None:
         if event.type == T.STUDY_INITIALISED:
             study.purpose = p.get("purpose", "study")
     elif event.type in _ACCOUNT_EVENTS:
-        _apply_account(study, event.type, p)
+        _apply_account(study, event.type, p, event.position)
     elif event.type == T.USER_DEACTIVATED:
         old = study.users[p["name"]]
         study.users[p["name"]] = User(old.name, old.role, old.site, active=False)
@@ -164,7 +177,7 @@ _ACCOUNT_EVENTS: Final = frozenset({
 })
 
 
-def _apply_account(study: Study, kind: str, p: dict[str, object]) -> None:
+def _apply_account(study: Study, kind: str, p: dict[str, object], position: int) -> None:
     name = str(p.get("name", ""))
     if kind == T.CREDENTIALS_CHANGED:
         # set by someone else (an admin): temporary until its user changes it
@@ -175,12 +188,15 @@ def _apply_account(study: Study, kind: str, p: dict[str, object]) -> None:
         study.failed_attempts.pop(name, None)
     elif kind == T.AUTHENTICATION_FAILED:
         study.authentication_failures += 1
-        if name in study.users:
+        if name in study.users and p.get("method", "password") == "password":
             study.failed_attempts[name] = study.failed_attempts.get(name, 0) + 1
     elif kind == T.ACCOUNT_LOCKED:
-        study.locked_accounts.add(name)
+        until = p.get("until")
+        study.locked_accounts[name] = (None if until is None else str(until), position)
+        study.locks[name] = study.locks.get(name, 0) + 1
+        study.failed_attempts.pop(name, None)
     elif kind == T.ACCOUNT_UNLOCKED:
-        study.locked_accounts.discard(name)
+        study.locked_accounts.pop(name, None)
         study.failed_attempts.pop(name, None)
     elif kind == T.FAILED_ATTEMPTS_RESET:
         study.failed_attempts.pop(name, None)

@@ -361,7 +361,7 @@ def test_ctrl_c_at_a_prompt_exits_130_and_writes_nothing(study: str,
     status = run(["--db", study, "--user", "cora", "consent", "S-001", "--on", on,
                   "--consent-form-version", "2.0"], stdout=out, stderr=err, stdin=Terminal(),
                  environ={})
-    assert (status, err.getvalue().strip()) == (130, "Interrupted; nothing was written.")
+    assert (status, err.getvalue().strip()) == (130, "Interrupted before any record was written.")
     assert last_position(study) == before
 
 
@@ -497,3 +497,49 @@ def test_a_personal_postgres_login_is_the_acting_user(postgres_url: str) -> None
             conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                          f"WHERE usename = '{login_name}'")
             conn.execute(f"DROP ROLE {login_name}")
+
+
+def test_no_password_of_a_database_url_is_shown(tmp_path: Path) -> None:
+    for url in ("postgresql://pwuser:S3cretPW!x@127.0.0.1:notaport/x",
+                "postgresql://pwuser:S3cretPW!x@[::1/x"):
+        for argv in (("status",), ("demo", "--no-reports"), ("--json", "status")):
+            out, err = io.StringIO(), io.StringIO()
+            status = run(["--db", url, *argv], stdout=out, stderr=err, environ={})
+            assert status == 2, (url, argv, out.getvalue(), err.getvalue())
+            assert "S3cretPW" not in out.getvalue() + err.getvalue(), (url, argv)
+
+
+def test_the_name_of_failed_attempts_is_reserved(study: str) -> None:
+    status, data, _ = call(study, "--user", "ada", "users", "add", "unauthenticated", "--role",
+                           "monitor", stdin=f"{GOOD}\nsome-password-123\n")
+    assert status == 2 and data["detail"]["field"] == "name"
+
+
+def test_a_command_row_written_outside_trialflow_is_an_integrity_failure(study: str) -> None:
+    """A row in `commands` whose position does not hold the command's own event (written by
+    someone with INSERT on the table, to make a write look done) is reported, exit 4."""
+    from events.envelope import canonical_json
+    from workflow.commands import messages as M
+    from workflow.commands.executor import Executor
+
+    on = (datetime.now(UTC).date() - timedelta(days=2))
+    message = M.ConsentSubject("S-001", on, "2.0")
+    forged = {"command_id": "c-forged", "positions": [1], "recorded_at": "x",
+              "versions": {"S-001": 1}}
+    engine = build_app(study).engine
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO commands VALUES (:c, :h, :r, 'x')"),
+                     {"c": "c-forged", "h": Executor._request_hash("cora", message),
+                      "r": canonical_json(forged)})
+    status, data, _ = consent(study, stdin=f"{PASSWORDS['cora']}\n")
+    assert status == 0  # another command id: carried out
+    before = last_position(study)
+    status, data, _ = call(study, "--user", "cora", "consent", "S-002", "--on", on.isoformat(),
+                           "--consent-form-version", "2.0", "--command-id", "c-forged",
+                           stdin=f"{PASSWORDS['cora']}\n")
+    assert status == 2 and data["rule"] == "command_id_reused"  # another request's id
+    status, data, _ = call(study, "--user", "cora", "consent", "S-001", "--on", on.isoformat(),
+                           "--consent-form-version", "2.0", "--command-id", "c-forged",
+                           stdin=f"{PASSWORDS['cora']}\n")
+    assert status == 4 and data["rule"] == "integrity" and "outside trialflow" in data["error"]
+    assert last_position(study) == before

@@ -269,3 +269,14 @@ def test_the_demo_marks_its_database_and_replaces_nothing_else(demo: Run,
     assert status == 1 and data["rule"] == "not_a_demo_database"
     assert junk.read_text() == "my notes, not a database\n"
 
+
+
+def test_a_uri_form_sqlite_url_is_the_same_file(tmp_path: Path) -> None:
+    real = tmp_path / "real.db"
+    assert run(["--db", f"sqlite:///{real}", "--password-stdin", "init", "--admin", "ada"],
+               stdout=io.StringIO(), stderr=io.StringIO(), environ={},
+               stdin=io.StringIO("correct-horse-battery\n")) == 0
+    before = real.read_bytes()
+    status, data, _ = _demo(f"sqlite:///file:{real}?uri=true", "--replace", "--no-reports")
+    assert status == 1 and data["rule"] == "not_a_demo_database"
+    assert real.read_bytes() == before

@@ -179,3 +179,46 @@ def test_the_schedulers_secret_may_not_be_used_for_any_other_write(
     assert SCHEDULER in body["error"]
     assert "Traceback" not in done.err
     assert _last_position(infused) == last  # nothing written (and no failed attempt)
+
+
+# --- a command row written outside trialflow does not silence a reminder --------------------
+
+
+def test_a_forged_command_row_does_not_silence_a_reminder(infused: str) -> None:
+    """Someone who can INSERT into `commands` writes the row the scheduler would write for a
+    due reminder, so that it looks issued. The executor finds that the row's position does
+    not hold the command's own event (an integrity failure, exit 4 for a user); the scheduler
+    then issues the reminder under its second id, and the other reminders go on."""
+    from events.envelope import canonical_json
+    from events.translate import driver_connection
+    from workflow.reminders import Obligation
+
+    app = build_app(infused, kdf=TEST_KDF)
+    key = Obligation(SUBJECT, "visit:D1@2025-02-06", "due", "", "").reminder_id
+    forged = {"command_id": f"reminder-issue-{key}", "positions": [1],
+              "recorded_at": "2025-02-06T00:00:00.000000Z", "versions": {"reminders-S-001": 1}}
+    try:
+        # the request hash anyone can compute from the message and the scheduler's name
+        from workflow.commands import messages as M
+        from workflow.commands.executor import Executor
+
+        moment = datetime.fromisoformat(NOW.replace("Z", "+00:00"))
+        due_at = "2025-02-06T00:00:00+08:00"
+        message = M.IssueReminder(SUBJECT, "visit:D1@2025-02-06", "due", due_at,
+                                  "D1 window 2025-02-06 to 2025-02-06 (target 2025-02-06): due.")
+        request = Executor._request_hash(SCHEDULER, message)
+        with driver_connection(app.engine) as driver:
+            driver.execute("INSERT INTO commands (command_id, request_hash, result, recorded_at)"
+                           " VALUES (?, ?, ?, ?)", (forged["command_id"], request,
+                                                    canonical_json(forged), forged["recorded_at"]))
+            driver.commit()
+        report = one_pass(app, Password(SCHEDULER, Secret(SCHEDULER_SECRET)), moment, [])
+        issued = {(p["obligation"], p["kind"]) for p in of_type(infused, "ReminderIssued")}
+        assert ("visit:D1@2025-02-06", "due") in issued  # not silenced
+        assert ("visit:D4@2025-02-09", "window_opening") in issued
+        assert len(report.issued) == 2 and report.refused == []
+        reissued = [e.command_id for e in app.store.read_all() if e.type == "ReminderIssued"
+                    and e.payload["reminder_id"] == key]
+        assert reissued == [f"reminder-issue-{key}-reissued"]
+    finally:
+        app.engine.dispose()

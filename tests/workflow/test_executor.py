@@ -127,7 +127,8 @@ def test_failed_attempts_lock_the_account_until_an_admin_unlocks_it(desk: Desk) 
     study = desk.study()
     assert study.account_locked(INVESTIGATOR) and INVESTIGATOR in study.locked_accounts
     locks = [e for e in desk.store.read_stream("study") if e.type == T.ACCOUNT_LOCKED]
-    assert [e.payload for e in locks] == [{"name": INVESTIGATOR, "failed_attempts": 5}]
+    assert [e.payload for e in locks] == [{"name": INVESTIGATOR, "failed_attempts": 5,
+                                           "until": None}]
     assert identity.session_of(desk.store.engine, token) is None  # the lock ended them
     # now even the right password is refused, and the attempt is recorded too
     refused("account_locked", desk.executor.execute, record, password(INVESTIGATOR))
@@ -137,9 +138,106 @@ def test_failed_attempts_lock_the_account_until_an_admin_unlocks_it(desk: Desk) 
             password(COORDINATOR))
     desk.executor.execute(M.UnlockAccount(INVESTIGATOR, "called the site"), password(ADMIN))
     assert not desk.study().account_locked(INVESTIGATOR)
+    token, _ = desk.executor.login(password(INVESTIGATOR), 8)
+    for _ in range(4):  # the count started again at the unlock
+        refused("authentication_failed", desk.executor.login,
+                password(INVESTIGATOR, "a-wrong-guess-1"), 8)
     desk.executor.login(password(INVESTIGATOR), 8)
+    assert identity.session_of(desk.store.engine, token) is not None
     refused("not_locked", desk.executor.execute, M.UnlockAccount(INVESTIGATOR, "again"),
             password(ADMIN))
+
+
+def test_guesses_at_once_get_only_the_limit_checked(desk: Desk) -> None:
+    """Each password check is counted before it is made: twelve guesses at the same moment
+    get five checks, the other seven are refused as locked without one."""
+    import threading
+
+    desk.executor.kdf = identity.DEFAULT_KDF  # slow checks, so the guesses overlap
+    desk.executor.execute(M.ChangePassword(COORDINATOR, Secret("a-strong-password-1")),
+                          password(COORDINATOR))
+    start = threading.Barrier(12)
+    rules: list[str] = []
+
+    def guess(n: int) -> None:
+        executor = Executor(desk.executor.app)
+        start.wait()
+        try:
+            executor.login(password(COORDINATOR, f"guess-number-{n:04d}"), 8)
+        except RuleViolation as error:
+            rules.append(str(error.rule))
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(rules) == ["account_locked"] * 7 + ["authentication_failed"] * 5
+    failed = [e.payload["reason"] for e in desk.store.read_stream("study")
+              if e.type == T.AUTHENTICATION_FAILED]
+    assert sorted(failed) == ["account_locked"] * 7 + ["wrong_password"] * 5
+    assert desk.study().account_locked(COORDINATOR)
+    refused("account_locked", desk.executor.login, password(COORDINATOR,
+                                                             "a-strong-password-1"), 8)
+
+
+def test_a_service_account_is_never_locked_and_an_admin_s_lock_lapses(
+        desk: Desk, clock: FakeClock) -> None:
+    """Locking the scheduler would silence the safety alerts, and locking every admin would
+    freeze the study for good: anyone could do either with wrong passwords. So a service
+    account (a generated secret, not guessable) is never locked, and an admin's lock lapses
+    after 15 minutes (recorded), which still bounds guessing."""
+    for _ in range(8):
+        refused("authentication_failed", desk.executor.authenticate,
+                password("scheduler", "x" * 43))
+    assert desk.executor.authenticate(password("scheduler", SCHEDULER_SECRET)).name == \
+        "scheduler"
+    for _ in range(5):
+        refused("authentication_failed", desk.executor.login,
+                password(ADMIN, "a-wrong-guess-1"), 8)
+    [lock] = [e for e in desk.store.read_stream("study") if e.type == T.ACCOUNT_LOCKED]
+    assert lock.payload["until"] == (clock() + timedelta(minutes=15)).isoformat()
+    refused("account_locked", desk.executor.login, password(ADMIN), 8)
+    clock.advance(minutes=16)
+    desk.executor.login(password(ADMIN), 8)
+    lifted = [e for e in desk.store.read_stream("study") if e.type == T.ACCOUNT_UNLOCKED]
+    assert [(e.payload, e.actor) for e in lifted] == [
+        ({"name": ADMIN, "lapsed": True}, "unauthenticated")]
+
+
+def test_a_session_neither_counts_nor_clears_password_failures(desk: Desk) -> None:
+    """A stolen session must not buy unlimited guesses at the password a signature needs:
+    only a right password starts the count again."""
+    screen_eligible(desk, "S-001", START)
+    token, _ = desk.executor.login(password(INVESTIGATOR), 8)
+    session = SessionToken(INVESTIGATOR, Secret(token))
+    for _ in range(5):
+        desk.executor.execute(M.RecordForm("S-001", "vitals", ("weight_kg=58",), START),
+                              session)
+        refused("authentication_failed", desk.executor.execute,
+                M.Sign("S-001", 26, "reviewed"), password(INVESTIGATOR, "a-wrong-guess-1"))
+    assert desk.study().account_locked(INVESTIGATOR)  # five wrong, a session write between each
+    for _ in range(3):
+        refused("authentication_failed", desk.executor.execute,
+                M.RecordForm("S-001", "vitals", ("weight_kg=58",), START),
+                SessionToken(COORDINATOR, Secret("a-made-up-token")))
+    assert not desk.study().account_locked(COORDINATOR)  # wrong tokens are recorded, not counted
+
+
+def test_a_database_that_cannot_record_the_attempt_checks_no_password(tmp_path: Any,
+                                                                      clock: FakeClock) -> None:
+    """On a read-only database a password check could not be counted: none is made, so the
+    answer is the same for a right and a wrong password."""
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    new_study(url, clock).store.engine.dispose()
+    read_only = f"sqlite:///file:{tmp_path / 't.db'}?mode=ro&uri=true"
+    executor = Executor(build_app(read_only, clock=clock))
+    answers = []
+    for secret in (PASSWORD, "a-wrong-guess-1"):
+        with pytest.raises(Exception) as caught:
+            executor.login(password(COORDINATOR, secret), 8)
+        answers.append((type(caught.value).__name__, str(caught.value)))
+    assert answers[0] == answers[1] and "read-only" in answers[0][1]
 
 
 def test_the_lockout_limit_is_the_study_s_setting(desk: Desk) -> None:
@@ -231,9 +329,12 @@ def test_a_credential_changes_only_with_its_event(desk: Desk) -> None:
     assert identity.session_of(desk.store.engine, token) is None  # a change ends sessions
     events = [e for e in desk.store.read_all(after=before)
               if e.position in changed.result.positions]
-    assert [(e.type, e.payload) for e in events] == [
-        (T.CREDENTIALS_CHANGED, {"name": COORDINATOR, "by": COORDINATOR, "temporary": False}),
-        (T.FAILED_ATTEMPTS_RESET, {"name": COORDINATOR, "failed_attempts": 1})]
+    changed, reset = events
+    assert (changed.type, reset.type) == (T.CREDENTIALS_CHANGED, T.FAILED_ATTEMPTS_RESET)
+    origin = changed.payload.pop("origin")  # who typed it: the OS account, the database login
+    assert set(origin) == {"os_user", "database_login"} and origin["os_user"]
+    assert changed.payload == {"name": COORDINATOR, "by": COORDINATOR, "temporary": False}
+    assert reset.payload == {"name": COORDINATOR, "failed_attempts": 1}
     desk.executor.login(password(COORDINATOR, "a-new-password-1"), 8)
 
 

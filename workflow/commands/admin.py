@@ -6,7 +6,14 @@ from __future__ import annotations
 from events.envelope import NewEvent
 from events.streams import STUDY_STREAM
 from workflow import event_types as T
-from workflow.commands.decision import Context, Decision, SetPassword, decided
+from workflow.commands.decision import (
+    ClearAttempts,
+    Context,
+    Decision,
+    EndSessions,
+    SetPassword,
+    decided,
+)
 from workflow.commands.messages import (
     AddSite,
     AddUser,
@@ -41,8 +48,10 @@ def initialise(m: InitialiseStudy, c: Context) -> Decision:
         NewEvent(T.STUDY_INITIALISED, {"name": m.admin, "role": "admin", "site": None,
                                        "purpose": m.purpose}),
         NewEvent(T.USER_ADDED, {"name": SCHEDULER, "role": "scheduler", "site": None}),
-        NewEvent(T.CREDENTIALS_CHANGED, {"name": m.admin, "by": m.admin, "temporary": False}),
-        NewEvent(T.CREDENTIALS_CHANGED, {"name": SCHEDULER, "by": m.admin, "temporary": False}),
+        NewEvent(T.CREDENTIALS_CHANGED, {"name": m.admin, "by": m.admin, "temporary": False,
+                                          **_origin(c)}),
+        NewEvent(T.CREDENTIALS_CHANGED, {"name": SCHEDULER, "by": m.admin, "temporary": False,
+                                          **_origin(c)}),
         NewEvent(T.PROTOCOL_LOADED, {"version": protocol.version, "hash": protocol_hash(text),
                                      "content": text, "source": "builtin"}),
     ]
@@ -74,7 +83,7 @@ def add_user(m: AddUser, c: Context) -> Decision:
         check_new_password(m.name, m.password.value)
     payload = {"name": m.name, "role": m.role, "site": m.site}
     changed = NewEvent(T.CREDENTIALS_CHANGED, {"name": m.name, "by": c.actor.name,
-                                               "temporary": not service})
+                                               "temporary": not service, **_origin(c)})
     return decided(STUDY_STREAM, [NewEvent(T.USER_ADDED, payload), changed],
                    {**payload, "temporary_password": not service},
                    credentials=[SetPassword(m.name, m.password, service=service)])
@@ -112,19 +121,25 @@ def change_password(m: ChangePassword, c: Context) -> Decision:
         check_new_password(m.name, m.password.value)
     temporary = not own and not user.service
     return decided(STUDY_STREAM, [NewEvent(T.CREDENTIALS_CHANGED, {
-        "name": m.name, "by": c.actor.name, "temporary": temporary})],
+        "name": m.name, "by": c.actor.name, "temporary": temporary, **_origin(c)})],
         {"name": m.name, "temporary": temporary},
         credentials=[SetPassword(m.name, m.password, service=user.service)])
 
 
 def unlock_account(m: UnlockAccount, c: Context) -> Decision:
+    """The count starts again and the account's sessions end (one started by a guess that
+    raced the lock must not outlive it)."""
     _existing(c, m.name)
-    if not c.study.account_locked(m.name):
+    study = c.study
+    if not study.account_locked(m.name, c.now) and \
+            study.failed_attempts.get(m.name, 0) < study.max_failed_attempts:
         raise RuleViolation(f"The account of {m.name} is not locked.", rule="not_locked",
                             field="name")
-    return decided(STUDY_STREAM, [NewEvent(T.ACCOUNT_UNLOCKED, {"name": m.name},
+    return decided(STUDY_STREAM, [NewEvent(T.ACCOUNT_UNLOCKED, {"name": m.name,
+                                                                "lapsed": False},
                                            reason=m.reason)],
-                   {"name": m.name, "locked": False})
+                   {"name": m.name, "locked": False},
+                   credentials=[ClearAttempts(m.name), EndSessions(m.name)])
 
 
 def set_lockout_policy(m: SetLockoutPolicy, c: Context) -> Decision:
@@ -170,6 +185,11 @@ def amend_protocol(m: AmendProtocol, c: Context) -> Decision:
                                                 "from_version": study.protocol_version}))
     return decided(STUDY_STREAM, events, {"version": m.version,
                                           "from_version": study.protocol_version})
+
+
+def _origin(c: Context) -> dict[str, object]:
+    """Where a credential change came from, when the executor knows it."""
+    return {"origin": dict(c.origin)} if c.origin else {}
 
 
 def _existing(c: Context, name: str) -> User:

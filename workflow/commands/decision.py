@@ -35,6 +35,9 @@ class Context:
     reminders: Mapping[str, Reminder] = field(default_factory=dict)
     template: tuple[RecordedEvent, ...] = ()  # CopySubjects: the template subject's stream
     last_position: int = 0  # CopySubjects: the log's head when loaded
+    # where the command came from (the operating-system account, the database login): kept
+    # with a credential change and a signature, so an auditor can tell who typed them
+    origin: Mapping[str, str | None] = field(default_factory=dict)
 
     def require_subject(self) -> SubjectState:
         assert self.subject is not None, "the executor loads the subject of a subject message"
@@ -64,7 +67,14 @@ class EndSessions:
     name: str
 
 
-CredentialChange = SetPassword | EndSessions
+@dataclass(frozen=True)
+class ClearAttempts:
+    """The count of failed password checks starts again (an unlock)."""
+
+    name: str
+
+
+CredentialChange = SetPassword | EndSessions | ClearAttempts
 
 
 @dataclass(frozen=True)
@@ -88,20 +98,23 @@ def decided(stream: str, events: Sequence[NewEvent], summary: Mapping[str, Any],
 def context_for(message_loads: str, study: Study, actor: User, now: datetime, *,
                 subject: str | None = None, events: Sequence[RecordedEvent] = (),
                 reminders: Sequence[RecordedEvent] = (), template: Sequence[RecordedEvent] = (),
-                last_position: int = 0) -> Context:
+                last_position: int = 0,
+                origin: Mapping[str, str | None] | None = None) -> Context:
     """The context of a message from the events the executor read (a pure fold: tests build
     the same context from events held in memory). `today` is `now` on the calendar of the
     subject's site, else the actor's, else UTC."""
+    came = dict(origin or {})
     if subject is not None:
         state = fold_subject(subject, events)
         site = state.site or actor.site
         return Context(study, actor, now, now.astimezone(study.zone(site)).date(),
                        subject=state, review=fold_monitoring(subject, events),
-                       events=tuple(events))
+                       events=tuple(events), origin=came)
     today = now.astimezone(study.zone(actor.site)).date()
     if message_loads == "reminders":
-        return Context(study, actor, now, today, reminders=fold_reminders(reminders))
+        return Context(study, actor, now, today, reminders=fold_reminders(reminders),
+                       origin=came)
     if message_loads == "template":
         return Context(study, actor, now, today, template=tuple(template),
-                       last_position=last_position)
-    return Context(study, actor, now, today)
+                       last_position=last_position, origin=came)
+    return Context(study, actor, now, today, origin=came)

@@ -24,17 +24,24 @@ Nothing else in the product appends to the log (a test reads the source to prove
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import structlog
 
 from events.envelope import NewEvent, canonical_json
-from events.errors import ClockAhead, ConcurrencyConflict, EventStoreError, IdempotencyMismatch
+from events.errors import (
+    ClockAhead,
+    ConcurrencyConflict,
+    EventStoreError,
+    IdempotencyMismatch,
+    IntegrityFailure,
+)
 from events.store import AppendContext, AppendResult, Statement, StreamAppend
 from events.streams import STUDY_STREAM, reminders_stream
 from workflow import event_types as T
@@ -42,6 +49,7 @@ from workflow import identity
 from workflow.bootstrap import App
 from workflow.commands import messages as M
 from workflow.commands.decision import (
+    ClearAttempts,
     Context,
     Decision,
     EndSessions,
@@ -57,6 +65,7 @@ from workflow.study import Study, User, load_study
 
 CONFLICT_RETRIES: Final = 3
 UNAUTHENTICATED: Final = "unauthenticated"  # actor of the events of a failed attempt
+ADMIN_LOCK: Final = timedelta(minutes=15)  # an admin's lock lapses: no permanent lock-out
 
 log = structlog.get_logger("trialflow.executor")
 
@@ -107,6 +116,8 @@ class Executor:
             if attempt:
                 study = load_study(self.store)
             user = self._known(study, actor.name)
+            if study.account_locked(user.name, self.clock()):  # locked by a guess meanwhile
+                raise _locked(user.name)
             loaded = self._load(message, study, user)
             try:
                 decision = decide(message, loaded.context, method=credential.method)
@@ -166,7 +177,9 @@ class Executor:
         if user.service:
             raise RuleViolation(f"Service account {user.name} authenticates with its secret at "
                                 "every pass; it has no sessions.", rule="role", field="user")
-        study = load_study(self.store)
+        study = load_study(self.store)  # again: a lock by a parallel guess holds
+        if study.account_locked(user.name, self.clock()):
+            raise _locked(user.name)
         if user.name in study.temporary_passwords:
             raise change_first(user.name)
         if study.failed_attempts.get(user.name):  # signed in: the count starts again
@@ -203,6 +216,7 @@ class Executor:
 
     # ------------------------------------------------------------------ authentication
     def _authenticate(self, credential: Credential, study: Study) -> User:
+        now = self.clock()
         login = self.database_login()
         personal = login if login is not None and login in study.users else None
         if isinstance(credential, DatabaseLogin):
@@ -210,28 +224,37 @@ class Executor:
                 raise RuleViolation(f"The database login {login} is not the user "
                                     f"{credential.name} of this study.",
                                     rule="identity_mismatch", field="user")
+            if study.account_locked(personal, now):
+                raise _locked(personal)
             return study.users[personal]
         if personal is not None and credential.name != personal:
             raise RuleViolation(f"The database login is {personal}, so it may not act as "
                                 f"{credential.name}.", rule="identity_mismatch", field="user")
         name = credential.name
         user = study.users.get(name)
-        if user is not None and study.account_locked(name):
-            self._record_failure(study, name, credential.method, "account_locked")
-            raise RuleViolation(f"The account of {name} is locked after failed attempts; an "
-                                f"admin unlocks it with `trialflow users unlock {name}`.",
-                                rule="account_locked", field="user")
+        tries = None
+        if isinstance(credential, Password):
+            lapsed = study.lock_lapsed(name, now)
+            if lapsed is not None:  # an admin's timed lock is over: lift it, count afresh
+                study = self._lift_lapsed_lock(name, lapsed)
+            # counted before it is checked: N guesses at once get at most the limit checked
+            tries = identity.claim_attempt(self.engine, name)
+        if user is not None and (study.account_locked(name, now) or (
+                tries is not None and not user.service and tries > study.max_failed_attempts)):
+            self._record_failure(study, name, credential.method, "account_locked", tries, now)
+            raise _locked(name)
         if not self._verify(credential, user):
-            self._record_failure(study, name, credential.method,
-                                 "unknown_user" if user is None else "wrong_" + (
-                                     "password" if isinstance(credential, Password)
-                                     else "session"))
+            reason = "unknown_user" if user is None else "wrong_" + (
+                "password" if isinstance(credential, Password) else "session")
+            self._record_failure(study, name, credential.method, reason, tries, now)
             what = "password" if isinstance(credential, Password) else "session token"
             raise RuleViolation(f"User {name} could not be authenticated: the user name or the "
                                 f"{what} is wrong.", rule="authentication_failed",
                                 field="password" if isinstance(credential, Password)
                                 else "session")
         assert user is not None
+        if tries is not None:
+            identity.clear_attempts(self.engine, name)
         return user
 
     def _verify(self, credential: Password | SessionToken, user: User | None) -> bool:
@@ -249,34 +272,48 @@ class Executor:
                                 rule="session_expired", field="session")
         return True
 
-    def _record_failure(self, study: Study, name: str, method: str, reason: str) -> None:
-        """`AuthenticationFailed` (and `AccountLocked` when the attempts reach the limit, with
-        the account's sessions ended) in the study stream. Exact under concurrency: appended
-        at the loaded version and retried; never lost (in the end at any version)."""
-        failed = NewEvent(T.AUTHENTICATION_FAILED, {"name": name, "method": method,
-                                                    "reason": reason, "login": self._who()})
+    def _record_failure(self, study: Study, name: str, method: str, reason: str,
+                        tries: int | None, now: datetime) -> None:
+        """`AuthenticationFailed` in the study stream (at any version: an attempt is never
+        lost to a conflict); and, when the password checks counted for a person reach the
+        limit, `AccountLocked` (once per lock: its command id names the lock) with the
+        account's sessions ended in the same transaction. An admin's lock lapses after
+        ADMIN_LOCK, so nobody can lock every admin out for good; a service account (whose
+        secret is generated, not guessable) is never locked."""
         context = AppendContext(actor=UNAUTHENTICATED, role="none")
         try:
-            for attempt in range(self.retries + 2):
-                if attempt:
-                    study = load_study(self.store)
-                events: list[NewEvent] = [failed]
-                also: tuple[Statement, ...] = ()
-                if name in study.users and name not in study.locked_accounts:
-                    count = study.failed_attempts.get(name, 0) + 1
-                    if count >= study.max_failed_attempts:
-                        events.append(NewEvent(T.ACCOUNT_LOCKED, {"name": name,
-                                                                  "failed_attempts": count}))
-                        also = identity.end_sessions_statements(name)
-                try:
-                    self.store.append_streams([StreamAppend(STUDY_STREAM, study.version,
-                                                            events)], context, also=also)
-                    return
-                except ConcurrencyConflict:
-                    continue
-            self.store.append(STUDY_STREAM, None, [failed], context)
+            self.store.append(STUDY_STREAM, None, [NewEvent(T.AUTHENTICATION_FAILED, {
+                "name": name, "method": method, "reason": reason, "login": self._who()})],
+                context)
+            user = study.users.get(name)
+            if user is None or user.service or tries is None or \
+                    tries < study.max_failed_attempts or study.account_locked(name, now):
+                return
+            until = (now + ADMIN_LOCK).isoformat() if user.role == "admin" else None
+            lock = NewEvent(T.ACCOUNT_LOCKED, {"name": name,
+                                               "failed_attempts": study.max_failed_attempts,
+                                               "until": until})
+            with contextlib.suppress(IdempotencyMismatch):  # another attempt locked it first
+                self.store.append_streams(
+                    [StreamAppend(STUDY_STREAM, None, [lock])],
+                    AppendContext(actor=UNAUTHENTICATED, role="none",
+                                  command_id=f"account-locked-{name}-{study.locks.get(name, 0)}"),
+                    also=identity.end_sessions_statements(name))
         except EventStoreError as error:  # a read-only or full database: refused all the same
             log.warning("failed attempt not recorded", name=name, error=str(error))
+
+    def _lift_lapsed_lock(self, name: str, position: int) -> Study:
+        """Record that an admin's timed lock lapsed (once: the command id names the lock),
+        the count of failed checks cleared with it."""
+        with contextlib.suppress(IdempotencyMismatch):  # lifted by another attempt
+            self.store.append_streams(
+                [StreamAppend(STUDY_STREAM, None, [NewEvent(
+                    T.ACCOUNT_UNLOCKED, {"name": name, "lapsed": True},
+                    reason=f"the lock of {ADMIN_LOCK} was over")])],
+                AppendContext(actor=UNAUTHENTICATED, role="none",
+                              command_id=f"lock-lapsed-{name}-{position}"),
+                also=identity.clear_attempts_statements(name))
+        return load_study(self.store)
 
     def _who(self) -> dict[str, str | None]:
         """From which login an attempt came: the operating-system account, the database's."""
@@ -304,6 +341,7 @@ class Executor:
     def _load(self, message: M.Message, study: Study, user: User) -> _Loaded:
         """Read what `message` needs (I/O only; the context is a pure fold of it)."""
         now = self.clock()
+        origin = self._who()
         versions = {STUDY_STREAM: study.version}
         subject = None
         if message.loads == "subject":
@@ -315,21 +353,22 @@ class Executor:
             events = self.store.read_stream(subject)
             versions[subject] = events[-1].version if events else 0
             return _Loaded(context_for(message.loads, study, user, now, subject=subject,
-                                       events=events), versions)
+                                       events=events, origin=origin), versions)
         if message.loads == "reminders":
             assert isinstance(message, M.ReminderMessage)
             stream = reminders_stream(message.subject)
             reminders = self.store.read_stream(stream)
             versions[stream] = reminders[-1].version if reminders else 0
-            return _Loaded(context_for(message.loads, study, user, now, reminders=reminders),
+            return _Loaded(context_for(message.loads, study, user, now, reminders=reminders,
+                                       origin=origin),
                            versions)
         if message.loads == "template":
             assert isinstance(message, M.CopySubjects)
             last = self.store.last_position()
             return _Loaded(context_for(message.loads, study, user, now,
                                        template=self.store.read_stream(message.template),
-                                       last_position=last), versions)
-        return _Loaded(context_for(message.loads, study, user, now), versions)
+                                       last_position=last, origin=origin), versions)
+        return _Loaded(context_for(message.loads, study, user, now, origin=origin), versions)
 
     def _subject_of_query(self, number: int) -> str:
         found = list(self.store.read_all(after=number - 1, up_to=number))
@@ -343,7 +382,7 @@ class Executor:
                  credential: Credential) -> list[StreamAppend]:
         study, actor = loaded.context.study, loaded.context.actor
         writes = list(decision.writes)
-        if study.failed_attempts.get(actor.name) and not isinstance(credential, DatabaseLogin):
+        if study.failed_attempts.get(actor.name) and isinstance(credential, Password):
             reset = NewEvent(T.FAILED_ATTEMPTS_RESET, {
                 "name": actor.name, "failed_attempts": study.failed_attempts[actor.name]})
             writes = _with_study_event(writes, reset)
@@ -371,6 +410,8 @@ class Executor:
                 out.extend(hashed[key])
             elif isinstance(change, EndSessions):
                 out.extend(identity.end_sessions_statements(change.name))
+            elif isinstance(change, ClearAttempts):
+                out.extend(identity.clear_attempts_statements(change.name))
         return tuple(out)
 
     # ------------------------------------------------------------------ the first write
@@ -391,7 +432,8 @@ class Executor:
             return repeat
         now = self.clock()
         admin = User(m.admin, "admin", None)
-        loaded = _Loaded(context_for(m.loads, study, admin, now), {STUDY_STREAM: study.version})
+        loaded = _Loaded(context_for(m.loads, study, admin, now, origin=self._who()),
+                         {STUDY_STREAM: study.version})
         decision = decide(m, loaded.context)
         try:
             result = self.store.append_streams(
@@ -417,6 +459,15 @@ class Executor:
             return None
         if earlier.request_hash != request_hash:
             raise IdempotencyMismatch(command_id)
+        positions = earlier.result.positions
+        if positions:  # its events carry its id: a row written outside trialflow does not
+            first = next(iter(self.store.read_all(after=positions[0] - 1, up_to=positions[0])),
+                         None)
+            if first is None or first.command_id != command_id:
+                raise IntegrityFailure(
+                    f"Command id {command_id} is recorded as carried out, but the event at "
+                    f"position {positions[0]} is not its own: the commands table was written "
+                    "outside trialflow; nothing was written.")
         return self._done(Outcome(earlier.result, {"repeated": True}))
 
     def _done(self, outcome: Outcome) -> Outcome:
@@ -448,6 +499,12 @@ def _with_study_event(writes: Sequence[Write], event: NewEvent) -> list[Write]:
     if not added:
         out.append(Write(STUDY_STREAM, (event,)))
     return out
+
+
+def _locked(name: str) -> RuleViolation:
+    return RuleViolation(f"The account of {name} is locked after failed attempts; an admin "
+                         f"unlocks it with `trialflow users unlock {name}`.",
+                         rule="account_locked", field="user")
 
 
 def _clock_refusal(error: ClockAhead) -> RuleViolation:

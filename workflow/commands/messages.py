@@ -58,10 +58,16 @@ def _plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- field checks
+RESERVED_NAMES: Final = frozenset({"unauthenticated"})  # the actor of failed attempts
+
+
 def check_name(value: str, field_name: str = "name") -> str:
     if not isinstance(value, str) or not NAME.fullmatch(value):
         raise InvalidInput(f"{field_name} {value!r} must be 1 to 40 letters, digits, dots, "
                            "hyphens or underscores.", field=field_name)
+    if value in RESERVED_NAMES:
+        raise InvalidInput(f"{field_name} {value!r} is reserved: the log names failed sign-in "
+                           "attempts so.", field=field_name)
     return value
 
 

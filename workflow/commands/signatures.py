@@ -24,5 +24,7 @@ def sign(m: Sign, c: Context) -> Decision:
                "target_type": target.type, "meaning": m.meaning,
                "printed_name": c.actor.name, "role": c.actor.role,
                "signed_at": c.now.isoformat()}
+    if c.origin:  # where it was typed: the operating-system account, the database login
+        payload["origin"] = dict(c.origin)
     return decided(m.subject, [NewEvent(T.SIGNATURE_RECORDED, payload)],
                    {"subject": m.subject, **payload})
