@@ -42,6 +42,7 @@ MIN_LENGTH: Final = 10
 MAX_LENGTH: Final = 1024
 SESSION_HOURS: Final = 8  # a working day; after that `trialflow login` again
 MAX_SESSION_HOURS: Final = 24
+UNAUTHENTICATED: Final = "unauthenticated"  # the actor of a failed attempt's events (reserved)
 SERVICE_SCHEME: Final = "sha256"  # a generated secret of SERVICE_SECRET_BYTES random bytes
 SERVICE_SECRET_BYTES: Final = 32
 

@@ -60,11 +60,16 @@ from workflow.commands.decision import (
 from workflow.commands.handlers import decide
 from workflow.commands.roles import PERMISSIONS, change_first, only
 from workflow.errors import InvalidInput, RuleViolation
-from workflow.identity import Credential, DatabaseLogin, Password, SessionToken
+from workflow.identity import (
+    UNAUTHENTICATED,
+    Credential,
+    DatabaseLogin,
+    Password,
+    SessionToken,
+)
 from workflow.study import Study, User, load_study
 
 CONFLICT_RETRIES: Final = 3
-UNAUTHENTICATED: Final = "unauthenticated"  # actor of the events of a failed attempt
 ADMIN_LOCK: Final = timedelta(minutes=15)  # an admin's lock lapses: no permanent lock-out
 
 log = structlog.get_logger("trialflow.executor")

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from events.streams import check_subject_id
 from workflow.errors import InvalidInput
-from workflow.identity import Secret
+from workflow.identity import UNAUTHENTICATED, Secret
 from workflow.monitoring import query_position
 from workflow.signing import MEANINGS
 
@@ -58,7 +58,7 @@ def _plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- field checks
-RESERVED_NAMES: Final = frozenset({"unauthenticated"})  # the actor of failed attempts
+RESERVED_NAMES: Final = frozenset({UNAUTHENTICATED})  # the actor of failed attempts
 
 
 def check_name(value: str, field_name: str = "name") -> str:
