@@ -439,3 +439,14 @@ def test_identity_tables_hold_no_plain_secret(desk: Desk) -> None:
     assert {r.name for r in rows} >= {ADMIN, COORDINATOR, "scheduler"}
     assert not any(PASSWORD in str(tuple(r)) or SCHEDULER_SECRET in str(tuple(r))
                    for r in rows)
+
+
+def test_a_temporary_password_never_spells_its_user_s_name(desk: Desk,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random letters may spell a short name, which no password may contain: drawn again."""
+    import secrets
+
+    draws = ["xxOLGAxxxxxx", "xxxxxxxxxxxx"]
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda _n: draws.pop(0))
+    desk.actors.add_user(ADMIN, "olga", "monitor", None, "a-fine-password-1")
+    assert draws == [] and "olga" in desk.study().users

@@ -50,6 +50,8 @@ class Actors:
         """A person added by `admin` with a random temporary password, who then sets
         `password` themselves (as a new user does at their first login)."""
         temporary = f"temporary-{secrets.token_urlsafe(12)}"
+        while name.lower() in temporary.lower():  # random letters may spell a short name
+            temporary = f"temporary-{secrets.token_urlsafe(12)}"
         self.send(admin, AddUser(name, role, site, Secret(temporary)))
         self.executor.execute(ChangePassword(name, Secret(password)),
                               Password(name, Secret(temporary)))
