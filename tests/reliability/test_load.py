@@ -54,7 +54,6 @@ from sqlalchemy import text
 
 from cli.logging_setup import configure
 from events.envelope import RecordedEvent
-from events.schema import upgrade
 from projections.demo_story import protocol_variant, variant_version
 from projections.runner import Runner
 from projections.views import open_view
@@ -64,24 +63,13 @@ from tests.support.auth import run_cli
 from tests.support.clock import FakeClock
 from tests.support.study import (
     ADMIN,
-    COORDINATOR,
-    INVESTIGATOR,
-    MONITOR,
-    PASSWORD,
-    SCHEDULER,
-    SCHEDULER_SECRET,
     SITE,
-    TEST_KDF,
-    TZ,
-    Desk,
+    new_study,
     through_infusion,
 )
 from workflow import event_types as T
 from workflow.bootstrap import App, build_app
 from workflow.commands import messages as M
-from workflow.commands.actors import Actors
-from workflow.commands.executor import Executor
-from workflow.identity import Password, Secret
 
 SUBJECTS = 200
 FIRST_CONSENT = date(2024, 1, 8)
@@ -93,32 +81,10 @@ STOP_TIMEOUT = 120.0  # seconds past the run's end for a process to finish
 
 # --- setup ------------------------------------------------------------------------------------
 
-def demo_study(url: str, clock: FakeClock) -> Desk:
-    """The study of `tests.support.study.new_study` (the same sites, users, passwords and
-    scheduler secret), initialised with purpose "demo": the only kind of study that accepts
-    `CopySubjects`."""
-    app = build_app(url, clock=clock, kdf=TEST_KDF)
-    upgrade(app.engine)
-    desk = Desk(Actors(Executor(app)), clock)
-    desk.executor.execute(M.InitialiseStudy(ADMIN, Secret(PASSWORD), Secret(SCHEDULER_SECRET),
-                                            2, "demo"),
-                          Password(ADMIN, Secret(PASSWORD)))
-    desk.actors.know(ADMIN, PASSWORD)
-    desk.actors.know(SCHEDULER, SCHEDULER_SECRET, service=True)
-    desk.send(ADMIN, M.AddSite(SITE, TZ))
-    desk.send(ADMIN, M.AddSite("OTHER", "Europe/Berlin"))
-    for name, role, site in ((COORDINATOR, "coordinator", SITE),
-                             (INVESTIGATOR, "investigator", SITE), (MONITOR, "monitor", None),
-                             ("dora", "data_manager", None), ("audrey", "auditor", None),
-                             ("otto", "coordinator", "OTHER")):
-        desk.add_user(name, role, site)
-    return desk
-
-
 def build_study(url: str, coordinators: Sequence[str]) -> dict[str, date]:
     """The study with SUBJECTS subjects in follow-up; returns each subject's D0."""
     clock = FakeClock(f"{FIRST_CONSENT - timedelta(days=7)}T04:00:00+00:00")
-    flow = demo_study(url, clock)
+    flow = new_study(url, clock, purpose="demo")  # the only kind that takes CopySubjects
     for name in coordinators:
         flow.add_user(name, "coordinator", SITE)
     flow.send(ADMIN, M.LoadProtocol(protocol_variant(SUBJECTS),
