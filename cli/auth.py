@@ -84,12 +84,15 @@ def _secret_file(env: Env) -> str | None:
     files (TRIALFLOW_SECRET_FILE, $CREDENTIALS_DIRECTORY) stand for service accounts only, so
     a person's session or password is never displaced by them; `--secret-file` is explicit."""
     named = env.secret_file
-    if not named and _service_account(env):
-        named = env.environ.get("TRIALFLOW_SECRET_FILE")
+    if not named:
         folder = env.environ.get("CREDENTIALS_DIRECTORY")
         candidate = Path(folder) / f"{SECRET_PREFIX}{env.user}" if folder else None
-        if not named and candidate is not None and candidate.is_file():
-            named = str(candidate)
+        offered = env.environ.get("TRIALFLOW_SECRET_FILE") or (
+            str(candidate) if candidate is not None and candidate.is_file() else None)
+        # the study is read only when the environment offers a file (a person's write pays
+        # for no extra fold of the study stream)
+        if offered and _service_account(env):
+            named = offered
     if not named:
         return None
     try:
@@ -108,8 +111,9 @@ def _service_account(env: Env) -> bool:
     from workflow.study import SERVICE_ROLES, load_study
 
     user = load_study(env.app.store).users.get(env.user or "")
-    return (user is None and env.user == "scheduler") or (
-        user is not None and user.role in SERVICE_ROLES)
+    if user is None:
+        return env.user == "scheduler"  # the name `init` gives the service account
+    return user.role in SERVICE_ROLES
 
 
 def write_secret_file(path: Path, secret: str) -> None:

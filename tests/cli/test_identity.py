@@ -543,3 +543,17 @@ def test_a_command_row_written_outside_trialflow_is_an_integrity_failure(study: 
                            stdin=f"{PASSWORDS['cora']}\n")
     assert status == 4 and data["rule"] == "integrity" and "outside trialflow" in data["error"]
     assert last_position(study) == before
+
+
+def test_the_environment_s_secret_file_stands_for_the_service_account_only(
+        study: str, tmp_path: Path) -> None:
+    """A host that runs the scheduler sets TRIALFLOW_SECRET_FILE; a person working there still
+    proves herself with her own session, and no failed attempt is counted against her."""
+    environ = {**login(study, "cora"),
+               "TRIALFLOW_SECRET_FILE": str(tmp_path / "trialflow.scheduler-secret")}
+    before = last_position(study)
+    status, data, err = consent(study, environ=environ)
+    assert status == 0, (data, err)
+    assert types_after(study, before) == ["SubjectConsented"]
+    done = call(study, "scheduler", "tick", environ=environ)  # the scheduler takes it
+    assert done[0] == 0, done
