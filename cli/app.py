@@ -178,8 +178,12 @@ def run(
         if options.get("--version"):
             out.write(f"trialflow {VERSION}\n")
             return ExitStatus.OK
+        db_option = options.get("--db")
+        if db_option is not None:
+            refuse_password_in_argv(str(db_option))
         env = Env(
-            db_url=str(options.get("--db") or environ.get("TRIALFLOW_DB") or DEFAULT_DB),
+            db_url=password_out_of_query(
+                str(db_option or environ.get("TRIALFLOW_DB") or DEFAULT_DB)),
             user=options.get("--user") or environ.get("TRIALFLOW_USER") or None,
             json=bool(options.get("--json")),
             log_level=level,
@@ -202,6 +206,43 @@ def run(
         return _report(error, json_mode, out, err, level)
 
 
+PASSWORD_IN_ARGV = (
+    "The --db URL carries a password, which every user of this machine can read in the "
+    "process list: leave it out and give it with PGPASSFILE, PGPASSWORD or a service file "
+    "(postgresql:///?service=NAME), or put the whole URL in the TRIALFLOW_DB environment "
+    "variable instead.")
+
+
+def refuse_password_in_argv(url: str) -> None:
+    """A password on the command line is visible to every user of the machine (`ps`,
+    /proc/PID/cmdline) for as long as the command runs: refused (exit 2) before anything
+    connects."""
+    from events.engine import url_has_password
+    from workflow.errors import InvalidInput
+
+    if url_has_password(url):
+        raise InvalidInput(PASSWORD_IN_ARGV, rule="password_on_command_line", field="db")
+
+
+def password_out_of_query(url: str) -> str:
+    """A URL whose password is a `?password=` setting (libpq's spelling) with it moved into
+    the URL's `user:password@`, the place every printer of a URL hides (`init`, `demo`)."""
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        return url  # refused later, with the password hidden (events/engine.py)
+    found = [value for key, value in parsed.query.items() if key.lower() == "password"]
+    if len(found) != 1 or not isinstance(found[0], str) or parsed.password:
+        return url
+    keys = [key for key in parsed.query if key.lower() == "password"]
+    moved = parsed.difference_update_query(keys).set(username=parsed.username or "",
+                                                      password=found[0])
+    return moved.render_as_string(hide_password=False)
+
+
 def check_utf8(argv: Sequence[str], environ: dict[str, str]) -> None:
     """Refuse (exit 2) an argument or a TRIALFLOW_* variable that is not valid UTF-8: Python
     hands such bytes over as surrogate escapes, which no database, hash or JSON takes."""
@@ -219,7 +260,9 @@ def check_utf8(argv: Sequence[str], environ: dict[str, str]) -> None:
                 what = f"The value of field {name}"
             else:
                 what = f"Argument {i + 1}"
-            raise InvalidInput(f"{what} is not valid UTF-8: {shown_bytes(word)}.",
+            from events.engine import hide_passwords
+
+            raise InvalidInput(f"{what} is not valid UTF-8: {shown_bytes(hide_passwords(word))}.",
                                rule="invalid_utf8", field="argv")
     for name in sorted(environ):
         if name.startswith("TRIALFLOW_") and not is_utf8(environ[name]):
@@ -272,7 +315,9 @@ def _report(error: Exception, json_mode: bool, out: TextIO, err: TextIO, level: 
                           f"Internal error ({type(error).__name__}{': ' + shown if shown else ''})"
                           "; run again with --log-level debug for the traceback, and report "
                           "it.", "internal_error")
-    failure = replace(failure, message=one_line(failure.message))
+    from events.engine import hide_passwords
+
+    failure = replace(failure, message=one_line(hide_passwords(failure.message)))
     if json_mode:  # no lone surrogate reaches stdout: a script reads bytes
         document = to_json(failure.to_json())
         out.write(document.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")

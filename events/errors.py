@@ -76,3 +76,15 @@ class ClockAhead(EventStoreError):
         )
         self.acted_at = acted_at
         self.store_now = store_now
+
+
+def database_full() -> StoreUnavailable:
+    """The database or the filesystem holding it has no room left (exit 1)."""
+    return StoreUnavailable("The database or its disk is full; nothing was written.",
+                            retryable=False, rule="database_full")
+
+
+def database_read_only() -> StoreUnavailable:
+    """A write on a database that is open read-only (exit 1)."""
+    return StoreUnavailable("The database is open read-only; nothing was written.",
+                            retryable=False, rule="database_read_only")

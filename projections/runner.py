@@ -38,8 +38,9 @@ from sqlalchemy import (
     update,
 )
 
-from events.engine import WRITE, is_sqlite
+from events.engine import WRITE, is_sqlite, read_only
 from events.envelope import RecordedEvent
+from events.errors import database_read_only
 from events.store import EventStore
 from events.streams import STUDY_STREAM, is_subject_id
 from events.translate import translated
@@ -87,6 +88,7 @@ class Runner:
         """Bring `names` up to the log's head (or to position `up_to`); a no-op when
         nothing is new."""
         names = _with_study(names)
+        self._writable()
         with translated(), self._transaction() as conn:
             marks = self._lock(conn, names)
             head = self._head(up_to)
@@ -101,6 +103,7 @@ class Runner:
         """Recreate `names` from position 0 (up to the head or `up_to`) in one transaction;
         readers keep the old rows until it commits."""
         names = _with_study(names)
+        self._writable()
         with translated(), self._transaction() as conn:
             marks = self._lock(conn, names)
             for name in names:
@@ -130,6 +133,13 @@ class Runner:
                         ("ok" if current else "outdated"),
                         "updated_at": None if row is None else row.updated_at})
         return out
+
+    def _writable(self) -> None:
+        """A SQLite file opened read-only (events/engine.py `read_only`) is refused before any
+        transaction: SQLite would let BEGIN IMMEDIATE through and refuse the first row
+        written. A query then folds the lag in memory (projections/views.py)."""
+        if read_only(self.engine):
+            raise database_read_only()
 
     def _head(self, up_to: int | None) -> int:
         last = self.store.last_position()

@@ -1,7 +1,10 @@
 """Database faults (docs/reliability.md, "Database faults"): the database goes away, stays
 locked, fills up or is read-only. Real components only: a private PostgreSQL server the test
 crashes and restarts (tests/reliability/pg_server.py), a real process holding a SQLite file's
-write lock, a SQLite page limit and a real full filesystem, a read-only SQLite URI.
+write lock, a SQLite page limit and a real full filesystem (no byte or no inode left, with
+the database closed, open, or not created yet), a read-only SQLite URI. Read-only mounts and
+files: test_read_only.py; PostgreSQL's lock timeout: test_lock_timeout.py; passwords:
+test_pg_credentials.py.
 
 Every command either does all it was asked or nothing: it exits 0, or with one clear sentence
 (exit 3: retryable, exit 1: refused), and a retry with the same --command-id appends nothing
@@ -607,10 +610,12 @@ def test_a_full_database_refuses_the_whole_command(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def small_filesystem(megabytes: int) -> Iterator[Path]:
-    """A tmpfs of `megabytes`, mounted for the test (skips where mounting is not allowed)."""
+def small_filesystem(megabytes: int, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of `megabytes` (and at most `inodes` files), mounted for the test (skips where
+    mounting is not allowed)."""
     root = Path(tempfile.mkdtemp(prefix="trialflow-full-"))
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
+    size = f"size={megabytes}m" + ("" if inodes is None else f",nr_inodes={inodes}")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs",
                            str(root)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         root.rmdir()
@@ -663,8 +668,202 @@ def test_a_full_filesystem_refuses_the_whole_command() -> None:
         assert command_rows(path, "full-2") == (3, 1)
 
 
+def settle(path: Path) -> tuple[str, int]:
+    """Close every connection of this process to `path`, last a writable one, which
+    checkpoints and removes the -wal and the -shm (a read-only connection, as
+    `last_position` opens, leaves them); the file's SHA-256 and its number of events."""
+    dispose_engines()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        events = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
+    return file_digest(path), events
+
+
+def fill_inodes(directory: Path) -> int:
+    """Create empty files in `directory` until its filesystem has no free inode left."""
+    created = 0
+    with contextlib.suppress(OSError):
+        while True:
+            (directory / f"inode-{created}").touch()
+            created += 1
+    return created
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def full_disk_run(url: str, env: dict[str, str], scheduler: dict[str, str], command_id: str,
+                  names: Sequence[str]) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Real processes at once: a write (`confirm-eligibility` with `command_id`), a scheduler
+    pass and reads, those of `names`."""
+    commands = {
+        "write": (["--db", url, "--user", INVESTIGATOR, "confirm-eligibility", "S-001",
+                   "--command-id", command_id], env),
+        "tick": (["--db", url, "--user", "scheduler", "scheduler", "tick"], scheduler),
+        "eligibility": (["--db", url, "eligibility", "S-001"], env),
+        "verify": (["--db", url, "audit", "verify"], env),
+        "status": (["--db", url, "--json", "status"], env),
+    }
+    chosen = {name: commands[name] for name in names}
+    return dict(zip(chosen, _in_parallel(list(chosen.values())), strict=True))
+
+
+def assert_full(found: dict[str, subprocess.CompletedProcess[str]], *names: str) -> None:
+    """Each of `names` exited 1 with the one `database_full` sentence (never "disk I/O
+    error")."""
+    for name in names:
+        done = found[name]
+        assert done.returncode == 1, (name, done.stdout, done.stderr)
+        if "--json" in done.args:
+            body = json.loads(done.stdout)
+            assert (body["error"], body["rule"]) == (FULL, "database_full"), name
+        else:
+            assert error_line(done.stderr) == FULL, (name, done.stderr)
+
+
+def test_a_database_opened_on_a_full_filesystem_is_full() -> None:
+    """Every connection closed (no -wal, no -shm), then the filesystem fills: SQLite cannot
+    create its WAL index and says "disk I/O error" (SQLITE_IOERR_SHMSIZE); every command,
+    reads included, is refused as full, nothing is written, and once there is room the same
+    command id writes its events once."""
+    with small_filesystem(4) as root:
+        path = root / "trialflow.db"
+        sqlite_study(path, consented_days_ago=24)
+        url = f"sqlite:///{path}"
+        env, scheduler = session_env(url, INVESTIGATOR), session_env(url, "scheduler")
+        digest, before = settle(path)
+        filler = fill(root)
+        found = full_disk_run(url, env, scheduler, "full-3",
+                              ["write", "tick", "eligibility", "verify", "status"])
+        assert_full(found, "write", "tick", "eligibility", "verify", "status")
+        filler.unlink()
+        assert file_digest(path) == digest and last_position(path) == before
+        assert command_rows(path, "full-3") == (0, 0)
+        again = trialflow(["--db", url, "--user", INVESTIGATOR, "confirm-eligibility", "S-001",
+                           "--command-id", "full-3"], env)
+        assert again.returncode == 0, again.stderr
+        assert command_rows(path, "full-3") == (3, 1)
+
+
+def test_a_filesystem_without_free_inodes_is_full() -> None:
+    """Room for bytes, none for another file: SQLite cannot create its -wal ("unable to open
+    database file"), which is reported as full too."""
+    with small_filesystem(8, inodes=40) as root:
+        path = root / "trialflow.db"
+        sqlite_study(path)
+        url = f"sqlite:///{path}"
+        env = session_env(url, INVESTIGATOR)
+        _, before = settle(path)
+        assert fill_inodes(root) > 0
+        found = full_disk_run(url, env, env, "full-4", ["write", "eligibility", "verify"])
+        assert_full(found, "write", "eligibility", "verify")
+        for inode in root.glob("inode-*"):
+            inode.unlink()
+        assert last_position(path) == before and command_rows(path, "full-4") == (0, 0)
+
+
+def test_a_full_filesystem_while_the_database_is_open() -> None:
+    """Another process keeps the database open (its -wal and WAL index stay) and the log has
+    grown past the file (a reader's snapshot held the checkpoint back) when the filesystem
+    fills. The write is refused as full (its WAL cannot grow); reads answer, the read models'
+    lag folded in memory. When the last connection leaves, its checkpoint cannot grow the
+    file: the log stays in the -wal, and it is all still read there. With room again the
+    same command id writes once, and nothing was lost."""
+    with small_filesystem(8) as root:
+        path = root / "trialflow.db"
+        flow = sqlite_study(path)
+        url = f"sqlite:///{path}"
+        env = session_env(url, INVESTIGATOR)
+        dispose_engines()
+        holder = sqlite3.connect(path)  # the other process's connection, WAL index mapped
+        holder.execute("SELECT count(*) FROM events").fetchone()
+        pin = sqlite3.connect(path, isolation_level=None)  # a reader's snapshot
+        pin.execute("BEGIN")
+        pin.execute("SELECT count(*) FROM events").fetchone()
+        for weight in range(40, 60):  # 20 forms the checkpoint cannot pass
+            flow.send(COORDINATOR, M.RecordForm("S-001", "vitals", (f"weight_kg={weight}",
+                                                                    "height_cm=162")))
+        pin.execute("COMMIT")
+        pin.close()
+        dispose_engines()
+        before = last_position(path)
+        filler = fill(root)
+        try:
+            found = full_disk_run(url, env, env, "full-5", ["write", "eligibility", "verify"])
+            assert_full(found, "write")
+            during = found["eligibility"]
+            assert during.returncode == 0 and not during.stderr, during.stderr
+            assert found["verify"].stdout.startswith(f"OK: {before} events")
+            holder.close()  # the last connection: its checkpoint finds no room
+            assert (root / "trialflow.db-wal").stat().st_size > 0
+            found = full_disk_run(url, env, env, "full-5", ["write", "verify"])
+            assert_full(found, "write")
+            assert found["verify"].stdout.startswith(f"OK: {before} events")
+        finally:
+            holder.close()
+            filler.unlink()
+        assert last_position(path) == before and command_rows(path, "full-5") == (0, 0)
+        caught_up = trialflow(["--db", url, "eligibility", "S-001"], env)  # moves the tables
+        assert caught_up.returncode == 0 and caught_up.stdout == during.stdout
+        again = trialflow(["--db", url, "--user", INVESTIGATOR, "confirm-eligibility", "S-001",
+                           "--command-id", "full-5"], env)
+        assert again.returncode == 0, again.stderr
+        verify = trialflow(["--db", url, "audit", "verify"], env)
+        assert verify.stdout.startswith(f"OK: {before + 3} events"), verify.stdout
+
+
+def test_a_fresh_database_on_a_full_filesystem_is_not_created() -> None:
+    """`trialflow init` of a new file on a full filesystem: refused as full, and no file is
+    left behind (neither the database, nor its -wal or -shm, nor the scheduler's secret)."""
+    with small_filesystem(1) as root:
+        from cli.app import run
+
+        filler = fill(root)
+        url = f"sqlite:///{root}/new.db"
+        argv = ["--db", url, "init", "--admin", "ada", "--password-stdin"]
+        out, err = io.StringIO(), io.StringIO()
+        status = run(argv, stdout=out, stderr=err, stdin=io.StringIO(f"{PASSWORD}\n"),
+                     environ={})
+        dispose_engines()
+        assert status == 1 and error_line(err.getvalue()) == FULL, err.getvalue()
+        assert sorted(p.name for p in root.iterdir()) == ["filler"]
+        filler.unlink()
+        out, err = io.StringIO(), io.StringIO()
+        status = run(argv, stdout=out, stderr=err, stdin=io.StringIO(f"{PASSWORD}\n"),
+                     environ={})
+        assert status == 0, err.getvalue()
+        dispose_engines()
+        assert sorted(p.name for p in root.iterdir()) == ["new.db", "new.scheduler-secret"]
+
+
+def test_a_disk_io_error_is_full_only_when_the_disk_is(tmp_path: Path) -> None:
+    """SQLite's "disk I/O error" is `database_full` when the database's filesystem has no
+    room, else its own refusal (`database_io_error`): a failing disk is not a full one."""
+    import sqlalchemy.exc as sa_exc
+
+    from events.engine import create_store_engine
+    from events.translate import translate
+
+    def io_error() -> sa_exc.DBAPIError:
+        orig = sqlite3.OperationalError("disk I/O error")
+        orig.sqlite_errorname = "SQLITE_IOERR_WRITE"  # type: ignore[attr-defined]
+        return sa_exc.OperationalError("INSERT …", None, orig)
+
+    roomy = create_store_engine(f"sqlite:///{tmp_path}/roomy.db")
+    failing = translate(io_error(), roomy)
+    assert failing.rule == "database_io_error" and "disk I/O error" in str(failing)
+    with small_filesystem(1) as root:
+        full = create_store_engine(f"sqlite:///{root}/full.db")
+        assert translate(io_error(), roomy).rule == "database_io_error"
+        filler = fill(root)
+        assert translate(io_error(), full).rule == "database_full"
+        assert translate(io_error(), roomy).rule == "database_io_error"  # another disk
+        assert translate(io_error()).rule == "database_full"  # any of this process's files
+        filler.unlink()
+        assert translate(io_error(), full).rule == "database_io_error"
+        full.dispose()
+    roomy.dispose()
 
 
 def test_a_read_only_database_refuses_writes_and_still_reads(tmp_path: Path) -> None:
