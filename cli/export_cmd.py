@@ -2,18 +2,18 @@
 
 With `--user`, the acting user proves who acts first (password, session or personal login:
 cli/auth.py), so nothing is exported in a name that was not proven; then the file is written
-(atomically: a temporary file renamed over the target) and recorded as `ExportRecorded` through
-the executor. Without `--user`, or when the record cannot be written (a read-only database),
-the export stands and a warning on stderr says it was not recorded; the exit status stays 0.
-Builders live in `projections/exports/` and import only the standard library; this module
-imports them inside the commands, so `trialflow --help` stays light.
+(`cli/output_files.py`: atomically, a temporary file renamed over the target, and never
+through a symbolic link: a target that is one is refused before any work, exit 2) and
+recorded as `ExportRecorded` through the executor. Without `--user`, or when the record
+cannot be written (a read-only database), the export stands and a warning on stderr says it
+was not recorded; the exit status stays 0. Builders live in `projections/exports/` and import
+only the standard library; this module imports them inside the commands, so `trialflow
+--help` stays light.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ def export() -> None:
 def odm(env: Env, out: Path, command_id: str | None) -> None:
     from projections.exports.odm import build_odm
 
+    _check_out(out)
     _prove(env)
     _single_file(env, "odm", out, build_odm, command_id)
 
@@ -60,6 +61,7 @@ def odm(env: Env, out: Path, command_id: str | None) -> None:
 def fhir(env: Env, out: Path, command_id: str | None) -> None:
     from projections.exports.fhir import build_fhir
 
+    _check_out(out)
     _prove(env)
     _single_file(env, "fhir", out, build_fhir, command_id)
 
@@ -70,18 +72,14 @@ def fhir(env: Env, out: Path, command_id: str | None) -> None:
 @command_id_option
 @click.pass_obj
 def csv(env: Env, out: Path, command_id: str | None) -> None:
-    from cli.errors import output_error
+    from cli.output_files import write_files
     from projections.exports.csv_export import MANIFEST, build_csv
 
+    _check_out(out)
     _prove(env)
     snapshot = _snapshot(env)
     files = build_csv(snapshot)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise output_error("--out", out, error) from error
-    for name, data in files.items():
-        _write(out / name, data)
+    write_files(out, files, "--out")
     digest = hashlib.sha256(files[MANIFEST]).hexdigest()
     _finish(env, "csv", out, digest, snapshot.position, command_id,
             {"files": sorted(files)})
@@ -98,6 +96,7 @@ def ics(env: Env, subject: str, out: Path, command_id: str | None) -> None:
     from projections.exports.ics import build_ics
 
     check_subject_id(subject)
+    _check_out(out)
     _prove(env)
     snapshot = _snapshot(env)
     data = build_ics(snapshot, subject)
@@ -137,6 +136,17 @@ def _prove(env: Env) -> None:
     env.__dict__["export_proof"] = proof
 
 
+def _check_out(out: Path) -> None:
+    """Refuse (exit 2) before any work an --out that is a symbolic link, or whose name the
+    export record could not take (a bidirectional control character, only invisible
+    characters: the rule of every free text, workflow/commands/messages.py)."""
+    from cli.output_files import check_target
+    from workflow.commands.messages import check_free_text
+
+    check_target(out, "--out")
+    check_free_text(out.name, "out", label="the name of --out")
+
+
 def _snapshot(env: Env) -> Snapshot:
     from projections.exports.snapshot import take_snapshot
 
@@ -153,24 +163,11 @@ def _single_file(env: Env, kind: str, out: Path, build: Callable[[Snapshot], byt
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (a reader never sees half a file)."""
-    from cli.errors import output_error
+    """Write `data` to `path` atomically (a reader never sees half a file), never through a
+    symbolic link (cli/output_files.py)."""
+    from cli.output_files import write_file
 
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    except OSError as error:
-        raise output_error("--out", path, error) from error
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):  # e.g. --out '' (a folder) or a name too long
-            raise output_error("--out", path, error) from error
-        raise
+    write_file(path, data, "--out")
 
 
 def _record(env: Env, kind: str, name: str, digest: str, position: int,

@@ -1,7 +1,8 @@
 """`trialflow report swimmer|sledai|persistence|html --out FILE`: the data manager's plots and
 the monitoring page (projections/reports/).
 
-Each writes its file (atomically: a temporary file beside it, then renamed), prints the path,
+Each writes its file (cli/output_files.py: atomically, a temporary file beside it, then
+renamed; never through a symbolic link, which is refused before any work), prints the path,
 and with --json prints {"file", "sha256"}. matplotlib is imported inside the commands only, so
 the CLI's start-up stays light. `--as-of` without `--now` sets the clock to the as-of moment
 (bars of subjects still on study end there, not today).
@@ -9,10 +10,7 @@ the CLI's start-up stays light. `--as-of` without `--now` sets the clock to the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,10 +110,13 @@ def _plot_format(out: Path) -> str:
 
 
 def check_out(out: Path) -> Path:
-    """The folder `out` goes to, refused (exit 2) before any work when it does not exist."""
+    """The folder `out` goes to, refused (exit 2) before any work when it does not exist, or
+    when `out` is a symbolic link."""
     from cli.errors import output_error
+    from cli.output_files import check_target
     from workflow.errors import InvalidInput
 
+    check_target(out, "--out")
     folder = out.parent if str(out.parent) else Path(".")
     try:
         is_folder, is_file_name = folder.is_dir(), not out.is_dir()
@@ -129,21 +130,12 @@ def check_out(out: Path) -> Path:
 
 
 def write_output(env: Env, out: Path, data: bytes) -> None:
-    """Write `data` to `out` atomically and say where (and its SHA-256 with --json)."""
-    from cli.errors import output_error
+    """Write `data` to `out` atomically, never through a symbolic link, and say where (and its
+    SHA-256 with --json)."""
+    from cli.output_files import write_file
 
-    folder = check_out(out)
-    temporary = folder / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(temporary, "xb") as stream:  # the usual permissions (umask), unlike mkstemp
-            stream.write(data)
-        os.replace(temporary, out)
-    except BaseException as error:
-        with contextlib.suppress(OSError):  # the name may be one the system cannot take
-            temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError):  # e.g. --out '' (the working folder), a name too long
-            raise output_error("--out", out, error) from error
-        raise
+    check_out(out)
+    write_file(out, data, "--out")
     digest = hashlib.sha256(data).hexdigest()
     emit(env, {"file": str(out), "sha256": digest}, str(out))
 

@@ -12,6 +12,10 @@
   its own SHA-256 is the one an `ExportRecorded` event records for the directory.
 
 RFC 4180: comma-separated, fields quoted when needed, CRLF line ends, UTF-8 without BOM.
+Every text cell goes through `cells.cell`: one that starts with `=`, `+`, `-`, `@`, a tab or a
+carriage return (or `'`) gets a `'` in front, so no spreadsheet runs it as a formula; cells
+written from numbers (positions, versions, decimal values) stay numbers. `cells.restore`
+undoes it, so every row's hash can still be recomputed from `events.csv`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from events.envelope import ENVELOPE_FIELDS
+from projections.exports.cells import cell
 from projections.exports.records import FormRecord, form_records
 from projections.exports.snapshot import Snapshot
 from projections.exports.values import value_text
@@ -46,14 +51,15 @@ def form_header(form: str) -> list[str]:
 
 
 def _form_row(record: FormRecord) -> list[str]:
-    return [record.subject, str(record.position), record.study_event, record.visit or "",
-            record.recorded_on.isoformat(),
-            *(value_text(record.values.get(code)) for code in FORMS[record.form].field_codes),
+    values = (record.values.get(code) for code in FORMS[record.form].field_codes)
+    return [cell(record.subject), cell(record.position), cell(record.study_event),
+            cell(record.visit), cell(record.recorded_on.isoformat()),
+            *(cell(value, value_text(value)) for value in values),
             "yes" if record.corrected else "no"]
 
 
 def _event_row(values: dict[str, Any]) -> list[str]:
-    return ["" if values[name] is None else str(values[name]) for name in ENVELOPE_FIELDS]
+    return [cell(values[name]) for name in ENVELOPE_FIELDS]
 
 
 def build_csv(snapshot: Snapshot) -> dict[str, bytes]:

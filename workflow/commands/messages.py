@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any, ClassVar, Final
@@ -41,6 +42,32 @@ class Message:
 
     loads: ClassVar[str] = "study"
     command: ClassVar[str] = ""
+    # Fields whose text comes from outside trialflow's users (a notifier's error): the free-text
+    # rule escapes what it would refuse there, so the fact is still recorded.
+    outside_text: ClassVar[tuple[str, ...]] = ()
+    # How the free-text rule names a field when its option is not the clearest name; `{field}`
+    # shows another field's value.
+    text_labels: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every message class checks its own fields first (its `__post_init__`, normalising
+        them: stripped, a blank optional reason read as none), then, once and last, every text
+        it carries passes the free-text rule (`check_message_text`). The rule is attached
+        here, so no message class can leave a field out of it."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+
+        def __post_init__(self: Message) -> None:
+            if own is not None:
+                own(self)
+            else:
+                inherited = getattr(super(cls, self), "__post_init__", None)
+                if inherited is not None:
+                    inherited()
+            if type(self) is cls:  # the outermost call: the message is complete
+                check_message_text(self)
+
+        cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
 
     def canonical(self) -> dict[str, Any]:
         """The request as plain JSON values, secrets left out (never hashed, never stored)."""
@@ -72,11 +99,112 @@ def check_name(value: str, field_name: str = "name") -> str:
 
 
 def check_text(value: str | None, field_name: str, limit: int = 200) -> str:
+    """A required text of 1 to `limit` characters without control characters, stripped. What
+    the text may hold besides (no bidirectional controls, not only invisible characters) is
+    the free-text rule every message applies to all its texts (`check_message_text`)."""
     text = (value or "").strip()
     if not text or len(text) > limit or any(ord(c) < 32 for c in text):
         raise InvalidInput(f"--{field_name.replace('_', '-')} must be 1 to {limit} printable "
                            "characters.", field=field_name)
     return text
+
+
+# The free-text rule (issue 14). Bidirectional formatting characters reorder what a screen,
+# a PDF or a spreadsheet shows without changing what is stored ("Trojan Source", CVE-2021-42574):
+# an AE term or a reason could read differently from what was signed and exported. They are
+# the embeddings and overrides U+202A–U+202E, the isolates U+2066–U+2069 and the marks U+200E,
+# U+200F and U+061C. A text made only of invisible characters records nothing anyone can read.
+BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+                                 "\u200e\u200f\u061c")
+# Invisible: separators (spaces, line and paragraph separators), control and format characters
+# (zero-width space, joiners, word joiner, BOM, …: categories Cc, Cf), lone surrogates, and
+# combining marks, which show nothing without a letter to sit on.
+_INVISIBLE_CATEGORIES: Final = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Mn", "Mc", "Me"})
+_BLANK_LETTERS: Final = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # fillers drawn as nothing
+
+
+def _invisible(char: str) -> bool:
+    return unicodedata.category(char) in _INVISIBLE_CATEGORIES or char in _BLANK_LETTERS
+
+
+def check_free_text(value: str, field_name: str, *, label: str | None = None, where: str = "",
+                    subject: str | None = None) -> str:
+    """The free-text rule: refuse (exit 2) a text holding a bidirectional control character
+    anywhere, or made only of invisible characters; an empty text is left to the field's own
+    rule (required or optional). The one sentence names the field (`label`, default its
+    option `--field-name`) after `where` (`Subject S-001: `, `Query Q-12: `); the character is
+    named by its code point, never echoed."""
+    shown = f"{where}{label or '--' + field_name.replace('_', '-')}"
+    shown = shown[:1].upper() + shown[1:]
+    for char in value:
+        if char in BIDI_CONTROLS:
+            raise InvalidInput(
+                f"{shown} holds the bidirectional control character U+{ord(char):04X} "
+                f"({unicodedata.name(char)}), which can make a text display other than it is "
+                "stored; remove it.", rule="bidi_control", field=field_name, subject=subject)
+    if value and all(_invisible(char) for char in value):
+        raise InvalidInput(
+            f"{shown} is made only of invisible characters (spaces, zero-width or other format "
+            "characters, combining marks without a letter); give a visible text.",
+            rule="invisible_text", field=field_name, subject=subject)
+    return value
+
+
+def escape_free_text(value: str) -> str:
+    """`value` with what the free-text rule refuses written as `\\uXXXX` escapes instead (a
+    text from outside, recorded all the same): every bidirectional control character, and
+    every character of a text made only of invisible characters."""
+    if value and all(_invisible(char) for char in value):
+        return value.encode("unicode_escape").decode("ascii")
+    return "".join(f"\\u{ord(char):04x}" if char in BIDI_CONTROLS else char for char in value)
+
+
+def _shown_text(value: object) -> str:
+    """A field's value as a label may show it: as it is, or escaped when the rule would refuse
+    it (a refused character is named, never echoed)."""
+    text = str(value)
+    if any(char in BIDI_CONTROLS for char in text) or (text and all(map(_invisible, text))):
+        return ascii(text)
+    return text
+
+
+def check_message_text(message: Message) -> None:
+    """Every text a message carries through the free-text rule (`Message.__init_subclass__`
+    calls this once each message is built): each `str` field, each `str` of a tuple field, and
+    of the form tokens `FIELD=VALUE` (`fields`) the whole token for bidirectional controls and
+    its value for invisible text, named `field FIELD`. Secrets are no text here (`Secret`)."""
+    subject = getattr(message, "subject", None)
+    query = getattr(message, "query", None)
+    where = (f"Subject {subject}: " if isinstance(subject, str) else
+             f"Query {query}: " if isinstance(query, str) else "")
+    about = subject if isinstance(subject, str) else None
+    shown = {spec.name: _shown_text(getattr(message, spec.name))
+             for spec in fields(message)  # type: ignore[arg-type]
+             if isinstance(getattr(message, spec.name), str)}
+    for spec in fields(message):  # type: ignore[arg-type]
+        name = spec.name
+        value = getattr(message, name)
+        if name in message.outside_text:
+            if isinstance(value, str):
+                _set(message, name, escape_free_text(value))
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if not isinstance(item, str):
+                continue
+            if name != "fields":
+                label = message.text_labels.get(name)
+                check_free_text(item, name, where=where, subject=about,
+                                label=None if label is None else label.format_map(shown))
+                continue
+            code, sep, text = item.partition("=")
+            code = code.strip()
+            plain = code.isascii() and code.isprintable() and bool(code)
+            label = f"field {code if plain else ascii(code)}"
+            field_name = code if plain else name  # never a refused character in `detail`
+            check_free_text(item, field_name, label=label, where=where, subject=about)
+            if sep:
+                check_free_text(text, field_name, label=label, where=where, subject=about)
 
 
 def check_amount(value: float, field_name: str) -> float:
@@ -203,6 +331,8 @@ class LoadProtocol(Message):
     text: str
     source: str
     command: ClassVar[str] = "protocol load"
+    text_labels: ClassVar[dict[str, str]] = {"text": "the protocol file {source}",
+                                             "source": "the name of the protocol file"}
 
 
 @dataclass(frozen=True)
@@ -492,6 +622,7 @@ class RecordExport(Message):
     position: int
     subject: str | None = None
     command: ClassVar[str] = "export"
+    text_labels: ClassVar[dict[str, str]] = {"file": "the name of the export file"}
 
     def __post_init__(self) -> None:
         if self.kind not in EXPORT_KINDS:
@@ -548,6 +679,7 @@ class RecordDeliveryFailure(ReminderMessage):
     reminder_id: str
     channel: str
     error: str
+    outside_text: ClassVar[tuple[str, ...]] = ("error",)  # a notifier's error, as it came
 
 
 # ---------------------------------------------------------------------- demo studies only
