@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from events.envelope import ENVELOPE_FIELDS, GENESIS_HASH, NewEvent, canonical_json
+from events.envelope import ENVELOPE_FIELDS, GENESIS_HASH, NewEvent, canonical_json, link
 from events.store import format_utc
 
 EVENT_TYPE: Final = "VitalSignsRecorded"
@@ -95,6 +95,7 @@ class _RawNumbering:
         self.position = first_position - 1
         self.heads: dict[str, tuple[int, str]] = {}
         self.recorded_at = format_utc(datetime.now(UTC))
+        self.chain = GENESIS_HASH  # the global chain, as our store computes it
 
     def transaction(self, stream_id: str, payloads: Sequence[Mapping[str, Any]]) -> list[RawRow]:
         command_id = str(uuid.uuid4())
@@ -104,10 +105,11 @@ class _RawNumbering:
             self.position += 1
             version += 1
             digest = hashlib.sha256(f"{stream_id}/{version}".encode()).hexdigest()
+            self.chain = link(self.chain, digest)
             rows.append((
                 self.position, stream_id, version, EVENT_TYPE, 1, canonical_json(body),
                 self.recorded_at, self.recorded_at, ACTOR, ROLE, SITE, None,
-                command_id, command_id, None, prev_hash, digest,
+                command_id, command_id, None, prev_hash, digest, self.chain,
             ))
             prev_hash = digest
         self.heads[stream_id] = (version, prev_hash)
@@ -146,8 +148,9 @@ def single(sizes: Sizes, first_position: int) -> Workload:
 
 def insert_sql(mark: str) -> str:
     """The raw INSERT: the same statement our store sends, with the driver's placeholder."""
-    marks = ", ".join([mark] * len(ENVELOPE_FIELDS))
-    return f"INSERT INTO events ({', '.join(ENVELOPE_FIELDS)}) VALUES ({marks})"
+    columns = (*ENVELOPE_FIELDS, "chain_hash")
+    marks = ", ".join([mark] * len(columns))
+    return f"INSERT INTO events ({', '.join(columns)}) VALUES ({marks})"
 
 
 SELECT_ALL: Final = f"SELECT {', '.join(ENVELOPE_FIELDS)} FROM events ORDER BY position"

@@ -119,6 +119,11 @@ def _silence(out: TextIO) -> None:
 
 
 def _write_csv(env: Env, target: str, entries: list[dict[str, Any]]) -> int:
+    """The trail as CSV on stdout (`-`) or in FILE: atomically, never through a symbolic link
+    (cli/output_files.py); cells safe for spreadsheets (`audit_trail.csv_rows`)."""
+    import io
+
+    from cli.output_files import check_target, replacing
     from projections.audit_trail import CSV_COLUMNS, csv_rows
 
     def write(handle: TextIO) -> int:
@@ -133,11 +138,14 @@ def _write_csv(env: Env, target: str, entries: list[dict[str, Any]]) -> int:
 
     if target == "-":
         return write(env.stdout)
-    try:
-        with open(target, "w", encoding="utf-8", newline="") as handle:
-            return write(handle)
-    except OSError as error:
-        raise click.BadParameter(f"cannot write {target}: {error}", param_hint="--csv") from error
+    path = Path(target)
+    check_target(path, "--csv")
+    with replacing(path, "--csv") as stream:
+        handle = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        count = write(handle)
+        handle.flush()
+        handle.detach()  # the stream stays open for `replacing` to sync and rename
+    return count
 
 
 WHAT_WIDTH = 64  # the "what" column wraps here, so a long form stays readable
@@ -159,7 +167,9 @@ def _what_lines(entry: dict[str, Any]) -> list[str]:
     """What an event did: a correction one line per field (old → new), a form its values,
     a phase change from → to, anything else its payload; long lines wrapped."""
     p = entry["payload"]
-    if entry["type"] == "FormCorrected" and entry["changes"]:
+    if p is None:  # a stored payload that is not a JSON object (audit verify names it)
+        lines = [f"UNREADABLE PAYLOAD {entry.get('payload_text', '')!r}"]
+    elif entry["type"] == "FormCorrected" and entry["changes"]:
         lines = [f"{c['form']}.{c['field']}: {_show(c['old'])} → {_show(c['new'])}"
                  for c in entry["changes"]]
     elif entry["changes"]:
@@ -197,39 +207,124 @@ def _log_text(stream: str, as_of: str | None, entries: list[dict[str, Any]]) -> 
         ["pos", "ver", "recorded_at", "occurred_at", "who", "type", "what", "why"], rows)
 
 
-@audit.command("verify", help="Recompute every stream's hash chain; exit 4 at the first break.")
+@audit.command("verify", help="""Check the whole log: positions without a gap, every
+stream's hash chain, the global chain through every position, every payload, the command
+table against the events it names. Exit 4 naming the first gap, the missing streams and the
+first broken link.
+
+\b
+--seal FILE also checks a signed seal from `audit seal` (its signature with the public key
+of --public-key or TRIALFLOW_SEAL_PUBLIC_KEY, or of the private key in TRIALFLOW_SEAL_KEY),
+--root POSITION:HASH a root printed by `audit seal` and kept outside the database.""")
 @click.option("--seal", "seal_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also check against a seal printed earlier by `audit seal`.")
+              help="Also check against a signed seal made earlier by `audit seal`.")
+@click.option("--public-key", "public_key", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The seal key's public key (env TRIALFLOW_SEAL_PUBLIC_KEY).")
+@click.option("--root", "root_text", default=None, metavar="POSITION:HASH",
+              help="Also check that the log's chain passes through this root.")
 @click.pass_obj
-def verify(env: Env, seal_file: Path | None) -> None:
-    from events.chain import parse_seal, verify_against_seal
+def verify(env: Env, seal_file: Path | None, public_key: Path | None,
+           root_text: str | None) -> None:
+    from events.chain import Verification, parse_root, parse_seal, verify_against_seal
     from events.chain import verify as verify_chains
 
+    root = None
+    if root_text is not None:
+        try:
+            root = parse_root(root_text)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--root") from None
+    result: Verification
     if seal_file is not None:
+        public = _public_key(env, public_key)
         try:
             text = seal_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise click.BadParameter(
                 f"cannot read {seal_file}: {error}", param_hint="--seal"
             ) from error
-        result = verify_against_seal(env.app.store, parse_seal(text, str(seal_file)))
+        sealed = parse_seal(text, str(seal_file), public)
+        result = verify_against_seal(env.app.store, sealed)
+        if root is not None:
+            result = verify_chains(env.app.store, root=root)
     else:
-        result = verify_chains(env.app.store)
+        result = verify_chains(env.app.store, root=root)
     data = {"ok": True, "events": result.events, "streams": result.streams,
-            "position": result.position, "seal_checked": seal_file is not None}
+            "position": result.position, "root": f"{result.position}:{result.root}",
+            "commands": result.commands, "seal_checked": seal_file is not None,
+            "root_checked": None if root is None else str(result.root_checked)}
+    checked = [what for what, done in (("the seal", seal_file is not None),
+                                       (f"the root at position "
+                                        f"{getattr(result.root_checked, 'position', '')}",
+                                        root is not None)) if done]
     emit(env, data, lambda: (
         f"OK: {result.events} events in {result.streams} streams verify up to position "
-        f"{result.position}" + (", and match the seal." if seal_file else ".")
+        f"{result.position}" + (f", and match {' and '.join(checked)}." if checked else ".")
     ))
 
 
-@audit.command("seal", help="Verify, then print a seal of every stream's head as JSON.")
+@audit.command("seal", help="""Verify, then print a seal signed with the seal key: the log's
+root (the global chain hash at the head), the head position, every stream's head and the time,
+as JSON; and on stderr the root as one line to publish or e-mail (check it later with `audit
+verify --root`). The key: --key FILE or TRIALFLOW_SEAL_KEY (made by `audit keygen`).""")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The seal key's private key file (env TRIALFLOW_SEAL_KEY).")
 @click.pass_obj
-def seal(env: Env) -> None:
+def seal(env: Env, key_file: Path | None) -> None:
     from events.chain import make_seal
+    from events.seals import KeyProblem, load_private
 
-    data = make_seal(env.app.store, now=env.app.clock())
+    path = key_file or _env_path(env, "TRIALFLOW_SEAL_KEY")
+    if path is None:
+        raise click.UsageError("A seal is signed: give the seal key with --key FILE or "
+                               "TRIALFLOW_SEAL_KEY (make one with `trialflow audit keygen`).")
+    try:
+        key = load_private(path)
+    except KeyProblem as error:
+        raise click.BadParameter(str(error), param_hint="--key") from None
+    data = make_seal(env.app.store, key, now=env.app.clock())
     env.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    env.stderr.write(f"Root: {data['position']}:{data['root']}  (publish this line; check "
+                     f"with `trialflow audit verify --root {data['position']}:{data['root']}`)\n")
+
+
+@audit.command("keygen", help="""Make a seal key: an Ed25519 private key in FILE (mode 0600,
+never overwritten) and its public key in FILE.pub. Keep the private key outside the database
+server (it signs seals) and give auditors the public key (it checks them).""")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where the private key is written.")
+@click.pass_obj
+def keygen(env: Env, out: Path) -> None:
+    from events.seals import KeyProblem, generate
+
+    try:
+        public, fingerprint = generate(out)
+    except KeyProblem as error:
+        raise click.BadParameter(str(error), param_hint="--out") from None
+    emit(env, {"private_key": str(out), "public_key": str(public), "key_id": fingerprint},
+         f"Seal key written to {out} (keep it secret, outside the database server); its "
+         f"public key to {public} (key id {fingerprint[:16]}).")
+
+
+def _env_path(env: Env, name: str) -> Path | None:
+    value = env.environ.get(name)
+    return Path(value) if value else None
+
+
+def _public_key(env: Env, given: Path | None) -> Any:
+    """The public key seals are checked with: --public-key, TRIALFLOW_SEAL_PUBLIC_KEY, or the
+    public half of the private key in TRIALFLOW_SEAL_KEY."""
+    from events.seals import KeyProblem, load_public
+
+    path = given or _env_path(env, "TRIALFLOW_SEAL_PUBLIC_KEY") or _env_path(
+        env, "TRIALFLOW_SEAL_KEY")
+    if path is None:
+        raise click.UsageError("Checking a seal needs the seal key's public key: --public-key "
+                               "FILE or TRIALFLOW_SEAL_PUBLIC_KEY.")
+    try:
+        return load_public(path)
+    except KeyProblem as error:
+        raise click.BadParameter(str(error), param_hint="--public-key") from None
 
 
 @audit.command("replay", help="Every subject as the system showed it at a moment: phase, "

@@ -24,12 +24,26 @@ from cli.render import emit
               default=None, help="Where the scheduler's secret is written (mode 0600; never "
               "overwritten). Default: NAME.scheduler-secret beside a SQLite file NAME.db, "
               "else trialflow-scheduler.secret in the working directory.")
+@click.option("--roles", is_flag=True, help="PostgreSQL: also create the group roles "
+              "trialflow_app and trialflow_person and grant them what they may do "
+              "(docs/audit.md); run as the owner, which needs CREATEROLE.")
+@click.option("--print-roles", is_flag=True, help="Print that SQL for a DBA and touch nothing.")
 @command_id_option
 @click.pass_obj
 def init(env: Env, admin: str | None, protocol_version: int,
-         scheduler_secret_file: Path | None, command_id: str | None) -> None:
+         scheduler_secret_file: Path | None, roles: bool, print_roles: bool,
+         command_id: str | None) -> None:
     from events.schema import latest_version, upgrade
 
+    if print_roles:
+        from events.roles import roles_script
+
+        env.stdout.write(roles_script())
+        return
+    postgres = env.db_url.startswith(("postgresql", "postgres:"))
+    if roles and not postgres:
+        raise click.UsageError("--roles is for PostgreSQL: on SQLite the database file's "
+                               "permissions decide who may read and write (docs/audit.md).")
     applied = upgrade(env.app.engine)
     data: dict[str, object] = {"database": safe_url(env.db_url), "applied": applied,
                                "schema_version": latest_version()}
@@ -39,9 +53,16 @@ def init(env: Env, admin: str | None, protocol_version: int,
     from projections.runner import Runner
 
     Runner(env.app.engine, env.app.store).catch_up()  # read models' tables and checkpoints
+    if roles:
+        from events.roles import APP_ROLE, PERSON_ROLE, create_roles
+
+        create_roles(env.app.engine)
+        data["roles"] = [APP_ROLE, PERSON_ROLE]
     emit(env, data, lambda: (
         f"Database {data['database']} is at schema version {data['schema_version']}"
         + (f"; applied: {', '.join(applied)}." if applied else "; nothing to do.")
+        + ("\nRoles trialflow_app and trialflow_person are granted their rights "
+           "(docs/audit.md)." if roles else "")
         + (f"\nAdmin {admin} created; protocol version {protocol_version} in force; the "
            f"scheduler's secret is in {data['scheduler_secret_file']}."
            if admin and data.get("scheduler_secret_file") else "")

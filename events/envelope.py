@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final, overload
 
+from events.errors import IntegrityFailure
 from events.upcasting import REGISTRY
 
 GENESIS_HASH: Final = "0" * 64
@@ -84,6 +85,22 @@ def event_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_bytes(fields)).hexdigest()
 
 
+def link(previous: str, digest: str) -> str:
+    """The global chain: `chain_hash` of position p is SHA-256 of the ASCII text of the chain
+    hash of position p-1 (GENESIS_HASH before position 1) followed by the hash of event p. The
+    chain hash of the last position commits to the whole log in order (the log's root)."""
+    return hashlib.sha256((previous + digest).encode("ascii")).hexdigest()
+
+
+def unreadable_payload(event: RecordedEvent) -> IntegrityFailure:
+    """A stored payload that is not a JSON object: only a write outside trialflow makes one."""
+    return IntegrityFailure(
+        f"Integrity failure in stream {event.stream_id} version {event.version} (position "
+        f"{event.position}): its stored payload is not a JSON object (written outside "
+        "trialflow); run `trialflow audit verify`.",
+        stream_id=event.stream_id, version=event.version)
+
+
 @dataclass(frozen=True)
 class NewEvent:
     """An event a command wants to append; the store fills in the rest of the envelope.
@@ -129,7 +146,12 @@ class _DecodedPayload:
         if instance is None:
             return self
         attributes = instance.__dict__  # the fields, read directly: this runs once per event
-        value: dict[str, Any] = _loads(attributes["payload_text"])
+        try:
+            value: dict[str, Any] = _loads(attributes["payload_text"])
+        except (TypeError, ValueError):
+            value = None  # type: ignore[assignment]
+        if value.__class__ is not dict:
+            raise unreadable_payload(instance)
         stored = attributes["schema_version"]
         if _CURRENT_VERSIONS.get(attributes["type"], stored) != stored:
             value = _upcast(

@@ -7,7 +7,11 @@ them and commits; the lock is released only after the commit is visible. Commit 
 therefore position order, and a follower reading `position > checkpoint` can never skip an
 event that commits late with a lower position (the high-water-mark problem of sequences
 under concurrent writers). An advisory lock, unlike `LOCK TABLE … IN EXCLUSIVE MODE`, needs no
-privilege beyond INSERT and SELECT, so it works for per-person logins (docs/event-store.md).
+table privilege, so it works for per-person logins (docs/event-store.md). On PostgreSQL the
+events and the command row are inserted by one call of `trialflow_append`
+(events/migrations/v003_guards.py), which takes the same lock, checks positions, versions,
+previous hashes and, for a personal login, the actor, and computes the global chain; on SQLite
+the store computes the chain and the `events_guard_insert` trigger checks the rest.
 
 The store talks to the driver's own connection (`sqlite3` / `psycopg`), taken from the
 engine's pool (`events.translate.driver_connection`): its statements are plain SQL text with
@@ -55,6 +59,7 @@ from events.errors import (
     IdempotencyMismatch,
     StoreUnavailable,
 )
+from events.migrations.v003_guards import APPEND_FUNCTION
 from events.streams import check_stream_id
 from events.translate import driver_connection, lost_connection
 
@@ -62,6 +67,8 @@ CLOCK_TOLERANCE: Final = timedelta(seconds=60)  # writer's clock vs the store's 
 APPEND_LOCK_KEY: Final = 7_320_002  # pg_advisory_xact_lock id shared by every appender
 ANY_VERSION: Final = None
 _COLUMNS: Final = ", ".join(ENVELOPE_FIELDS)
+_INSERT_COLUMNS: Final = _COLUMNS + ", chain_hash"  # the envelope, then the global chain
+_INSERTED: Final = len(ENVELOPE_FIELDS) + 1
 _READ_CURSOR: Final = "trialflow_read_all"  # PostgreSQL server-side cursor of read_batches
 SQLITE_ROWS_PER_INSERT: Final = 200  # rows per multi-row INSERT statement on SQLite
 _UNSET: Final = object()
@@ -177,15 +184,18 @@ class EventStore:
     def __post_init__(self) -> None:
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._mark = "?" if self._sqlite else "%s"
-        marks = ", ".join([self._mark] * len(ENVELOPE_FIELDS))
-        self._insert_event = f"INSERT INTO events ({_COLUMNS}) VALUES ({marks})"
+        marks = ", ".join([self._mark] * _INSERTED)
+        self._insert_event = f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES ({marks})"
         self._insert_command = (
             "INSERT INTO commands (command_id, request_hash, result, recorded_at) VALUES "
             f"({self._mark}, {self._mark}, {self._mark}, {self._mark})"
         )
-        # PostgreSQL: a data-modifying CTE inserts the event and the command in one statement
+        # PostgreSQL: one call of the append function (events/migrations/v003_guards.py), the
+        # only door to the log for every role but the owner; it checks and chains again.
         self._insert_event_and_command = (
-            f"WITH event AS ({self._insert_event}) {self._insert_command}"
+            f"SELECT {APPEND_FUNCTION}(%s::bigint[], %s::text[], %s::integer[], %s::text[], "
+            "%s::integer[], %s::text[], %s::text[], %s, %s, %s, %s, %s::text[], %s, %s, "
+            "%s::text[], %s::text[], %s::text[], %s, %s)"
         )
         self._state_sql = {}
         self._multi_insert = {}
@@ -329,7 +339,9 @@ class EventStore:
         now = format_utc(store_now)
         recorded_at = max(now, last_recorded)
         heads: dict[str, _Head] = {}
-        column = 4 if self._sqlite else 5  # the first head, after tail, command (and clock)
+        # SQLite: the global chain is computed here (PostgreSQL's append function does it)
+        chain = (GENESIS_HASH if row[4] is None else str(row[4])) if self._sqlite else None
+        column = 5  # the first head, after the tail, the command and the chain (the clock)
         for stream in streams:
             version_value, hash_value = row[column], row[column + 1]
             heads[stream] = (
@@ -389,10 +401,12 @@ class EventStore:
                     f'{shared_tail}{schema_j}{stream_part}{kind_j},"version":{version}}}'
                 )
                 digest = _sha256(text.encode()).hexdigest()
+                if chain is not None:
+                    chain = _sha256((chain + digest).encode()).hexdigest()  # envelope.link
                 rows.append((
                     position, stream_id, version, kind, schema, payload,
                     occurred_at, recorded_at, actor, role, site, reason, command_id,
-                    correlation_id, causation, prev_hash, digest,
+                    correlation_id, causation, prev_hash, digest, chain,
                 ))
                 prev_hash, prev_j = digest, f'"{digest}"'
             head.version, head.hash = version, prev_hash
@@ -429,8 +443,8 @@ class EventStore:
         else psycopg's pipelined `executemany`. SQLite: `INSERT … VALUES (…), (…), …` of up to
         SQLITE_ROWS_PER_INSERT rows per statement (fewer statement steps than `executemany`),
         the remainder and single events row by row."""
-        if len(rows) == 1 and not self._sqlite:  # one statement for both
-            cursor.execute(self._insert_event_and_command, (*rows[0], *command))
+        if not self._sqlite:  # one call of the append function for all of them
+            cursor.execute(self._insert_event_and_command, _function_arguments(rows, command))
             return
         if self._sqlite and len(rows) >= SQLITE_ROWS_PER_INSERT:
             chunk = self._sqlite_rows_per_insert(cursor.connection)
@@ -450,14 +464,14 @@ class EventStore:
     def _sqlite_rows_per_insert(self, connection: Any) -> int:
         """SQLITE_ROWS_PER_INSERT, fewer if this SQLite binds fewer variables per statement."""
         limit = int(connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-        return max(1, min(SQLITE_ROWS_PER_INSERT, limit // len(ENVELOPE_FIELDS)))
+        return max(1, min(SQLITE_ROWS_PER_INSERT, limit // _INSERTED))
 
     def _insert_events_sql(self, rows: int) -> str:
         sql = self._multi_insert.get(rows)
         if sql is None:
-            one = f"({', '.join([self._mark] * len(ENVELOPE_FIELDS))})"
+            one = f"({', '.join([self._mark] * _INSERTED)})"
             sql = self._multi_insert[rows] = (
-                f"INSERT INTO events ({_COLUMNS}) VALUES {', '.join([one] * rows)}"
+                f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES {', '.join([one] * rows)}"
             )
         return sql
 
@@ -474,7 +488,8 @@ class EventStore:
                 command = "(SELECT {} FROM commands WHERE command_id = ?1)"
                 head = "(SELECT {} FROM events WHERE stream_id = ?{} ORDER BY version DESC LIMIT 1)"
                 columns = [last.format("position"), last.format("recorded_at"),
-                           command.format("request_hash"), command.format("result")]
+                           command.format("request_hash"), command.format("result"),
+                           last.format("chain_hash")]
                 for i in range(streams):
                     columns += [head.format("version", i + 2), head.format("hash", i + 2)]
                 sql = f"SELECT {', '.join(columns)}"
@@ -601,6 +616,34 @@ class EventStore:
                 if started or attempt == attempts or not lost_connection(error):
                     raise
 
+    def read_chained(self, *, batch_size: int = 5000
+                     ) -> Iterator[list[tuple[RecordedEvent, str]]]:
+        """The whole log in position order, each event with its stored global chain hash, a
+        batch at a time (for `audit verify`; one query, one snapshot)."""
+        sql = (f"SELECT {_INSERT_COLUMNS} FROM events ORDER BY position")
+        cut = len(ENVELOPE_FIELDS)
+        with driver_connection(self.engine) as driver:
+            cursor = driver.cursor() if self._sqlite else driver.cursor(name=_READ_CURSOR)
+            try:
+                cursor.execute(sql)
+                while True:
+                    rows = cursor.fetchmany(batch_size)
+                    if rows:
+                        events = from_rows([row[:cut] for row in rows])
+                        yield [(event, str(row[cut] or "")) for event, row
+                               in zip(events, rows, strict=True)]
+                    if len(rows) < batch_size:
+                        break
+                if not self._sqlite:
+                    driver.commit()
+            finally:
+                cursor.close()
+
+    def read_commands(self) -> list[tuple[str, str]]:
+        """Every row of the command table: (command id, its result as stored JSON text)."""
+        return [(str(r[0]), str(r[1])) for r in
+                self._fetch("SELECT command_id, result FROM commands ORDER BY recorded_at")]
+
     def position_at(self, recorded_at: datetime | str) -> int:
         """The last position recorded at or before a moment (0 when none was)."""
         moment = recorded_at if isinstance(recorded_at, str) else format_utc(recorded_at)
@@ -695,6 +738,20 @@ def _request_hash(
         parts.append(f'{{"events":[{",".join(events)}],"stream_id":{encode(item.stream_id)}}}')
     text = f'{{"actor":{_encode(context.actor)},"appends":[{",".join(parts)}]}}'
     return _sha256(text.encode("utf-8")).hexdigest()
+
+
+def _function_arguments(rows: list[tuple[Any, ...]], command: tuple[Any, ...]
+                        ) -> tuple[Any, ...]:
+    """The arguments of the PostgreSQL append function: one array per column that differs
+    between the events of an append, one value per column they share."""
+    (positions, streams, versions, kinds, schemas, payloads, occurred, _recorded, _actor,
+     _role, _site, reasons, _command, _correlation, causations, prevs, hashes, _chain) = (
+        list(column) for column in zip(*rows, strict=True))
+    first = rows[0]
+    command_id, request_hash, result, recorded_at = command
+    return (positions, streams, versions, kinds, schemas, payloads, occurred, recorded_at,
+            first[8], first[9], first[10], reasons, command_id, first[13], causations, prevs,
+            hashes, request_hash, result)
 
 
 def _log_appended(rows: list[tuple[Any, ...]]) -> None:

@@ -10,8 +10,15 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
+from events.engine import hide_passwords, out_of_room
 from events.engine import unpinged as skip_ping
-from events.errors import EventStoreError, SchemaMissing, StoreUnavailable
+from events.errors import (
+    EventStoreError,
+    SchemaMissing,
+    StoreUnavailable,
+    database_full,
+    database_read_only,
+)
 
 
 def _not_the_pipeline_echo(record: logging.LogRecord) -> bool:
@@ -70,7 +77,7 @@ def driver_connection(engine: Engine, *, unpinged: bool = False) -> Iterator[Any
     except EventStoreError:
         raise
     except sa_exc.DBAPIError as error:
-        raise translate(error) from error
+        raise translate(error, engine) from error
     except dbapi_error as error:
         driver = fairy.driver_connection if fairy is not None else None
         lost = bool(dialect.is_disconnect(error, driver, None))  # type: ignore[arg-type]
@@ -81,16 +88,42 @@ def driver_connection(engine: Engine, *, unpinged: bool = False) -> Iterator[Any
         )
         if not isinstance(wrapped, sa_exc.DBAPIError):  # pragma: no cover - never for DB-API
             raise wrapped from error
-        raise translate(wrapped) from wrapped
+        raise translate(wrapped, engine) from wrapped
     finally:
         if fairy is not None:
             fairy.close()
 
 
-def translate(error: sa_exc.DBAPIError) -> EventStoreError:
+# SQLSTATE of a lock not granted within lock_timeout (or at once, NOWAIT): psycopg's
+# LockNotAvailable
+LOCK_NOT_AVAILABLE = "55P03"
+# Why PostgreSQL refused to log in (libpq's and the server's wording)
+_LOGIN_REFUSED = ("password authentication failed", "no password supplied",
+                  "no pg_hba.conf entry", "pg_hba.conf rejects connection",
+                  "authentication failed for user")
+
+
+def translate(error: sa_exc.DBAPIError, engine: Engine | None = None) -> EventStoreError:
+    """The store's own error for a driver error. `engine`, when the caller knows it, is the
+    one whose database failed (for a SQLite I/O error: is its filesystem full?)."""
     text = str(error.orig).lower() if error.orig is not None else str(error).lower()
+    sqlite_code = str(getattr(error.orig, "sqlite_errorname", "") or "")
     if "no such table" in text or ("relation" in text and "does not exist" in text):
         return SchemaMissing("The database has no trialflow schema yet: run `trialflow init`.")
+    if text.startswith("identity_mismatch:"):  # the append function (migration 3)
+        detail = str(error.orig).split(":", 1)[1].strip().split("\n", 1)[0].rstrip(".")
+        return StoreUnavailable(
+            f"The database refused the write: {detail}; nothing was written.",
+            retryable=False,
+            rule="identity_mismatch",
+        )
+    if getattr(error.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        return StoreUnavailable(
+            "Another database session held a lock this command needs past the lock timeout; "
+            "nothing was written, try again.",
+            retryable=True,
+            rule="database_busy",
+        )
     if "database is locked" in text or "database table is locked" in text:
         return StoreUnavailable(
             "The database file is locked by another process and stayed locked past the busy "
@@ -99,24 +132,44 @@ def translate(error: sa_exc.DBAPIError) -> EventStoreError:
             rule="database_busy",
         )
     if "readonly database" in text or "read-only" in text or "read only" in text:
-        return StoreUnavailable(
-            "The database is open read-only; nothing was written.",
-            retryable=False,
-            rule="database_read_only",
-        )
+        return database_read_only()
     if "database or disk is full" in text or "no space left" in text or "disk full" in text:
+        return database_full()
+    # SQLite says "disk I/O error" (SQLITE_IOERR_*: its WAL index, -shm, cannot grow; a sync
+    # fails) or "unable to open database file" (its -wal cannot be created) where the real
+    # cause is a full filesystem: that is how it is reported when the database's filesystem
+    # has no room left
+    io_error = sqlite_code.startswith("SQLITE_IOERR") or "disk i/o error" in text
+    cannot_open = sqlite_code == "SQLITE_CANTOPEN" or "unable to open database" in text
+    if (io_error or cannot_open) and out_of_room(engine):
+        return database_full()
+    if io_error:
         return StoreUnavailable(
-            "The database or its disk is full; nothing was written.",
+            "The database file could not be read or written (a disk I/O error); nothing was "
+            "confirmed written, check the disk and try again.",
             retryable=False,
-            rule="database_full",
+            rule="database_io_error",
         )
+    if any(reason in text for reason in _LOGIN_REFUSED) or (
+            'role "' in text and "does not exist" in text):
+        return StoreUnavailable(
+            "The database server refused the login (an unknown database user, or a wrong or "
+            "missing password: give it with PGPASSFILE, PGPASSWORD, a service file or "
+            "TRIALFLOW_DB); nothing was written.",
+            retryable=False,
+            rule="database_login_failed",
+        )
+    if 'database "' in text and "does not exist" in text:
+        return StoreUnavailable(
+            "The database server has no database of the name the URL gives; nothing was "
+            "written.", retryable=False, rule="database_unreachable")
     if "permission denied" in text or "insufficient_privilege" in text:
         return StoreUnavailable(
             "The database login is not allowed to do this; nothing was written.",
             retryable=False,
             rule="permission_denied",
         )
-    if "unable to open database" in text:
+    if cannot_open:
         return StoreUnavailable(
             "The database file cannot be opened.", retryable=False, rule="database_unreachable"
         )
@@ -140,5 +193,6 @@ def translate(error: sa_exc.DBAPIError) -> EventStoreError:
             rule="connection_lost",
         )
     return StoreUnavailable(
-        f"The database refused the operation: {error.orig}", retryable=False, rule="database_error"
+        hide_passwords(f"The database refused the operation: {error.orig}"), retryable=False,
+        rule="database_error",
     )

@@ -1,8 +1,10 @@
 """Who is acting: credentials, their hashes and sessions (21 CFR Part 11 §11.10(d), §11.300).
 
-Credentials change, records do not, so they live outside the event log, in two tables of the
-same database: `credentials` (one hash per user) and `sessions` (SHA-256 of session tokens, with
-their expiry). The log records every change of a credential (`CredentialsChanged`), every failed
+Credentials change, records do not, so they live outside the event log, in tables of the same
+database (created by migration 3; on PostgreSQL in the schema `trialflow_private`, which only the
+application role is granted, so that personal logins cannot read the hashes): `credentials` (one
+hash per user), `sessions` (SHA-256 of session tokens, with their expiry) and `attempts`.
+The log records every change of a credential (`CredentialsChanged`), every failed
 attempt, lockout and unlock, never a hash. Only the executor (workflow/commands/executor.py)
 calls this module: it verifies what a caller presents and turns a decided credential change into
 statements that commit in the same transaction as the change's event.
@@ -32,6 +34,7 @@ from sqlalchemy import (
     Table,
 )
 
+from events.migrations.v003_guards import PRIVATE_SCHEMA
 from events.store import Statement
 from workflow.errors import InvalidInput
 
@@ -46,7 +49,7 @@ UNAUTHENTICATED: Final = "unauthenticated"  # the actor of a failed attempt's ev
 SERVICE_SCHEME: Final = "sha256"  # a generated secret of SERVICE_SECRET_BYTES random bytes
 SERVICE_SECRET_BYTES: Final = 32
 
-metadata = MetaData()
+metadata = MetaData()  # the tables as migration 3 creates them on SQLite (for queries in tests)
 credentials = Table(
     "credentials", metadata,
     Column("name", String(64), primary_key=True),
@@ -195,7 +198,13 @@ def matches(stored: StoredCredential | None, secret: str, kdf: Kdf = DEFAULT_KDF
     return digest is not None and hmac.compare_digest(digest, stored.hash)
 
 
-def password_statements(name: str, secret: str, now: datetime, *, service: bool,
+def table(name: str, *, sqlite: bool) -> str:
+    """An identity table by its qualified name: on PostgreSQL the schema only the application
+    role is granted (events/migrations/v003_guards.py), on SQLite the file's own."""
+    return name if sqlite else f"{PRIVATE_SCHEMA}.{name}"
+
+
+def password_statements(name: str, secret: str, now: datetime, *, service: bool, sqlite: bool,
                         kdf: Kdf = DEFAULT_KDF) -> tuple[Statement, ...]:
     """Replace `name`'s credential and end its sessions, inside the append that records the
     change (the row and its `CredentialsChanged` commit together or not at all)."""
@@ -204,62 +213,83 @@ def password_statements(name: str, secret: str, now: datetime, *, service: bool,
         scheme, digest = SERVICE_SCHEME, hashlib.sha256(salt + secret.encode()).hexdigest()
     else:
         scheme, digest = kdf.scheme, _scrypt(secret, salt, kdf.n, kdf.r, kdf.p)
+    credentials_table = table("credentials", sqlite=sqlite)
     return (
-        Statement("DELETE FROM credentials WHERE name = ?", (name,)),
-        Statement("INSERT INTO credentials (name, scheme, salt, hash, changed_at) "
+        Statement(f"DELETE FROM {credentials_table} WHERE name = ?", (name,)),
+        Statement(f"INSERT INTO {credentials_table} (name, scheme, salt, hash, changed_at) "
                   "VALUES (?, ?, ?, ?, ?)", (name, scheme, salt.hex(), digest, now)),
-        *end_sessions_statements(name),
+        *end_sessions_statements(name, sqlite=sqlite),
     )
 
 
-def end_sessions_statements(name: str) -> tuple[Statement, ...]:
-    return (Statement("DELETE FROM sessions WHERE name = ?", (name,)),)
+def end_sessions_statements(name: str, *, sqlite: bool, own: bool = False
+                            ) -> tuple[Statement, ...]:
+    """`own`: a personal PostgreSQL login ends its own sessions (it cannot read the table)."""
+    if own:
+        return (Statement("SELECT trialflow_end_own_sessions()"),)
+    return (Statement(f"DELETE FROM {table('sessions', sqlite=sqlite)} WHERE name = ?",
+                      (name,)),)
 
 
-def clear_attempts_statements(name: str) -> tuple[Statement, ...]:
-    return (Statement("DELETE FROM attempts WHERE name = ?", (name,)),)
+def clear_attempts_statements(name: str, *, sqlite: bool, own: bool = False
+                              ) -> tuple[Statement, ...]:
+    if own:
+        return (Statement("SELECT trialflow_clear_own_attempts()"),)
+    return (Statement(f"DELETE FROM {table('attempts', sqlite=sqlite)} WHERE name = ?",
+                      (name,)),)
 
 
-def claim_attempt(engine: Engine, name: str) -> int:
+def claim_attempt(engine: Engine, name: str, *, own: bool = False) -> int:
     """Count a password check of `name` as failed before it is made, and return the count
     (this one included). A database that cannot take the write refuses the check: no password
-    is ever checked without its attempt being counted."""
+    is ever checked without its attempt being counted. `own`: a personal PostgreSQL login
+    counts its own attempts through a function (the table is not granted to it)."""
     from events.translate import driver_connection
 
-    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    sqlite = engine.dialect.name == "sqlite"
+    mark = "?" if sqlite else "%s"
+    attempts_table = table("attempts", sqlite=sqlite)
     with driver_connection(engine) as driver:
-        row = driver.execute(
-            f"INSERT INTO attempts (name, failures) VALUES ({mark}, 1) ON CONFLICT (name) DO "
-            "UPDATE SET failures = attempts.failures + 1 RETURNING failures", (name,)).fetchone()
+        if own:
+            row = driver.execute("SELECT trialflow_claim_own_attempt()").fetchone()
+        else:
+            row = driver.execute(
+                f"INSERT INTO {attempts_table} AS a (name, failures) VALUES ({mark}, 1) "
+                "ON CONFLICT (name) DO UPDATE SET failures = a.failures + 1 "
+                "RETURNING failures", (name,)).fetchone()
         driver.commit()
     return int(row[0])
 
 
-def clear_attempts(engine: Engine, name: str) -> None:
+def clear_attempts(engine: Engine, name: str, *, own: bool = False) -> None:
     """The password was right: the count starts again."""
     from events.translate import driver_connection
 
-    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    sqlite = engine.dialect.name == "sqlite"
+    statement = clear_attempts_statements(name, sqlite=sqlite, own=own)[0]
     with driver_connection(engine) as driver:
-        driver.execute(f"DELETE FROM attempts WHERE name = {mark}", (name,))
+        driver.execute(statement.sql if sqlite else statement.sql.replace("?", "%s"),
+                       statement.params)
         driver.commit()
 
 
 # ---------------------------------------------------------------------- reads and sessions
-def ensure_tables(engine: Engine) -> None:
-    from events.translate import translated
-
-    with translated():  # a database that cannot be opened is StoreUnavailable, not a crash
-        metadata.create_all(engine, checkfirst=True)
-
-
-def stored_credential(engine: Engine, name: str) -> StoredCredential | None:
+def stored_credential(engine: Engine, name: str, *, own: bool = False
+                      ) -> StoredCredential | None:
+    """`name`'s stored credential; `own`: a personal PostgreSQL login reads only its own."""
     from events.translate import driver_connection
 
-    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    sqlite = engine.dialect.name == "sqlite"
+    mark = "?" if sqlite else "%s"
     with driver_connection(engine) as driver:
-        row = driver.execute(f"SELECT name, scheme, salt, hash FROM credentials WHERE name = "
-                             f"{mark}", (name,)).fetchone()
+        if own:
+            row = driver.execute("SELECT scheme, salt, hash FROM trialflow_own_credential()"
+                                 ).fetchone()
+            row = None if row is None or row[0] is None else (name, *row)
+        else:
+            row = driver.execute(f"SELECT name, scheme, salt, hash FROM "
+                                 f"{table('credentials', sqlite=sqlite)} WHERE name = {mark}",
+                                 (name,)).fetchone()
     return None if row is None else StoredCredential(*(str(v) for v in row))
 
 
@@ -276,10 +306,11 @@ class SessionRow:
 def session_of(engine: Engine, token: str) -> SessionRow | None:
     from events.translate import driver_connection
 
-    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    sqlite = engine.dialect.name == "sqlite"
+    mark = "?" if sqlite else "%s"
     with driver_connection(engine) as driver:
-        row = driver.execute(f"SELECT name, expires_at FROM sessions WHERE token_hash = {mark}",
-                             (token_hash(token),)).fetchone()
+        row = driver.execute(f"SELECT name, expires_at FROM {table('sessions', sqlite=sqlite)} "
+                             f"WHERE token_hash = {mark}", (token_hash(token),)).fetchone()
     return None if row is None else SessionRow(str(row[0]), moment(row[1]))
 
 
@@ -292,7 +323,8 @@ def start_session(engine: Engine, name: str, now: datetime, hours: float) -> tup
     mark = "?" if sqlite else "%s"
     created, until = (_text(now), _text(expires)) if sqlite else (now, expires)
     with driver_connection(engine) as driver:
-        driver.execute(f"INSERT INTO sessions (token_hash, name, created_at, expires_at) "
+        driver.execute(f"INSERT INTO {table('sessions', sqlite=sqlite)} "
+                       f"(token_hash, name, created_at, expires_at) "
                        f"VALUES ({mark}, {mark}, {mark}, {mark})",
                        (token_hash(token), name, created, until))
         driver.commit()
@@ -302,9 +334,11 @@ def start_session(engine: Engine, name: str, now: datetime, hours: float) -> tup
 def end_sessions(engine: Engine, name: str) -> int:
     from events.translate import driver_connection
 
-    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    sqlite = engine.dialect.name == "sqlite"
+    mark = "?" if sqlite else "%s"
     with driver_connection(engine) as driver:
-        count = driver.execute(f"DELETE FROM sessions WHERE name = {mark}", (name,)).rowcount
+        count = driver.execute(f"DELETE FROM {table('sessions', sqlite=sqlite)} "
+                               f"WHERE name = {mark}", (name,)).rowcount
         driver.commit()
     return int(count)
 

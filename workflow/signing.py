@@ -5,12 +5,15 @@ is workflow/commands/signatures.py.
 A signature is an event in the subject's stream naming the signed event's position and its
 hash, the signer's printed name, the time and the meaning. Because the hash is that of the
 signed event, the signature cannot be moved to another event, and `audit verify` detects an
-edited signed record through its chain. A record corrected after it was signed keeps the
-signature, shown as applying to the earlier version.
+edited signed record through its chain. A signature signs one *version* of a record: the
+original entry or a correction of it. Once any later event corrects, voids or supersedes that
+record (`superseded_by`, the one rule, used by every listing of signatures), the signature is
+shown as applying to the earlier version.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from events.envelope import RecordedEvent
@@ -18,11 +21,50 @@ from workflow import event_types as T
 
 MEANINGS: Final = ("reviewed", "approved", "authored")  # what a signature means (§11.50)
 
+# Events that replace a version of the record they name by `target_position`: a correction
+# (of a form or of the infusion time, or a query answered with one). A void or entered-in-error
+# event type, if one is added, belongs here too. Queries and source verifications also name a
+# `target_position` but change no value, so they leave a signature as it is.
+SUPERSEDING: Final = frozenset({T.FORM_CORRECTED})
+
+
+def record_of(position: int, by_position: Mapping[int, RecordedEvent]) -> int:
+    """The record the event at `position` is a version of: the position of the original entry.
+    A correction names the record it corrects (followed back if it named another correction);
+    any other event is its own record. Only earlier events are followed, so the walk ends."""
+    event = by_position.get(position)
+    while event is not None and event.type in SUPERSEDING:
+        target = int(event.payload["target_position"])
+        if target >= event.position:
+            break
+        position, event = target, by_position.get(target)
+    return position
+
+
+def superseded_by(events: Iterable[RecordedEvent], position: int) -> list[int]:
+    """The rule for a signed version: the positions, in log order, of every event after
+    `position` that corrects, voids or supersedes the same record in the same stream — a
+    correction of the original entry or of any of its corrections, whatever field it changes.
+    Empty while the version at `position` is the current one. Pure: reads only `events`."""
+    events = list(events)
+    by_position = {e.position: e for e in events}
+    signed = by_position.get(position)
+    if signed is None:
+        return []
+    record = record_of(position, by_position)
+    return sorted(e.position for e in events
+                  if e.type in SUPERSEDING and e.position > position
+                  and e.stream_id == signed.stream_id
+                  and record_of(e.position, by_position) == record)
+
 
 def signatures(events: list[RecordedEvent]) -> list[dict[str, Any]]:
     """Each signature of a subject's stream, checked against the record it signs: `valid`,
-    `earlier_version` (the record was corrected after signing) or `broken` (the signed
-    event's hash no longer matches: tampering, which `audit verify` also reports)."""
+    `earlier_version` (a later event corrected, voided or superseded the signed version:
+    `superseded_by`) or `broken` (the signed event's hash no longer matches: tampering, which
+    `audit verify` also reports; or the printed name and role are not those of the user who
+    recorded the signature)."""
+    events = list(events)
     by_position = {e.position: e for e in events}
     out = []
     for event in events:
@@ -30,23 +72,23 @@ def signatures(events: list[RecordedEvent]) -> list[dict[str, Any]]:
             continue
         p = event.payload
         target = by_position.get(int(p["target_position"]))
-        corrections = [e.position for e in events if e.type == T.FORM_CORRECTED
-                       and int(e.payload["target_position"]) == int(p["target_position"])
-                       and e.position > event.position]
-        if target is None or target.hash != p["target_hash"]:
-            state = "broken"
-        elif corrections:
+        later = [] if target is None else superseded_by(events, target.position)
+        if target is None or target.hash != p["target_hash"] or (
+                p["printed_name"], p.get("role")) != (event.actor, event.role):
+            state = "broken"  # tampered, or a name that is not its recorder's (§11.50, 11.70)
+        elif later:
             state = "earlier_version"
         else:
             state = "valid"
+        newer = later[0] if state == "earlier_version" else None
         out.append({"subject": event.stream_id, "position": event.position,
                     "target_position": p["target_position"], "target_type": p["target_type"],
                     "target_hash": p["target_hash"], "meaning": p["meaning"],
                     "printed_name": p["printed_name"], "role": p.get("role"),
                     "signed_at": p["signed_at"], "state": state,
-                    "corrected_after_signing_by": corrections,
+                    "corrected_after_signing_by": later, "superseded_by": newer,
                     "manifestation": f"Signed by {p['printed_name']} on {p['signed_at']} "
                     f"({p['meaning']})" + (" — applies to the version before the "
-                                           f"correction at position {corrections[0]}"
-                                           if corrections else "")})
+                                           f"correction at position {newer}"
+                                           if newer is not None else "")})
     return out

@@ -49,6 +49,7 @@ from projections.exports.records import (
 from projections.exports.snapshot import EPOCH, Snapshot
 from projections.exports.values import value_text
 from workflow import event_types as T
+from workflow import signing
 from workflow.forms import FORMS, FieldSpec, Kind
 from workflow.protocol import Protocol, VisitWindow
 from workflow.signing import MEANINGS
@@ -396,19 +397,26 @@ def _signature(parent: ET.Element, event: RecordedEvent, study: Study) -> None:
     _add(signature, "DateTimeStamp", text=event.recorded_at)
 
 
-def _signatures(streams: Iterable[RecordedEvent]) -> dict[int, list[RecordedEvent]]:
-    """Signatures by the position of the record they sign, in log order."""
-    found: dict[int, list[RecordedEvent]] = {}
-    for event in streams:
-        if event.type == T.SIGNATURE_RECORDED:
-            found.setdefault(int(event.payload["target_position"]), []).append(event)
+def _signatures(streams: Iterable[list[RecordedEvent]]) -> dict[int, RecordedEvent]:
+    """The signature each record carries now, by the position of its original entry: the
+    latest whose signed version is still the record's current one (workflow/signing.py, the
+    one rule). A signature on an earlier version (a later correction superseded it) or a
+    broken one is left out: ODM allows one Signature per FormData, and it must sign what the
+    FormData shows."""
+    found: dict[int, RecordedEvent] = {}
+    for events in streams:
+        by_position = {e.position: e for e in events}
+        for row in signing.signatures(events):
+            if row["state"] == "valid":
+                record = signing.record_of(int(row["target_position"]), by_position)
+                found[record] = by_position[int(row["position"])]
     return found
 
 
 def _clinical(root: ET.Element, snapshot: Snapshot, mdv_oid: str,
               records: Mapping[str, list[FormRecord]]) -> None:
     study = snapshot.study
-    signatures = _signatures(e for events in snapshot.streams.values() for e in events)
+    signatures = _signatures(list(events) for events in snapshot.streams.values())
     order = {spec.key: index for index, spec in enumerate(study_event_specs(study))}
     clinical = _add(root, "ClinicalData", {"StudyOID": snapshot.registry_id,
                                            "MetaDataVersionOID": mdv_oid})
@@ -424,8 +432,8 @@ def _clinical(root: ET.Element, snapshot: Snapshot, mdv_oid: str,
                 form = _add(event, "FormData", {"FormOID": f"F.{record.form}",
                                                 "FormRepeatKey": str(record.position)})
                 signed = signatures.get(record.position)
-                if signed:  # ODM allows one Signature per FormData: the latest
-                    _signature(form, signed[-1], study)
+                if signed is not None:  # the one that signs the version shown
+                    _signature(form, signed, study)
                 group = _add(form, "ItemGroupData", {"ItemGroupOID": f"IG.{record.form}"})
                 for entry in record.entries:
                     transaction = "Insert" if entry.kind == "original" else "Update"

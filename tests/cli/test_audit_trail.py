@@ -494,7 +494,9 @@ def test_verify_and_seal_cover_study_and_reminder_streams(db_url: str, stream: s
     status, out, err = call(s.db, "--user", "scheduler", "scheduler", "tick", "--now",
                             "2025-02-10T04:00:00Z")
     assert status == 0, (out, err)
-    status, out, _ = call(s.db, "audit", "seal")
+    key = tmp_path / "seal.key"
+    assert call(s.db, "audit", "keygen", "--out", str(key))[0] == 0
+    status, out, _ = call(s.db, "audit", "seal", "--key", str(key))
     seal = json.loads(out)
     assert status == 0 and {"study", "S-001", "S-002", "reminders-S-001"} <= set(seal["streams"])
     assert seal["streams"][stream]["version"] >= 2
@@ -507,4 +509,4 @@ def test_verify_and_seal_cover_study_and_reminder_streams(db_url: str, stream: s
     status, out, _ = call(s.db, "--json", "audit", "verify")
     assert status == 4
     assert json.loads(out)["detail"] == {"stream": stream, "version": 2}
-    assert call(s.db, "audit", "seal")[0] == 4
+    assert call(s.db, "audit", "seal", "--key", str(key))[0] == 4

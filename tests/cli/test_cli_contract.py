@@ -104,16 +104,20 @@ def test_exit_4_integrity_failure(seeded: str) -> None:
 
 
 def test_seal_round_trip_and_edited_seal(seeded: str, tmp_path: Path) -> None:
-    status, out, _ = call("--db", seeded, "audit", "seal")
-    assert status == 0 and set(json.loads(out)) == {"root", "streams", "position", "sealed_at"}
+    key = tmp_path / "seal.key"
+    assert call("--db", seeded, "audit", "keygen", "--out", str(key))[0] == 0
+    status, out, _ = call("--db", seeded, "audit", "seal", "--key", str(key))
+    assert status == 0 and set(json.loads(out)) == {"format", "root", "streams", "position",
+                                                    "sealed_at", "key_id", "signature"}
     seal = tmp_path / "seal.json"
     seal.write_text(out)
-    assert call("--db", seeded, "audit", "verify", "--seal", str(seal))[0] == 0
+    check = ["--public-key", f"{key}.pub"]
+    assert call("--db", seeded, "audit", "verify", "--seal", str(seal), *check)[0] == 0
     seal.write_text(out.replace('"version": 1', '"version": 7'))
-    status, _, err = call("--db", seeded, "audit", "verify", "--seal", str(seal))
+    status, _, err = call("--db", seeded, "audit", "verify", "--seal", str(seal), *check)
     assert status == ExitStatus.INTEGRITY and "altered" in err
     seal.write_text(out[: len(out) // 2])
-    assert call("--db", seeded, "audit", "verify", "--seal", str(seal))[0] == 4
+    assert call("--db", seeded, "audit", "verify", "--seal", str(seal), *check)[0] == 4
 
 
 def test_exit_codes_1_and_3_are_mapped() -> None:

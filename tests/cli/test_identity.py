@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from cli.app import run
 from workflow import identity
@@ -273,6 +274,12 @@ def test_demo_refuses_a_postgres_database_holding_a_study(postgres_url: str) -> 
     before = last_position(postgres_url)
     with_password = postgres_url.replace("//postgres@", "//postgres:hunter2secret@")
     status, data, err = call(with_password, "demo", "--replace", "--no-reports")
+    assert status == 2 and data["rule"] == "password_on_command_line"  # seen in `ps`
+    assert "hunter2secret" not in json.dumps(data) + err
+    out, err_out = io.StringIO(), io.StringIO()
+    status = run(["--json", "demo", "--replace", "--no-reports"], stdout=out, stderr=err_out,
+                 environ={"TRIALFLOW_DB": with_password})
+    data, err = json.loads(out.getvalue()), err_out.getvalue()
     assert status == 1 and data["rule"] == "not_a_demo_database"
     assert "hunter2secret" not in json.dumps(data) + err  # never a password on screen
     assert last_position(postgres_url) == before
@@ -430,6 +437,25 @@ def test_a_signature_is_bound_to_the_record_it_signs(study: str) -> None:
     _, rows, _ = call(study, "signatures", "S-001")
     assert rows[0]["state"] == "earlier_version"
     assert "before the correction" in rows[0]["manifestation"]
+    first = last_position(study)
+    assert rows[0]["superseded_by"] == first
+    # a signed correction is stale once the same form is corrected again, naming the newer one
+    assert call(study, "--user", "ivan", "sign", "S-001", str(first), "--meaning", "approved",
+                stdin=f"{PASSWORDS['ivan']}\n")[0] == 0
+    _, rows, _ = call(study, "signatures", "S-001")
+    assert [r["state"] for r in rows] == ["earlier_version", "valid"]
+    assert call(study, "--user", "cora", "correct", "S-001", str(vitals), "height_cm=163",
+                "--reason", "measured again", stdin=f"{PASSWORDS['cora']}\n")[0] == 0
+    second = last_position(study)
+    _, rows, _ = call(study, "signatures", "S-001")
+    assert [(r["state"], r["superseded_by"]) for r in rows] == [
+        ("earlier_version", first), ("earlier_version", second)]
+    assert rows[1]["manifestation"].endswith(f"correction at position {second}")
+    # signing the newest correction shows valid
+    assert call(study, "--user", "ivan", "sign", "S-001", str(second), "--meaning", "approved",
+                stdin=f"{PASSWORDS['ivan']}\n")[0] == 0
+    _, rows, _ = call(study, "signatures", "S-001")
+    assert [r["state"] for r in rows] == ["earlier_version", "earlier_version", "valid"]
 
 
 def test_a_signature_cannot_be_moved_to_another_event(study: str) -> None:
@@ -472,10 +498,11 @@ def test_a_personal_postgres_login_is_the_acting_user(postgres_url: str) -> None
     build_app(postgres_url).engine.dispose()
     assert call(postgres_url, "status")[0] == 0  # read models' tables exist
     dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    from events.roles import PERSON_ROLE, create_roles
+
+    create_roles(build_app(postgres_url).engine)  # as `trialflow init --roles` does
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {login_name} LOGIN")
-        conn.execute(f"GRANT SELECT, INSERT ON events, commands TO {login_name}")
-        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {login_name}")
+        conn.execute(f"CREATE ROLE {login_name} LOGIN IN ROLE {PERSON_ROLE}")
     personal = postgres_url.replace("//postgres@", f"//{login_name}@")
     try:
         before = last_position(postgres_url)
@@ -527,10 +554,14 @@ def test_a_command_row_written_outside_trialflow_is_an_integrity_failure(study: 
     forged = {"command_id": "c-forged", "positions": [1], "recorded_at": "x",
               "versions": {"S-001": 1}}
     engine = build_app(study).engine
-    with engine.begin() as conn:
-        conn.execute(text("INSERT INTO commands VALUES (:c, :h, :r, 'x')"),
-                     {"c": "c-forged", "h": Executor._request_hash("cora", message),
-                      "r": canonical_json(forged)})
+    row = {"c": "c-forged", "h": Executor._request_hash("cora", message),
+           "r": canonical_json(forged)}
+    with pytest.raises(IntegrityError, match="needs the events of its command"), \
+            engine.begin() as conn:  # the database refuses a row without its events …
+        conn.execute(text("INSERT INTO commands VALUES (:c, :h, :r, 'x')"), row)
+    with engine.begin() as conn:  # … unless its guard is dropped first
+        conn.execute(text("DROP TRIGGER commands_guard_insert"))
+        conn.execute(text("INSERT INTO commands VALUES (:c, :h, :r, 'x')"), row)
     status, data, _ = consent(study, stdin=f"{PASSWORDS['cora']}\n")
     assert status == 0  # another command id: carried out
     before = last_position(study)
@@ -543,6 +574,8 @@ def test_a_command_row_written_outside_trialflow_is_an_integrity_failure(study: 
                            stdin=f"{PASSWORDS['cora']}\n")
     assert status == 4 and data["rule"] == "integrity" and "outside trialflow" in data["error"]
     assert last_position(study) == before
+    status, data, _ = call(study, "audit", "verify")
+    assert status == 4 and "command row c-forged" in data["error"]
 
 
 def test_the_environment_s_secret_file_stands_for_the_service_account_only(

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.testing import capture_logs
 
-from events.chain import make_seal, parse_seal, verify, verify_against_seal
+from events.chain import Root, make_seal, parse_seal, verify, verify_against_seal
 from events.envelope import GENESIS_HASH, NewEvent
 from events.errors import (
     ConcurrencyConflict,
@@ -24,11 +25,14 @@ from events.errors import (
     InvalidStreamId,
 )
 from events.schema import current_version, latest_version, upgrade
+from events.seals import SealKey
 from events.store import AppendContext, EventStore, StreamAppend
 from tests.support.clock import FakeClock
+from tests.support.tamper import rechain_with_payload
 from workflow.bootstrap import build_app
 
 ROOT = Path(__file__).resolve().parents[2]
+KEY = SealKey(Ed25519PrivateKey.generate())
 
 
 def ctx(command_id: str | None = None, actor: str = "alice") -> AppendContext:
@@ -74,7 +78,7 @@ class StoreContract:
         assert columns == [
             "position", "stream_id", "version", "type", "schema_version", "payload",
             "occurred_at", "recorded_at", "actor", "role", "site", "reason", "command_id",
-            "correlation_id", "causation_id", "prev_hash", "hash",
+            "correlation_id", "causation_id", "prev_hash", "hash", "chain_hash",
         ]
 
     # ------------------------------------------------------------- appending
@@ -225,29 +229,63 @@ class StoreContract:
         assert (caught.value.stream_id, caught.value.version) == (stream, version)
         assert stream in str(caught.value)
 
-    def test_removal_from_a_stream_end_is_caught_by_the_seal_only(
+    def test_removal_from_a_stream_end_is_caught_by_its_command_and_the_seal(
         self, store: EventStore
     ) -> None:
         self.seeded(store)
-        seal = parse_seal(json.dumps(make_seal(store)), "seal.json")
+        seal = parse_seal(json.dumps(make_seal(store, KEY)), "seal.json", KEY.public)
         self.disable_guards(store)
         self.raw(store, "DELETE FROM events WHERE stream_id='S-002' AND version=2")
-        verify(store)  # a clean cut at the end leaves a valid chain …
+        with pytest.raises(IntegrityFailure, match="events of stream S-002 are missing"):
+            verify(store)  # the command row names the event that is gone
+        self.raw(store, "DELETE FROM commands")  # and without the command rows …
+        verify(store)  # … a clean cut at the end leaves a valid chain …
         with pytest.raises(IntegrityFailure) as caught:  # … which the seal exposes
             verify_against_seal(store, seal)
-        assert caught.value.stream_id == "S-002" and caught.value.version == 2
+        assert "ends at position 5, before position 6" in str(caught.value)
+
+    def test_a_whole_stream_removed_from_the_middle_is_named(self, store: EventStore) -> None:
+        self.seeded(store)
+        store.append("S-003", 0, [ev(c=1)], ctx())
+        self.disable_guards(store)
+        self.raw(store, "DELETE FROM events WHERE stream_id='study'")
+        with pytest.raises(IntegrityFailure) as caught:
+            verify(store)
+        message = str(caught.value)
+        assert "position 4 is missing" in message and "stream study" in message
+        assert "global chain does not link it to position 3" in message
 
     def test_seal_file_edits_are_detected(self, store: EventStore) -> None:
         self.seeded(store)
-        seal = make_seal(store)
-        assert verify_against_seal(store, parse_seal(json.dumps(seal), "s")).events == 6
-        assert set(seal) == {"root", "streams", "position", "sealed_at"}
+        seal = make_seal(store, KEY)
+        assert verify_against_seal(store, parse_seal(json.dumps(seal), "s", KEY.public)
+                                   ).events == 6
+        assert set(seal) == {"format", "root", "streams", "position", "sealed_at", "key_id",
+                             "signature"}
         edited = json.loads(json.dumps(seal))
         edited["streams"]["S-001"]["version"] = 2
         with pytest.raises(IntegrityFailure, match="altered"):
-            parse_seal(json.dumps(edited), "s")
+            parse_seal(json.dumps(edited), "s", KEY.public)
         with pytest.raises(IntegrityFailure, match="not a readable seal"):
-            parse_seal(json.dumps(seal)[:40], "s")
+            parse_seal(json.dumps(seal)[:40], "s", KEY.public)
+        other = SealKey(Ed25519PrivateKey.generate())
+        with pytest.raises(IntegrityFailure, match="another key"):
+            parse_seal(json.dumps(make_seal(store, other)), "s", KEY.public)
+        unsigned = {k: v for k, v in seal.items() if k not in ("signature", "format")}
+        with pytest.raises(IntegrityFailure, match="carries no signature"):
+            parse_seal(json.dumps(unsigned), "s", KEY.public)
+
+    def test_a_consistent_rechain_is_caught_by_an_earlier_root(self, store: EventStore) -> None:
+        """Full write access: edit a payload, rehash its stream and the global chain; verify
+        passes, a fresh seal would too, but a root kept from before does not."""
+        self.seeded(store)
+        root = Root(verify(store).root, 6)
+        self.disable_guards(store)
+        rechain_with_payload(store, "S-001", 2, '{"a":99}')
+        assert verify(store).position == 6  # consistent again
+        with pytest.raises(IntegrityFailure, match="does not pass through the root"):
+            verify(store, root=root)
+        assert verify(store, root=Root(verify(store).root)).root_checked is not None
 
     # ------------------------------------------------------------- real concurrency
     def test_eight_processes_append_while_a_follower_reads(

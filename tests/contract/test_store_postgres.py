@@ -19,7 +19,8 @@ class TestPostgresStore(StoreContract):
             yield url
 
     def disable_guards(self, store: EventStore) -> None:
-        self.raw(store, "ALTER TABLE events DISABLE TRIGGER USER")
+        self.raw(store, "ALTER TABLE events DISABLE TRIGGER USER;"
+                 "ALTER TABLE commands DISABLE TRIGGER USER")
 
     def test_truncate_is_refused(self, store: EventStore) -> None:
         store.append("S-001", 0, [ev()], ctx())

@@ -12,7 +12,8 @@ class TestSQLiteStore(StoreContract):
         return sqlite_url
 
     def disable_guards(self, store: EventStore) -> None:
-        for trigger in ("events_refuse_update", "events_refuse_delete"):
+        for trigger in ("events_refuse_update", "events_refuse_delete", "events_guard_insert",
+                        "commands_refuse_delete"):
             self.raw(store, f"DROP TRIGGER {trigger}")
 
     def test_sqlite_settings(self, store: EventStore) -> None:

@@ -66,3 +66,38 @@ def test_a_query_answered_with_a_correction_is_an_audited_update(db: str,
                                                                       "58.4")]
     reason = updates[0].find("odm:AuditRecord/odm:ReasonForChange", NS).text
     assert query_id in reason
+
+
+def test_a_signature_on_a_corrected_version_leaves_the_export(db: str, tmp_path: Path) -> None:
+    """ODM carries one Signature per FormData, and it must sign what the FormData shows: a
+    signature whose version was corrected afterwards is left out; one on the correction that
+    is current is exported on the record's FormData."""
+    vitals = next(e for e in store_of(db).read_stream("S-001")
+                  if e.type == T.FORM_RECORDED and e.payload["form"] == "vitals")
+
+    def exported() -> list[tuple[str | None, str | None]]:
+        out = tmp_path / "odm.xml"
+        assert cli(db, "export", "odm", "--out", str(out))[0] == 0
+        document = etree.fromstring(out.read_bytes())
+        schema = etree.XMLSchema(etree.parse(str(odm_schema_path())))
+        assert schema.validate(document), schema.error_log
+        return [(s.getparent().get("FormRepeatKey"),
+                 s.find("odm:SignatureRef", NS).get("SignatureOID"))
+                for s in document.findall(".//odm:Signature", NS)]
+
+    assert cli(db, "sign", "S-001", str(vitals.position), "--meaning", "approved",
+               user="ivan")[0] == 0
+    assert exported() == [(str(vitals.position), "SD.approved")]
+    status, _, err = cli(db, "correct", "S-001", str(vitals.position), "weight_kg=58.1",
+                         "--reason", "Transcription error.", user="cora")
+    assert status == 0, err
+    assert exported() == []  # the approval signs the version before the correction
+    correction = store_of(db).read_stream("S-001")[-1]
+    assert correction.type == T.FORM_CORRECTED
+    assert cli(db, "sign", "S-001", str(correction.position), "--meaning", "reviewed",
+               user="ivan")[0] == 0
+    assert exported() == [(str(vitals.position), "SD.reviewed")]
+    status, _, err = cli(db, "correct", "S-001", str(vitals.position), "weight_kg=58.2",
+                         "--reason", "Second transcription error.", user="cora")
+    assert status == 0, err
+    assert exported() == []  # the review signs the first correction, now superseded

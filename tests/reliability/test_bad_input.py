@@ -228,7 +228,11 @@ def _build(root: Path) -> Study:
         assert run(["--db", url, *argv], stdout=io.StringIO(), stderr=io.StringIO(),
                    environ={}) == 0
     out, err = io.StringIO(), io.StringIO()
-    assert run(["--db", url, "audit", "seal"], stdout=out, stderr=err, environ={}) == 0, err
+    from events.seals import generate
+
+    generate(root / "seal.key")
+    assert run(["--db", url, "audit", "seal", "--key", str(root / "seal.key")], stdout=out,
+               stderr=err, environ={}) == 0, err
     _dispose_engines()
     with contextlib.closing(sqlite3.connect(template)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -526,8 +530,12 @@ def skeletons(study: Study) -> dict[tuple[str, ...], Skeleton]:
         ("audit", "log"): Skeleton(values={"stream": ("S-001", "study"), "--as-of": ("@30",),
                                            "--csv": ("trail.csv",), "--after": ("5",)}),
         ("audit", "replay"): Skeleton(values={"--as-of": ("@40", NOW)}),
-        ("audit", "seal"): Skeleton(),
-        ("audit", "verify"): Skeleton(values={"--seal": (str(study.root / "seal.json"),)}),
+        ("audit", "keygen"): Skeleton(values={"--out": ("keygen.key",)}),
+        ("audit", "seal"): Skeleton(values={"--key": (str(study.root / "seal.key"),)}),
+        ("audit", "verify"): Skeleton(values={"--seal": (str(study.root / "seal.json"),),
+                                              "--public-key": (
+                                                  str(study.root / "seal.key.pub"),),
+                                              "--root": (_root_of(study.seal),)}),
         ("calc",): Skeleton(tokens=_calc_tokens),
         ("complete",): Skeleton(COORDINATOR, {"subject": ("S-001",)}),
         ("confirm-eligibility",): Skeleton(INVESTIGATOR, {"subject": ("S-003",)}),
@@ -1497,10 +1505,18 @@ def test_protocol_file_that_is_a_directory_or_missing(study: Study) -> None:
 # --- seal files -----------------------------------------------------------------------------------
 
 
-def _reroot(seal: dict[str, Any]) -> dict[str, Any]:
-    from events.chain import seal_root
+def _root_of(seal_text: str) -> str:
+    seal = json.loads(seal_text)
+    return f"{seal['position']}:{seal['root']}"
 
-    seal["root"] = seal_root(seal["position"], seal["streams"])
+
+def _reroot(seal: dict[str, Any], key: Path) -> dict[str, Any]:
+    """Signed again with the study's seal key: a seal that says something else, not an
+    altered one."""
+    from events.chain import seal_body
+    from events.seals import load_private
+
+    seal["signature"] = load_private(key).sign(seal_body(seal))
     return seal
 
 
@@ -1512,7 +1528,7 @@ class SealFile:
 
 
 @st.composite
-def seal_files(draw: st.DrawFn, text: str) -> SealFile:
+def seal_files(draw: st.DrawFn, text: str, key: Path) -> SealFile:
     raw = text.encode("utf-8")
     seal = json.loads(text)
     streams = sorted(seal["streams"])
@@ -1537,17 +1553,17 @@ def seal_files(draw: st.DrawFn, text: str) -> SealFile:
         return SealFile(json.dumps(seal).encode(), f"edited version of {stream}")
     if kind == "wrong_hash":
         seal["streams"][stream]["hash"] = draw(st.sampled_from(["0" * 64, "x", "", "A" * 64]))
-        return SealFile(json.dumps(_reroot(seal)).encode(), f"wrong hash of {stream}")
+        return SealFile(json.dumps(_reroot(seal, key)).encode(), f"wrong hash of {stream}")
     if kind == "later_version":
         seal["streams"][stream]["version"] += draw(st.integers(1, 10**6))
-        return SealFile(json.dumps(_reroot(seal)).encode(), f"later version of {stream}")
+        return SealFile(json.dumps(_reroot(seal, key)).encode(), f"later version of {stream}")
     if kind == "unknown_stream":
         seal["streams"]["S-404"] = {"version": 1, "hash": "0" * 64}
-        return SealFile(json.dumps(_reroot(seal)).encode(), "unknown stream")
+        return SealFile(json.dumps(_reroot(seal, key)).encode(), "unknown stream")
     if kind == "bad_version":
         version = draw(st.sampled_from([0, -1, -(2**70), 2**70]))
         seal["streams"][stream]["version"] = version
-        return SealFile(json.dumps(_reroot(seal)).encode(), f"version {version} of {stream}")
+        return SealFile(json.dumps(_reroot(seal, key)).encode(), f"version {version} of {stream}")
     if kind == "bad_position":
         position = draw(st.sampled_from(["Infinity", "NaN", "-Infinity", "1e400", '"12"',
                                          "-1", str(2**70), "null", "[]"]))
@@ -1565,13 +1581,14 @@ def seal_files(draw: st.DrawFn, text: str) -> SealFile:
 def damaged_seal_file(study: Study, data: st.DataObject) -> None:
     """`audit verify --seal FILE`: unreadable (exit 2) or not matching (exit 4), one sentence;
     the same seal reformatted still verifies (exit 0)."""
-    broken = data.draw(seal_files(study.seal))
+    broken = data.draw(seal_files(study.seal, study.root / "seal.key"))
     note(broken.what)
     path = study.root / "seals" / "seal.json"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(broken.data)
     case = base_case(study, ("audit", "verify"))
     case.values["--seal"] = str(path)
+    case.values["--public-key"] = str(study.root / "seal.key.pub")
     case.label = ("--seal", broken.what.split(" ")[0])
     result = execute(study, case)
     if judge(study, case, result) == "known-bug":
@@ -1790,13 +1807,14 @@ def test_regression_seal_values(study: Study, damage: str) -> None:
     kind, _, value = damage.partition(" ")
     if kind == "version":
         seal["streams"]["S-001"]["version"] = int(value)
-        body = json.dumps(_reroot(seal))
+        body = json.dumps(_reroot(seal, study.root / "seal.key"))
     else:
         body = json.dumps({**seal, "position": "P"}).replace('"P"', value)
     path = study.root / "seals" / "explicit.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(body, encoding="utf-8")
-    outcome, message = refusal(study, ("audit", "verify"), {"--seal": str(path)})
+    outcome, message = refusal(study, ("audit", "verify"), {
+        "--seal": str(path), "--public-key": str(study.root / "seal.key.pub")})
     assert outcome == "exit 4" and "not a readable seal" in message, message
 
 

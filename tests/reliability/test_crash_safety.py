@@ -571,10 +571,14 @@ class Credentials:
 
 
 def credentials_of(engine: Engine, name: str) -> Credentials:
-    row = _rows(engine, "SELECT scheme, salt, hash, changed_at FROM credentials WHERE name = "
-                f"'{name}'")
+    from workflow.identity import table
+
+    sqlite = engine.dialect.name == "sqlite"
+    row = _rows(engine, f"SELECT scheme, salt, hash, changed_at FROM "
+                f"{table('credentials', sqlite=sqlite)} WHERE name = '{name}'")
     sessions: dict[str, set[str]] = {}
-    for who, token_hash in _rows(engine, "SELECT name, token_hash FROM sessions"):
+    for who, token_hash in _rows(engine, f"SELECT name, token_hash FROM "
+                                 f"{table('sessions', sqlite=sqlite)}"):
         sessions.setdefault(str(who), set()).add(str(token_hash))
     changes = []
     for position, payload, command_id in _rows(

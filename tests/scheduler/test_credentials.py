@@ -7,6 +7,7 @@ but the scheduler's own writes."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -207,7 +208,14 @@ def test_a_forged_command_row_does_not_silence_a_reminder(infused: str) -> None:
         message = M.IssueReminder(SUBJECT, "visit:D1@2025-02-06", "due", due_at,
                                   "D1 window 2025-02-06 to 2025-02-06 (target 2025-02-06): due.")
         request = Executor._request_hash(SCHEDULER, message)
-        with driver_connection(app.engine) as driver:
+        with driver_connection(app.engine) as driver:  # the database refuses such a row …
+            with pytest.raises(sqlite3.IntegrityError, match="needs the events"):
+                driver.execute("INSERT INTO commands (command_id, request_hash, result, "
+                               "recorded_at) VALUES (?, ?, ?, ?)",
+                               (forged["command_id"], request, canonical_json(forged),
+                                forged["recorded_at"]))
+            driver.rollback()
+            driver.execute("DROP TRIGGER commands_guard_insert")  # … unless its guard is gone
             driver.execute("INSERT INTO commands (command_id, request_hash, result, recorded_at)"
                            " VALUES (?, ?, ?, ?)", (forged["command_id"], request,
                                                     canonical_json(forged), forged["recorded_at"]))

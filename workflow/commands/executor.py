@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -101,12 +101,11 @@ class Executor:
         self.retries = retries
         self.last_outcome: Outcome | None = None  # for a caller interrupted after the commit
         self._login: tuple[str | None] | None = None
-        self._ready = False
+        self._sqlite = app.engine.dialect.name == "sqlite"
 
     # ------------------------------------------------------------------ the door
     def execute(self, message: M.Message, credential: Credential, *,
                 command_id: str | None = None) -> Outcome:
-        self._prepare()
         if isinstance(message, M.InitialiseStudy):
             return self._initialise(message, credential, command_id)
         study = load_study(self.store)
@@ -157,7 +156,6 @@ class Executor:
     def authenticate(self, credential: Credential) -> User:
         """The active user a credential proves (failed attempts recorded), for callers that
         check before they work (an export, a scheduler pass)."""
-        self._prepare()
         study = load_study(self.store)
         user = self._known(study, self._authenticate(credential, study).name)
         if not user.active:
@@ -219,6 +217,20 @@ class Executor:
             self._login = (login,)
         return self._login[0]
 
+    def _own(self, name: str) -> bool:
+        """Whether `name` is this engine's own PostgreSQL login: a personal login reaches its
+        own credential, attempts and sessions only through the database's functions (the
+        identity tables are not granted to it), and appends only in its own name."""
+        return not self._sqlite and self.database_login() == name
+
+    def _recorder(self, name: str, study: Study) -> AppendContext:
+        """Who records a failed attempt, a lock or a lapse: `unauthenticated`, or a personal
+        login itself (the database lets it append in no other name)."""
+        user = study.users.get(name)
+        if user is not None and self._own(name):
+            return AppendContext(actor=name, role=user.role, site=user.site)
+        return AppendContext(actor=UNAUTHENTICATED, role="none")
+
     # ------------------------------------------------------------------ authentication
     def _authenticate(self, credential: Credential, study: Study) -> User:
         now = self.clock()
@@ -243,7 +255,7 @@ class Executor:
             if lapsed is not None:  # an admin's timed lock is over: lift it, count afresh
                 study = self._lift_lapsed_lock(name, lapsed)
             # counted before it is checked: N guesses at once get at most the limit checked
-            tries = identity.claim_attempt(self.engine, name)
+            tries = identity.claim_attempt(self.engine, name, own=self._own(name))
         if user is not None and (study.account_locked(name, now) or (
                 tries is not None and not user.service and tries > study.max_failed_attempts)):
             self._record_failure(study, name, credential.method, "account_locked", tries, now)
@@ -259,12 +271,13 @@ class Executor:
                                 else "session")
         assert user is not None
         if tries is not None:
-            identity.clear_attempts(self.engine, name)
+            identity.clear_attempts(self.engine, name, own=self._own(name))
         return user
 
     def _verify(self, credential: Password | SessionToken, user: User | None) -> bool:
         if isinstance(credential, Password):
-            stored = (identity.stored_credential(self.engine, credential.name)
+            stored = (identity.stored_credential(self.engine, credential.name,
+                                                 own=self._own(credential.name))
                       if user is not None else None)
             return identity.matches(stored, credential.secret.value, self.kdf)
         row = identity.session_of(self.engine, credential.token.value)
@@ -285,7 +298,7 @@ class Executor:
         account's sessions ended in the same transaction. An admin's lock lapses after
         ADMIN_LOCK, so nobody can lock every admin out for good; a service account (whose
         secret is generated, not guessable) is never locked."""
-        context = AppendContext(actor=UNAUTHENTICATED, role="none")
+        context = self._recorder(name, study)
         try:
             self.store.append(STUDY_STREAM, None, [NewEvent(T.AUTHENTICATION_FAILED, {
                 "name": name, "method": method, "reason": reason, "login": self._who()})],
@@ -301,9 +314,10 @@ class Executor:
             with contextlib.suppress(IdempotencyMismatch):  # another attempt locked it first
                 self.store.append_streams(
                     [StreamAppend(STUDY_STREAM, None, [lock])],
-                    AppendContext(actor=UNAUTHENTICATED, role="none",
-                                  command_id=f"account-locked-{name}-{study.locks.get(name, 0)}"),
-                    also=identity.end_sessions_statements(name))
+                    replace(context,
+                            command_id=f"account-locked-{name}-{study.locks.get(name, 0)}"),
+                    also=identity.end_sessions_statements(name, sqlite=self._sqlite,
+                                                          own=self._own(name)))
         except EventStoreError as error:  # a read-only or full database: refused all the same
             log.warning("failed attempt not recorded", name=name, error=str(error))
 
@@ -315,9 +329,10 @@ class Executor:
                 [StreamAppend(STUDY_STREAM, None, [NewEvent(
                     T.ACCOUNT_UNLOCKED, {"name": name, "lapsed": True},
                     reason=f"the lock of {ADMIN_LOCK} was over")])],
-                AppendContext(actor=UNAUTHENTICATED, role="none",
-                              command_id=f"lock-lapsed-{name}-{position}"),
-                also=identity.clear_attempts_statements(name))
+                replace(self._recorder(name, load_study(self.store)),
+                        command_id=f"lock-lapsed-{name}-{position}"),
+                also=identity.clear_attempts_statements(name, sqlite=self._sqlite,
+                                                        own=self._own(name)))
         return load_study(self.store)
 
     def _who(self) -> dict[str, str | None]:
@@ -411,12 +426,14 @@ class Executor:
                 if key not in hashed:  # hashed once, whatever the retries
                     hashed[key] = identity.password_statements(
                         change.name, change.secret.value, now, service=change.service,
-                        kdf=self.kdf)
+                        sqlite=self._sqlite, kdf=self.kdf)
                 out.extend(hashed[key])
             elif isinstance(change, EndSessions):
-                out.extend(identity.end_sessions_statements(change.name))
+                out.extend(identity.end_sessions_statements(
+                    change.name, sqlite=self._sqlite, own=self._own(change.name)))
             elif isinstance(change, ClearAttempts):
-                out.extend(identity.clear_attempts_statements(change.name))
+                out.extend(identity.clear_attempts_statements(
+                    change.name, sqlite=self._sqlite, own=self._own(change.name)))
         return tuple(out)
 
     # ------------------------------------------------------------------ the first write
@@ -451,10 +468,6 @@ class Executor:
         return self._done(Outcome(result, _summary(decision, result)))
 
     # ------------------------------------------------------------------ helpers
-    def _prepare(self) -> None:
-        if not self._ready:
-            identity.ensure_tables(self.engine)
-            self._ready = True
 
     def _repeat(self, command_id: str, request_hash: str) -> Outcome | None:
         """The first result when this command id was carried out before (refused when the
