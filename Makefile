@@ -19,8 +19,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Test files run in parallel, one file per worker at a time (`--dist loadfile` keeps each
+# module's fixtures, such as a private PostgreSQL server, in one process); WORKERS=0 runs them
+# serially.
+WORKERS ?= auto
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -174,13 +174,6 @@ def _postgres_functions(schema: str) -> tuple[str, ...]:
     """The functions' DDL. No `%` in it: the driver would read it as a parameter mark."""
     path = f"SET search_path = {_ident(schema)}, pg_temp"
     private = PRIVATE_SCHEMA
-    trusted = f"""CREATE OR REPLACE FUNCTION trialflow_trusted_caller() RETURNS boolean
-      LANGUAGE sql STABLE SECURITY DEFINER {path} AS $$
-        SELECT session_user = current_user
-            OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = session_user), false)
-            OR CASE WHEN to_regrole('trialflow_app') IS NULL THEN false
-                    ELSE pg_has_role(session_user, 'trialflow_app', 'MEMBER') END
-      $$"""
     append = f"""CREATE OR REPLACE FUNCTION {APPEND_FUNCTION}(
         p_positions bigint[], p_streams text[], p_versions integer[], p_types text[],
         p_schemas integer[], p_payloads text[], p_occurred text[], p_recorded_at text,
@@ -196,12 +189,21 @@ def _postgres_functions(schema: str) -> tuple[str, ...]:
         chains text[] := '{{}}';
         head_version integer;
         head_hash text;
-        j integer;
+        r record;
+        k integer;
+        seen text[] := '{{}}';
+        seen_versions integer[] := '{{}}';
+        seen_hashes text[] := '{{}}';
         user_role text;
         user_site text;
       BEGIN
         PERFORM pg_advisory_xact_lock({APPEND_LOCK_KEY});
-        IF NOT trialflow_trusted_caller() THEN
+        -- trusted: the owner (this function's definer), a superuser, the application role
+        IF session_user <> current_user
+           AND NOT coalesce((SELECT rolsuper FROM pg_catalog.pg_roles
+                             WHERE rolname = session_user), false)
+           AND NOT (CASE WHEN to_regrole('trialflow_app') IS NULL THEN false
+                         ELSE pg_has_role(session_user, 'trialflow_app', 'MEMBER') END) THEN
           IF p_actor IS DISTINCT FROM session_user::text THEN
             RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
               MESSAGE = 'identity_mismatch: the database login ' || session_user
@@ -235,30 +237,59 @@ def _postgres_functions(schema: str) -> tuple[str, ...]:
           RAISE EXCEPTION USING ERRCODE = 'check_violation',
             MESSAGE = 'events is append-only: recorded_at may not go back in time';
         END IF;
-        FOR i IN 1 .. n LOOP
-          IF p_positions[i] IS DISTINCT FROM last_position + i THEN
+        IF n = 1 THEN  -- the usual command: one event, no loop
+          SELECT version, hash INTO head_version, head_hash FROM events
+            WHERE stream_id = p_streams[1] ORDER BY version DESC LIMIT 1;
+          IF p_positions[1] IS DISTINCT FROM last_position + 1 THEN
+            RAISE EXCEPTION USING ERRCODE = 'check_violation',
+              MESSAGE = 'events is append-only: an event must take the next position';
+          END IF;
+          IF p_versions[1] IS DISTINCT FROM coalesce(head_version, 0) + 1
+             OR p_prev[1] IS DISTINCT FROM coalesce(head_hash, '{GENESIS_HASH}') THEN
+            RAISE EXCEPTION USING ERRCODE = 'check_violation',
+              MESSAGE = 'events is append-only: an event must follow its stream''s last one';
+          END IF;
+          INSERT INTO events (position, stream_id, version, type, schema_version, payload,
+                              occurred_at, recorded_at, actor, role, site, reason, command_id,
+                              correlation_id, causation_id, prev_hash, hash, chain_hash)
+          VALUES (p_positions[1], p_streams[1], p_versions[1], p_types[1], p_schemas[1],
+                  p_payloads[1], p_occurred[1], p_recorded_at, p_actor, p_role, p_site,
+                  p_reasons[1], p_command_id, p_correlation_id, p_causations[1], p_prev[1],
+                  p_hashes[1], encode(sha256(convert_to(chain || p_hashes[1], 'UTF8')), 'hex'));
+          INSERT INTO commands (command_id, request_hash, result, recorded_at)
+          VALUES (p_command_id, p_request_hash, p_result, p_recorded_at);
+          RETURN;
+        END IF;
+        -- one pass in order (unnest, not subscripts: a subscript of a text array walks it)
+        FOR r IN SELECT * FROM unnest(p_positions, p_streams, p_versions, p_prev, p_hashes)
+                   WITH ORDINALITY AS t(position, stream_id, version, prev_hash, hash, i)
+        LOOP
+          IF r.position IS DISTINCT FROM last_position + r.i THEN
             RAISE EXCEPTION USING ERRCODE = 'check_violation',
               MESSAGE = 'events is append-only: an event must take the next position';
           END IF;
           -- the stream's head: an earlier event of this append, else the table's
-          j := i - 1;
-          WHILE j >= 1 AND p_streams[j] IS DISTINCT FROM p_streams[i] LOOP
-            j := j - 1;
-          END LOOP;
-          IF j >= 1 THEN
-            head_version := p_versions[j];
-            head_hash := p_hashes[j];
+          k := array_position(seen, r.stream_id);
+          IF k IS NOT NULL THEN
+            head_version := seen_versions[k];
+            head_hash := seen_hashes[k];
           ELSE
             SELECT version, hash INTO head_version, head_hash FROM events
-              WHERE stream_id = p_streams[i] ORDER BY version DESC LIMIT 1;
+              WHERE stream_id = r.stream_id ORDER BY version DESC LIMIT 1;
+            seen := seen || r.stream_id;
+            seen_versions := seen_versions || 0;
+            seen_hashes := seen_hashes || ''::text;
+            k := cardinality(seen);
           END IF;
-          IF p_versions[i] IS DISTINCT FROM coalesce(head_version, 0) + 1
-             OR p_prev[i] IS DISTINCT FROM coalesce(head_hash, '{GENESIS_HASH}') THEN
+          IF r.version IS DISTINCT FROM coalesce(head_version, 0) + 1
+             OR r.prev_hash IS DISTINCT FROM coalesce(head_hash, '{GENESIS_HASH}') THEN
             RAISE EXCEPTION USING ERRCODE = 'check_violation',
               MESSAGE = 'events is append-only: an event must follow its stream''s last one';
           END IF;
-          chain := encode(sha256(convert_to(chain || p_hashes[i], 'UTF8')), 'hex');
-          chains[i] := chain;
+          seen_versions[k] := r.version;
+          seen_hashes[k] := r.hash;
+          chain := encode(sha256(convert_to(chain || r.hash, 'UTF8')), 'hex');
+          chains := chains || chain;
         END LOOP;
         INSERT INTO events (position, stream_id, version, type, schema_version, payload,
                             occurred_at, recorded_at, actor, role, site, reason, command_id,
@@ -295,11 +326,10 @@ def _postgres_functions(schema: str) -> tuple[str, ...]:
     )
     revoke = tuple(
         f"REVOKE ALL ON FUNCTION {name} FROM PUBLIC" for name in (
-            "trialflow_trusted_caller()",
             f"{APPEND_FUNCTION}(bigint[], text[], integer[], text[], integer[], text[], "
             "text[], text, text, text, text, text[], text, text, text[], text[], text[], "
             "text, text)",
             "trialflow_own_credential()", "trialflow_claim_own_attempt()",
             "trialflow_clear_own_attempts()", "trialflow_end_own_sessions()",
         ))
-    return (trusted, append, *own, *revoke)
+    return (append, *own, *revoke)
