@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,8 @@ from projections.as_of import MAX_POSITION
 
 if TYPE_CHECKING:
     from events.envelope import RecordedEvent
+
+MAX_SEAL_BYTES = 64 * 2**20  # a seal names every stream: 64 MiB holds some 500,000
 
 
 @click.group("audit", help="Audit trail, state as of a moment, what changed between two "
@@ -238,6 +241,11 @@ def verify(env: Env, seal_file: Path | None, public_key: Path | None,
     if seal_file is not None:
         public = _public_key(env, public_key)
         try:
+            found = seal_file.stat()
+            if not stat.S_ISREG(found.st_mode) or found.st_size > MAX_SEAL_BYTES:
+                raise click.BadParameter(f"{seal_file} is not a seal file (a regular file of at "
+                                         f"most {MAX_SEAL_BYTES // 2**20} MiB)",
+                                         param_hint="--seal")
             text = seal_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise click.BadParameter(

@@ -289,6 +289,9 @@ def parse_seal(text: str, source: str, public: Ed25519PublicKey) -> dict[str, An
         )
     except (ValueError, KeyError, TypeError) as error:
         raise IntegrityFailure(f"Seal file {source} is not a readable seal: {error}.") from error
+    except RecursionError:  # JSON nested deeper than any seal
+        raise IntegrityFailure(f"Seal file {source} is not a readable seal: it is nested "
+                               "too deeply.") from None
     if not ok:
         raise IntegrityFailure(f"Seal file {source} is not a readable seal: a position or "
                                "version is not a whole number in range.")

@@ -10,9 +10,9 @@ personal logins append in their own name only (`trialflow init --roles`, docs/au
   maintains the read models.
 - **trialflow_person** (a group role, NOLOGIN): each person's login, named as their trialflow
   user, is made a member. It reads the log and the read models, appends through
-  `trialflow_append` in its own name only (the function checks `actor = session_user`), and
-  reaches nothing of the identity tables but its own credential, attempts and sessions through
-  four functions.
+  `trialflow_append` in its own name, role and site only (the function checks them against
+  `session_user` and the study's users), never in the `study` stream and never a signature or
+  a credential change; it reads nothing of the identity tables.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ LOG_TABLES = "events, commands, schema_migrations"
 _APPEND_SIGNATURE = (
     f"{APPEND_FUNCTION}(bigint[], text[], integer[], text[], integer[], text[], text[], text, "
     "text, text, text, text[], text, text, text[], text[], text[], text, text)")
-_OWN_FUNCTIONS = ("trialflow_own_credential(), trialflow_claim_own_attempt(), "
-                  "trialflow_clear_own_attempts(), trialflow_end_own_sessions()")
 
 
 def role_statements() -> list[str]:
@@ -42,6 +40,14 @@ def role_statements() -> list[str]:
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{PERSON_ROLE}') THEN
     CREATE ROLE {PERSON_ROLE} NOLOGIN;
   END IF;
+END $$""",
+        # roles are the cluster's, not the database's: only logins granted CONNECT on this
+        # database (one by one, never the group roles) reach it, so another study's logins
+        # on the same server do not
+        """DO $$ BEGIN
+  EXECUTE 'REVOKE CONNECT ON DATABASE ' || quote_ident(current_database()) || ' FROM PUBLIC';
+  EXECUTE 'GRANT CONNECT ON DATABASE ' || quote_ident(current_database()) || ' TO '
+          || quote_ident(current_user);
 END $$""",
         f"REVOKE ALL ON {LOG_TABLES} FROM PUBLIC",
         f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}, {PERSON_ROLE}",
@@ -58,7 +64,6 @@ END $$""",
         f"GRANT USAGE ON SCHEMA {PRIVATE_SCHEMA} TO {APP_ROLE}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {PRIVATE_SCHEMA} "
         f"TO {APP_ROLE}",
-        f"GRANT EXECUTE ON FUNCTION {_OWN_FUNCTIONS} TO {PERSON_ROLE}",
         # read models the owner creates later (a new projection) are granted alike
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES "
         f"TO {APP_ROLE}, {PERSON_ROLE}",
@@ -68,9 +73,11 @@ END $$""",
 
 
 LOGIN_EXAMPLES = f"""-- Then the application's login, and each person's (named as their user;
--- authenticated by password, certificate or SSO as pg_hba.conf says):
+-- authenticated by password, certificate or SSO as pg_hba.conf says), each granted CONNECT
+-- on this study's database only:
 CREATE ROLE trialflow LOGIN PASSWORD '...' IN ROLE {APP_ROLE};
 CREATE ROLE cora LOGIN IN ROLE {PERSON_ROLE};
+GRANT CONNECT ON DATABASE trial TO trialflow, cora;
 """
 
 

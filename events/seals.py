@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,15 @@ def load_public(path: Path) -> Ed25519PublicKey:
     return key
 
 
+MAX_KEY_BYTES = 64 * 1024  # a PEM key is a few hundred bytes
+
+
 def _read(path: Path) -> bytes:
     try:
+        found = path.stat()
+        if not stat.S_ISREG(found.st_mode) or found.st_size > MAX_KEY_BYTES:
+            raise KeyProblem(f"{path} is not a key file (a regular file of at most "
+                             f"{MAX_KEY_BYTES // 1024} KiB).")
         return path.read_bytes()
     except OSError as error:
         raise KeyProblem(f"Cannot read the key file {path}: {error.strerror}.") from error

@@ -63,6 +63,15 @@ def changes_of(event: RecordedEvent) -> list[Entry]:
     return []
 
 
+def _changes_or_none(event: RecordedEvent) -> list[dict[str, Any]]:
+    """`changes_of`, or none for a payload without its type's shape (only a write outside the
+    executor makes one): the trail still shows the event as stored."""
+    try:
+        return changes_of(event)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return []
+
+
 def trail_entry(event: RecordedEvent) -> Entry:
     """One event of the trail as a JSON object (the shape of `audit log --json|--jsonl`):
     `payload` as stored under its `schema_version`; `payload_read_as`, only for an event of
@@ -91,7 +100,7 @@ def trail_entry(event: RecordedEvent) -> Entry:
         "recorded_at": event.recorded_at,
         "occurred_at": event.occurred_at,
         "reason": event.reason,
-        "changes": changes_of(event),
+        "changes": _changes_or_none(event),
         "payload": stored,
         **({} if upcast == stored else {"payload_read_as": upcast}),
         "schema_version": event.schema_version,

@@ -222,51 +222,40 @@ def password_statements(name: str, secret: str, now: datetime, *, service: bool,
     )
 
 
-def end_sessions_statements(name: str, *, sqlite: bool, own: bool = False
-                            ) -> tuple[Statement, ...]:
-    """`own`: a personal PostgreSQL login ends its own sessions (it cannot read the table)."""
-    if own:
-        return (Statement("SELECT trialflow_end_own_sessions()"),)
+def end_sessions_statements(name: str, *, sqlite: bool) -> tuple[Statement, ...]:
     return (Statement(f"DELETE FROM {table('sessions', sqlite=sqlite)} WHERE name = ?",
                       (name,)),)
 
 
-def clear_attempts_statements(name: str, *, sqlite: bool, own: bool = False
-                              ) -> tuple[Statement, ...]:
-    if own:
-        return (Statement("SELECT trialflow_clear_own_attempts()"),)
+def clear_attempts_statements(name: str, *, sqlite: bool) -> tuple[Statement, ...]:
     return (Statement(f"DELETE FROM {table('attempts', sqlite=sqlite)} WHERE name = ?",
                       (name,)),)
 
 
-def claim_attempt(engine: Engine, name: str, *, own: bool = False) -> int:
+def claim_attempt(engine: Engine, name: str) -> int:
     """Count a password check of `name` as failed before it is made, and return the count
     (this one included). A database that cannot take the write refuses the check: no password
-    is ever checked without its attempt being counted. `own`: a personal PostgreSQL login
-    counts its own attempts through a function (the table is not granted to it)."""
+    is ever checked without its attempt being counted."""
     from events.translate import driver_connection
 
     sqlite = engine.dialect.name == "sqlite"
     mark = "?" if sqlite else "%s"
     attempts_table = table("attempts", sqlite=sqlite)
     with driver_connection(engine) as driver:
-        if own:
-            row = driver.execute("SELECT trialflow_claim_own_attempt()").fetchone()
-        else:
-            row = driver.execute(
-                f"INSERT INTO {attempts_table} AS a (name, failures) VALUES ({mark}, 1) "
-                "ON CONFLICT (name) DO UPDATE SET failures = a.failures + 1 "
-                "RETURNING failures", (name,)).fetchone()
+        row = driver.execute(
+            f"INSERT INTO {attempts_table} AS a (name, failures) VALUES ({mark}, 1) "
+            "ON CONFLICT (name) DO UPDATE SET failures = a.failures + 1 "
+            "RETURNING failures", (name,)).fetchone()
         driver.commit()
     return int(row[0])
 
 
-def clear_attempts(engine: Engine, name: str, *, own: bool = False) -> None:
+def clear_attempts(engine: Engine, name: str) -> None:
     """The password was right: the count starts again."""
     from events.translate import driver_connection
 
     sqlite = engine.dialect.name == "sqlite"
-    statement = clear_attempts_statements(name, sqlite=sqlite, own=own)[0]
+    statement = clear_attempts_statements(name, sqlite=sqlite)[0]
     with driver_connection(engine) as driver:
         driver.execute(statement.sql if sqlite else statement.sql.replace("?", "%s"),
                        statement.params)
@@ -274,22 +263,15 @@ def clear_attempts(engine: Engine, name: str, *, own: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------- reads and sessions
-def stored_credential(engine: Engine, name: str, *, own: bool = False
-                      ) -> StoredCredential | None:
-    """`name`'s stored credential; `own`: a personal PostgreSQL login reads only its own."""
+def stored_credential(engine: Engine, name: str) -> StoredCredential | None:
     from events.translate import driver_connection
 
     sqlite = engine.dialect.name == "sqlite"
     mark = "?" if sqlite else "%s"
     with driver_connection(engine) as driver:
-        if own:
-            row = driver.execute("SELECT scheme, salt, hash FROM trialflow_own_credential()"
-                                 ).fetchone()
-            row = None if row is None or row[0] is None else (name, *row)
-        else:
-            row = driver.execute(f"SELECT name, scheme, salt, hash FROM "
-                                 f"{table('credentials', sqlite=sqlite)} WHERE name = {mark}",
-                                 (name,)).fetchone()
+        row = driver.execute(f"SELECT name, scheme, salt, hash FROM "
+                             f"{table('credentials', sqlite=sqlite)} WHERE name = {mark}",
+                             (name,)).fetchone()
     return None if row is None else StoredCredential(*(str(v) for v in row))
 
 

@@ -66,12 +66,24 @@ def signatures(events: list[RecordedEvent]) -> list[dict[str, Any]]:
     recorded the signature)."""
     events = list(events)
     by_position = {e.position: e for e in events}
-    out = []
+    out: list[dict[str, Any]] = []
     for event in events:
         if event.type != T.SIGNATURE_RECORDED:
             continue
         p = event.payload
-        target = by_position.get(int(p["target_position"]))
+        try:
+            target = by_position.get(int(p["target_position"]))
+            str(p["target_hash"]), str(p["meaning"]), str(p["printed_name"])
+        except (KeyError, TypeError, ValueError):  # not a signature's shape: broken
+            out.append({"subject": event.stream_id, "position": event.position,
+                        "target_position": p.get("target_position"),
+                        "target_type": p.get("target_type"),
+                        "target_hash": p.get("target_hash"), "meaning": p.get("meaning"),
+                        "printed_name": p.get("printed_name"), "role": p.get("role"),
+                        "signed_at": p.get("signed_at"), "state": "broken",
+                        "corrected_after_signing_by": [], "superseded_by": None,
+                        "manifestation": "not a signature's shape (written outside trialflow)"})
+            continue
         later = [] if target is None else superseded_by(events, target.position)
         if target is None or target.hash != p["target_hash"] or (
                 p["printed_name"], p.get("role")) != (event.actor, event.role):

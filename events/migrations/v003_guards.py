@@ -24,9 +24,11 @@ PostgreSQL
   active, computes the global chain itself and inserts the events and the command row.
   INSERT on `events` and `commands` is revoked from every role but the owner.
 - schema `trialflow_private` holds `credentials`, `sessions` and `attempts` (moved there from
-  the default schema when they exist); it is granted to the application role only. Personal
-  logins reach their own row through four SECURITY DEFINER functions (their credential's
-  hash for a signature's password check, their attempt counter, their sessions' end).
+  the default schema when they exist); it is granted to the application role only, so a
+  personal login checks no password: it writes no study-level event (users, sites, protocol,
+  locks, failed attempts), no signature and no credential change; those go through the
+  application's login. For a personal login the function also recomputes each event's hash
+  and keeps recorded time within a minute of the database's clock.
 Roles and grants: events/roles.py (`trialflow init --roles`).
 """
 
@@ -173,7 +175,6 @@ def _private_schema(conn: Connection, schema: str) -> None:
 def _postgres_functions(schema: str) -> tuple[str, ...]:
     """The functions' DDL. No `%` in it: the driver would read it as a parameter mark."""
     path = f"SET search_path = {_ident(schema)}, pg_temp"
-    private = PRIVATE_SCHEMA
     append = f"""CREATE OR REPLACE FUNCTION {APPEND_FUNCTION}(
         p_positions bigint[], p_streams text[], p_versions integer[], p_types text[],
         p_schemas integer[], p_payloads text[], p_occurred text[], p_recorded_at text,
@@ -196,8 +197,14 @@ def _postgres_functions(schema: str) -> tuple[str, ...]:
         seen_hashes text[] := '{{}}';
         user_role text;
         user_site text;
+        u record;
       BEGIN
         PERFORM pg_advisory_xact_lock({APPEND_LOCK_KEY});
+        IF p_recorded_at !~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T[0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}'
+                            '[.][0-9]{{6}}Z$' THEN
+          RAISE EXCEPTION USING ERRCODE = 'check_violation',
+            MESSAGE = 'events: recorded_at is a UTC time YYYY-MM-DDTHH:MM:SS.ffffffZ';
+        END IF;
         -- trusted: the owner (this function's definer), a superuser, the application role
         IF session_user <> current_user
            AND NOT coalesce((SELECT rolsuper FROM pg_catalog.pg_roles
@@ -223,6 +230,63 @@ def _postgres_functions(schema: str) -> tuple[str, ...]:
               MESSAGE = 'identity_mismatch: the database login ' || session_user
                         || ' is not an active user of this study with role '
                         || coalesce(p_role, 'none') || ' and site ' || coalesce(p_site, 'none');
+          END IF;
+          IF p_recorded_at > to_char(clock_timestamp() AT TIME ZONE 'UTC'
+                                     + interval '60 seconds', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') THEN
+            RAISE EXCEPTION USING ERRCODE = 'check_violation',
+              MESSAGE = 'events: a personal login records at the database''s time, not later';
+          END IF;
+          FOR u IN SELECT * FROM unnest(p_positions, p_streams, p_versions, p_types, p_schemas,
+                                        p_payloads, p_occurred, p_reasons, p_causations,
+                                        p_prev, p_hashes)
+                     AS t(position, stream_id, version, type, schema_version, payload,
+                          occurred_at, reason, causation_id, prev_hash, hash)
+          LOOP
+            -- who may do what in the study (users, sites, protocol, locks) and signatures
+            -- (whose password only the application can check) are the application's to write
+            IF u.stream_id = 'study' OR u.type IN ('SignatureRecorded', 'CredentialsChanged') THEN
+              RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+                MESSAGE = 'identity_mismatch: the personal database login ' || session_user
+                          || ' may not record ' || coalesce(u.type, 'an event') || ' in '
+                          || coalesce(u.stream_id, 'a stream')
+                          || '; use the application''s login';
+            END IF;
+            -- the hash, recomputed (events.envelope.event_hash): an event is what it says
+            IF encode(sha256(convert_to(
+                 '{{"actor":' || to_json(p_actor)::text
+                 || ',"causation_id":' || coalesce(to_json(u.causation_id)::text, 'null')
+                 || ',"command_id":' || to_json(p_command_id)::text
+                 || ',"correlation_id":' || to_json(p_correlation_id)::text
+                 || ',"occurred_at":' || coalesce(to_json(u.occurred_at)::text, 'null')
+                 || ',"payload":' || to_json(u.payload)::text
+                 || ',"position":' || u.position::text
+                 || ',"prev_hash":' || to_json(u.prev_hash)::text
+                 || ',"reason":' || coalesce(to_json(u.reason)::text, 'null')
+                 || ',"recorded_at":' || to_json(p_recorded_at)::text
+                 || ',"role":' || to_json(p_role)::text
+                 || ',"schema_version":' || u.schema_version::text
+                 || ',"site":' || coalesce(to_json(p_site)::text, 'null')
+                 || ',"stream_id":' || to_json(u.stream_id)::text
+                 || ',"type":' || to_json(u.type)::text
+                 || ',"version":' || u.version::text || '}}', 'UTF8')), 'hex')
+               IS DISTINCT FROM u.hash THEN
+              RAISE EXCEPTION USING ERRCODE = 'check_violation',
+                MESSAGE = 'events: an event''s hash must be the hash of its content';
+            END IF;
+          END LOOP;
+          -- the command row names exactly these events (AppendResult, canonical JSON)
+          IF p_result IS DISTINCT FROM
+             '{{"command_id":' || to_json(p_command_id)::text
+             || ',"positions":[' || array_to_string(p_positions, ',')
+             || '],"recorded_at":' || to_json(p_recorded_at)::text || ',"versions":{{'
+             || coalesce((SELECT string_agg(to_json(m.s)::text || ':' || m.v::text, ','
+                                            ORDER BY m.s COLLATE "C")
+                          FROM (SELECT x.s, max(x.v) AS v
+                                  FROM unnest(p_streams, p_versions) AS x(s, v)
+                                 GROUP BY x.s) m), '')
+             || '}}}}' THEN
+            RAISE EXCEPTION USING ERRCODE = 'check_violation',
+              MESSAGE = 'events: a command row names exactly the events appended with it';
           END IF;
         END IF;
         IF n = 0 THEN
@@ -304,32 +368,10 @@ def _postgres_functions(schema: str) -> tuple[str, ...]:
         INSERT INTO commands (command_id, request_hash, result, recorded_at)
         VALUES (p_command_id, p_request_hash, p_result, p_recorded_at);
       END $$"""
-    own = (
-        f"""CREATE OR REPLACE FUNCTION trialflow_own_credential(
-              OUT scheme text, OUT salt text, OUT hash text)
-          LANGUAGE sql STABLE SECURITY DEFINER {path} AS $$
-            SELECT scheme, salt, hash FROM {private}.credentials WHERE name = session_user
-          $$""",
-        f"""CREATE OR REPLACE FUNCTION trialflow_claim_own_attempt() RETURNS integer
-          LANGUAGE sql SECURITY DEFINER {path} AS $$
-            INSERT INTO {private}.attempts AS a (name, failures) VALUES (session_user, 1)
-            ON CONFLICT (name) DO UPDATE SET failures = a.failures + 1 RETURNING failures
-          $$""",
-        f"""CREATE OR REPLACE FUNCTION trialflow_clear_own_attempts() RETURNS void
-          LANGUAGE sql SECURITY DEFINER {path} AS $$
-            DELETE FROM {private}.attempts WHERE name = session_user
-          $$""",
-        f"""CREATE OR REPLACE FUNCTION trialflow_end_own_sessions() RETURNS void
-          LANGUAGE sql SECURITY DEFINER {path} AS $$
-            DELETE FROM {private}.sessions WHERE name = session_user
-          $$""",
-    )
     revoke = tuple(
         f"REVOKE ALL ON FUNCTION {name} FROM PUBLIC" for name in (
             f"{APPEND_FUNCTION}(bigint[], text[], integer[], text[], integer[], text[], "
             "text[], text, text, text, text, text[], text, text, text[], text[], text[], "
             "text, text)",
-            "trialflow_own_credential()", "trialflow_claim_own_attempt()",
-            "trialflow_clear_own_attempts()", "trialflow_end_own_sessions()",
         ))
-    return (append, *own, *revoke)
+    return (append, *revoke)

@@ -15,6 +15,7 @@ import pytest
 
 from cli.app import run
 from events.envelope import NewEvent
+from events.errors import StoreUnavailable
 from events.store import AppendContext
 from tests.reliability.pg_server import PrivateServer, private_server
 from workflow.bootstrap import build_app
@@ -77,6 +78,9 @@ def trial(server: PrivateServer, tmp_path_factory: pytest.TempPathFactory) -> di
         conn.execute("CREATE ROLE tf_app LOGIN IN ROLE trialflow_app")
         conn.execute("CREATE ROLE cora LOGIN IN ROLE trialflow_person")
         conn.execute("CREATE ROLE ivan LOGIN IN ROLE trialflow_person")
+        conn.execute("CREATE ROLE stranger LOGIN IN ROLE trialflow_app")  # another study's
+    with psycopg.connect(server.dsn("trial"), autocommit=True) as conn:
+        conn.execute("GRANT CONNECT ON DATABASE trial TO tf_app, cora, ivan")
     status, data, err = call(app, "--user", "ada", "sites", "add", "PKU3", "--tz",
                              "Asia/Shanghai", stdin=f"{ADMIN_PASSWORD}\n")
     assert status == 0, (data, err)
@@ -152,52 +156,37 @@ def test_hashes_are_out_of_reach_of_personal_logins(server: PrivateServer,
                                "SELECT table_name FROM information_schema.tables WHERE "
                                "table_schema = 'public'")}
     assert "events" in names and not names & {"credentials", "sessions", "attempts"}
-    # its own row only, through the function
-    own = sql(server, "cora", "trial", "SELECT scheme FROM trialflow_own_credential()")
-    assert own[0][0].startswith("scrypt")
+    # not even its own (no offline guessing of the signing password)
+    assert "does not exist" in refused(server, "cora", "trial",
+                                       "SELECT * FROM trialflow_own_credential()")
     assert sql(server, "tf_app", "trial", "SELECT count(*) FROM trialflow_private.credentials"
                )[0][0] >= 4
 
 
-def test_a_personal_login_signs_with_its_password(server: PrivateServer,
-                                                  trial: dict[str, str]) -> None:
+def test_a_signature_needs_the_application_s_login(server: PrivateServer,
+                                                   trial: dict[str, str]) -> None:
+    """A personal login proves who acts but checks no password (it cannot read any hash), so a
+    signature goes through the application's login, where the password is checked."""
     status, data, err = call(trial["cora"], "record", "S-001", "vitals", "weight_kg=61",
                              "--on", trial["on"])
     assert status == 0, (data, err)
     position = data["positions"][0]
+    before = build_app(trial["owner"]).store.last_position()
     status, data, _ = call(trial["ivan"], "sign", "S-001", str(position), "--meaning",
-                           "approved", stdin="wrong-password-123\n")
+                           "approved", stdin=f"{PASSWORDS['ivan']}\n")
+    assert status == 1 and data["rule"] == "application_login_required"
+    assert build_app(trial["owner"]).store.last_position() == before
+    status, data, _ = call(trial["app"], "--user", "ivan", "sign", "S-001", str(position),
+                           "--meaning", "approved", stdin="wrong-password-123\n")
     assert status == 1 and data["rule"] == "authentication_failed"
-    failure = build_app(trial["owner"]).store.read_stream("study")[-1]
-    assert (failure.type, failure.actor) == ("AuthenticationFailed", "ivan")
-    status, data, err = call(trial["ivan"], "sign", "S-001", str(position), "--meaning",
-                             "approved", stdin=f"{PASSWORDS['ivan']}\n")
+    status, data, err = call(trial["app"], "--user", "ivan", "sign", "S-001", str(position),
+                             "--meaning", "approved", stdin=f"{PASSWORDS['ivan']}\n")
     assert status == 0, (data, err)
     status, rows, _ = call(trial["owner"], "signatures", "S-001")
     assert [(r["printed_name"], r["state"]) for r in rows] == [("ivan", "valid")]
     assert sql(server, "tf_app", "trial",
                "SELECT count(*) FROM trialflow_private.attempts WHERE name = 'ivan'"
                )[0][0] == 0  # the right password cleared the count
-
-
-def test_the_append_function_checks_position_and_previous_hash(
-        server: PrivateServer, trial: dict[str, str]) -> None:
-    """The function refuses what the store never sends: a position that is not the next, a
-    previous hash that is not the stream's head."""
-    head = sql(server, "cora", "trial", "SELECT max(position) FROM events")[0][0]
-    stream = sql(server, "cora", "trial", "SELECT version, hash FROM events WHERE stream_id = "
-                 "'S-001' ORDER BY version DESC LIMIT 1")[0]
-    call_sql = ("SELECT trialflow_append(ARRAY[{pos}]::bigint[], ARRAY['S-001'], "
-                "ARRAY[{ver}], ARRAY['VitalsRecorded'], ARRAY[1], ARRAY['{{}}'], ARRAY['x'], "
-                "'9999', 'cora', 'coordinator', 'PKU3', ARRAY[NULL]::text[], 'forged', "
-                "'forged', ARRAY[NULL]::text[], ARRAY['{prev}'], ARRAY['" + "a" * 64 + "'], "
-                "'h', '{{\"positions\":[{pos}]}}')")
-    assert "next position" in refused(server, "cora", "trial", call_sql.format(
-        pos=head + 5, ver=stream[0] + 1, prev=stream[1]))
-    assert "last one" in refused(server, "cora", "trial", call_sql.format(
-        pos=head + 1, ver=stream[0] + 1, prev="b" * 64))
-    status, data, _ = call(trial["owner"], "audit", "verify")
-    assert status == 0, data
 
 
 def test_a_payload_that_is_not_json_is_refused_by_the_database(server: PrivateServer,
@@ -212,25 +201,84 @@ def test_a_payload_that_is_not_json_is_refused_by_the_database(server: PrivateSe
     assert "json" in message.lower()
 
 
-def test_a_personal_login_cannot_claim_another_role_or_a_name_in_the_payload(
+def test_a_personal_login_cannot_claim_another_role_or_write_the_study(
         trial: dict[str, str]) -> None:
-    """cora appends in her own name but as an investigator: refused. In her own name and role,
-    a signature whose printed name is ivan's: stored (attributed to cora), shown `broken`."""
+    """cora appends in her own name but as an investigator; makes herself admin; deactivates
+    the admin; records a signature without a password: the database refuses each."""
     store = build_app(trial["cora"]).store
     first = store.read_stream("S-001")[0]
     approval = {"target_position": first.position, "target_type": first.type,
-                "target_hash": first.hash, "meaning": "approved", "printed_name": "ivan",
-                "role": "investigator", "signed_at": "2025-01-01T00:00:00+00:00"}
+                "target_hash": first.hash, "meaning": "approved", "printed_name": "cora",
+                "role": "coordinator", "signed_at": "2025-01-01T00:00:00+00:00"}
+    own = AppendContext(actor="cora", role="coordinator", site="PKU3")
     before = store.last_position()
-    with pytest.raises(Exception, match="not an active user of this study with role"):
-        store.append("S-001", None, [NewEvent("SignatureRecorded", approval)],
-                     AppendContext(actor="cora", role="investigator", site="PKU3"))
+    attempts = [
+        ("S-001", NewEvent("FormRecorded", {"form": "vitals", "values": {}}),
+         AppendContext(actor="cora", role="investigator", site="PKU3"),
+         "not an active user of this study with role investigator"),
+        ("study", NewEvent("UserAdded", {"name": "cora", "role": "admin", "site": None}), own,
+         "may not record UserAdded in study"),
+        ("study", NewEvent("UserDeactivated", {"name": "ada"}), own,
+         "may not record UserDeactivated in study"),
+        ("S-001", NewEvent("SignatureRecorded", approval), own,
+         "may not record SignatureRecorded in S-001"),
+    ]
+    for stream, event, context, message in attempts:
+        with pytest.raises(StoreUnavailable, match=message) as caught:
+            store.append(stream, None, [event], context)
+        assert caught.value.rule == "identity_mismatch"
     assert store.last_position() == before
-    store.append("S-001", None, [NewEvent("SignatureRecorded", approval)],
-                 AppendContext(actor="cora", role="coordinator", site="PKU3"))
-    status, rows, _ = call(trial["owner"], "signatures", "S-001")
-    forged = [r for r in rows if r["position"] == before + 1]
-    assert status == 0 and forged[0]["state"] == "broken"
+    status, rows, _ = call(trial["owner"], "users", "list")
+    assert status == 0 and {r["name"]: r["role"] for r in rows}["cora"] == "coordinator"
+
+
+def test_a_personal_login_cannot_stamp_a_time_or_a_hash_of_its_own(
+        server: PrivateServer, trial: dict[str, str]) -> None:
+    """Through the function by hand: a recorded time that is no time, one in the future, a
+    hash that is not the hash of the event's content, a position that is not the next and a
+    previous hash that is not the stream's last are refused; the correct event passes."""
+    from events.envelope import canonical_json, event_hash
+
+    head = sql(server, "cora", "trial", "SELECT max(position) FROM events")[0][0]
+    last = sql(server, "cora", "trial", "SELECT max(recorded_at) FROM events")[0][0]
+    stream = sql(server, "cora", "trial", "SELECT version, hash FROM events WHERE stream_id = "
+                 "'S-001' ORDER BY version DESC LIMIT 1")[0]
+    now = sql(server, "cora", "trial", "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+              "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")[0][0]
+
+    def attempt(recorded_at: str, digest: str | None = None, position: int = head + 1,
+                prev: str = stream[1]) -> str:
+        fields = {"position": position, "stream_id": "S-001", "version": stream[0] + 1,
+                  "type": "FormRecorded", "schema_version": 1,
+                  "payload": '{"form":"vitals","values":{}}', "occurred_at": recorded_at,
+                  "recorded_at": recorded_at, "actor": "cora", "role": "coordinator",
+                  "site": "PKU3", "reason": None, "command_id": "by-hand",
+                  "correlation_id": "by-hand", "causation_id": None,
+                  "prev_hash": prev}
+        digest = digest or event_hash(fields)
+        result = canonical_json({"command_id": "by-hand", "positions": [position],
+                                 "recorded_at": recorded_at,
+                                 "versions": {"S-001": stream[0] + 1}})
+        return (f"SELECT trialflow_append(ARRAY[{position}]::bigint[], ARRAY['S-001'], "
+                f"ARRAY[{stream[0] + 1}], ARRAY['FormRecorded'], ARRAY[1], "
+                f"ARRAY['{fields['payload']}'], ARRAY['{recorded_at}'], '{recorded_at}', "
+                "'cora', 'coordinator', 'PKU3', ARRAY[NULL]::text[], 'by-hand', 'by-hand', "
+                f"ARRAY[NULL]::text[], ARRAY['{prev}'], ARRAY['{digest}'], 'h', "
+                f"'{result}')")
+
+    assert "UTC time" in refused(server, "cora", "trial", attempt("zzzz"))
+    assert "database's time" in refused(server, "cora", "trial",
+                                        attempt("9999-12-31T23:59:59.999999Z"))
+    moment = max(now, last)
+    assert "hash of its content" in refused(server, "cora", "trial", attempt(moment, "f" * 64))
+    assert "next position" in refused(server, "cora", "trial",
+                                      attempt(moment, position=head + 5))
+    assert "last one" in refused(server, "cora", "trial", attempt(moment, prev="b" * 64))
+    forged_row = attempt(moment).replace('"positions":[', '"positions":[1,')
+    assert "names exactly the events" in refused(server, "cora", "trial", forged_row)
+    sql(server, "cora", "trial", attempt(moment))  # the true one
+    status, data, _ = call(trial["owner"], "audit", "verify")
+    assert status == 0, data
 
 
 def test_a_personal_login_that_is_no_user_cannot_act_with_someone_s_password(
@@ -242,6 +290,7 @@ def test_a_personal_login_that_is_no_user_cannot_act_with_someone_s_password(
 
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute("CREATE ROLE mallory LOGIN IN ROLE trialflow_person")
+        conn.execute("GRANT CONNECT ON DATABASE trial TO mallory")
     mallory = trial["cora"].replace("//cora@", "//mallory@")
     before = build_app(trial["owner"]).store.last_position()
     status, data, err = call(mallory, "--user", "ivan", "record", "S-001", "vitals",
@@ -252,8 +301,6 @@ def test_a_personal_login_that_is_no_user_cannot_act_with_someone_s_password(
     assert status == 1 and data["rule"] == "permission_denied", (data, err)
     assert build_app(trial["owner"]).store.last_position() == before
     # and straight through the store, the database names the refusal
-    from events.errors import StoreUnavailable
-
     with pytest.raises(StoreUnavailable) as caught:
         build_app(mallory).store.append(
             "S-001", None, [NewEvent("FormRecorded", {"form": "vitals"})],
@@ -263,3 +310,27 @@ def test_a_personal_login_that_is_no_user_cannot_act_with_someone_s_password(
                                  "may append only in its own name, not as ivan; nothing was "
                                  "written.")
     assert build_app(trial["owner"]).store.last_position() == before
+
+
+def test_the_database_hashes_text_as_trialflow_does(trial: dict[str, str]) -> None:
+    """The function recomputes a personal login's hashes in SQL: quotes, backslashes, control
+    escapes, accents, CJK and emoji must encode exactly as Python's canonical JSON does."""
+    text = 'O\'Brien "quoted" back\\slash é 中文 😀 </script>'
+    status, data, err = call(trial["cora"], "consent", "S-004", "--on", trial["on"],
+                             "--consent-form-version", "2.0")
+    assert status == 0, (data, err)
+    status, data, err = call(trial["cora"], "screen-fail", "S-004", "--reason", text)
+    assert status == 0, (data, err)
+    events = build_app(trial["owner"]).store.read_stream("S-004")
+    carrying = [e for e in events if text in e.payload.values()]
+    assert len(carrying) == 1 and carrying[0].actor == "cora", [e.payload for e in events]
+    assert call(trial["owner"], "audit", "verify")[0] == 0
+
+
+def test_another_study_s_application_login_cannot_connect(server: PrivateServer,
+                                                          trial: dict[str, str]) -> None:
+    """trialflow_app is the cluster's role: the application login of another study on the same
+    server is a member too, but `init --roles` took CONNECT from PUBLIC, so it cannot reach
+    this study's database at all."""
+    message = refused(server, "stranger", "trial", "SELECT 1")
+    assert "permission denied for database" in message

@@ -503,6 +503,8 @@ def test_a_personal_postgres_login_is_the_acting_user(postgres_url: str) -> None
     create_roles(build_app(postgres_url).engine)  # as `trialflow init --roles` does
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {login_name} LOGIN IN ROLE {PERSON_ROLE}")
+        database = postgres_url.rsplit("/", 1)[1]
+        conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {login_name}')
     personal = postgres_url.replace("//postgres@", f"//{login_name}@")
     try:
         before = last_position(postgres_url)

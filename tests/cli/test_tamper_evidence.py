@@ -248,3 +248,58 @@ def test_the_global_chain_of_a_migrated_log_is_filled_in(tmp_path: Path) -> None
 
     result = verify(EventStore(engine))
     assert result.root == chain and result.events == 30
+
+
+def test_roles_are_printed_for_a_dba_and_refused_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'roles.db'}"
+    status, out, _ = text_call(url, "init", "--print-roles")
+    assert status == 0 and "CREATE ROLE trialflow_app NOLOGIN" in out
+    assert "GRANT EXECUTE ON FUNCTION trialflow_append(" in out
+    assert "REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON events" in out
+    assert not (tmp_path / "roles.db").exists()  # printing touches no database
+    status, _, err = text_call(url, "init", "--roles")
+    assert status == 2 and "PostgreSQL" in err
+
+
+def test_events_of_the_wrong_shape_leave_the_trail_and_the_signatures_readable(
+        trial: Desk, db_url: str) -> None:
+    """Correctly chained events whose payloads lack their type's fields (only a write outside
+    the executor makes them): the audit trail shows them, the signature listing marks the
+    odd signature broken; neither crashes."""
+    drop_guards(trial, db_url)
+    for kind, payload in (("FormRecorded", {"weird": 1}),
+                          ("SignatureRecorded", {"target_position": "x"})):
+        row = last_row(trial)
+        head = trial.store.read_stream("S-003")[-1]
+        odd = {**row, "stream_id": "S-003", "position": row["position"] + 1,
+               "version": head.version + 1, "prev_hash": head.hash, "type": kind,
+               "payload": json.dumps(payload)}
+        odd["hash"] = event_hash(odd)
+        odd["chain_hash"] = link(row["chain_hash"], odd["hash"])
+        raw(trial, f"INSERT INTO events ({', '.join(odd)}) VALUES "
+            f"({', '.join(':' + name for name in odd)})", params=odd)
+    for argv in (("audit", "log", "S-003"), ("--json", "audit", "log", "S-003"),
+                 ("audit", "log", "--all", "--jsonl")):
+        status, out, err = text_call(db_url, *argv)
+        assert status == 0 and "Traceback" not in err, (argv, err)
+        assert '"weird"' in out or "weird=1" in out, (argv, out[-500:])  # shown as stored
+    status, rows, err = call(db_url, "signatures", "S-003")
+    assert status == 0, err
+    assert [r["state"] for r in rows if r["target_position"] == "x"] == ["broken"]
+
+
+def test_odd_seal_and_key_files_are_refused_in_one_sentence(trial: Desk, db_url: str,
+                                                            tmp_path: Path) -> None:
+    key = tmp_path / "seal.key"
+    assert call(db_url, "audit", "keygen", "--out", str(key))[0] == 0
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    status, data, _ = call(db_url, "audit", "verify", "--seal", str(deep), "--public-key",
+                           f"{key}.pub")
+    assert status == 4 and "nested too deeply" in data["error"]
+    for seal, public in (("/dev/zero", f"{key}.pub"), (str(deep), "/dev/zero"),
+                         (str(tmp_path), f"{key}.pub")):
+        status, data, _ = call(db_url, "audit", "verify", "--seal", seal, "--public-key",
+                               public)
+        assert status == 2, (seal, public, data)
+        assert "not a" in data["error"] or "is a directory" in data["error"], data

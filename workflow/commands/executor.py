@@ -217,20 +217,6 @@ class Executor:
             self._login = (login,)
         return self._login[0]
 
-    def _own(self, name: str) -> bool:
-        """Whether `name` is this engine's own PostgreSQL login: a personal login reaches its
-        own credential, attempts and sessions only through the database's functions (the
-        identity tables are not granted to it), and appends only in its own name."""
-        return not self._sqlite and self.database_login() == name
-
-    def _recorder(self, name: str, study: Study) -> AppendContext:
-        """Who records a failed attempt, a lock or a lapse: `unauthenticated`, or a personal
-        login itself (the database lets it append in no other name)."""
-        user = study.users.get(name)
-        if user is not None and self._own(name):
-            return AppendContext(actor=name, role=user.role, site=user.site)
-        return AppendContext(actor=UNAUTHENTICATED, role="none")
-
     # ------------------------------------------------------------------ authentication
     def _authenticate(self, credential: Credential, study: Study) -> User:
         now = self.clock()
@@ -247,6 +233,11 @@ class Executor:
         if personal is not None and credential.name != personal:
             raise RuleViolation(f"The database login is {personal}, so it may not act as "
                                 f"{credential.name}.", rule="identity_mismatch", field="user")
+        if personal is not None:  # the credentials are the application's to check
+            raise RuleViolation(f"User {personal} is proven by the database login itself; a "
+                                "signature, a password change or a session needs the password, "
+                                "which only the application's database login checks: use it.",
+                                rule="application_login_required", field="password")
         name = credential.name
         user = study.users.get(name)
         tries = None
@@ -255,7 +246,7 @@ class Executor:
             if lapsed is not None:  # an admin's timed lock is over: lift it, count afresh
                 study = self._lift_lapsed_lock(name, lapsed)
             # counted before it is checked: N guesses at once get at most the limit checked
-            tries = identity.claim_attempt(self.engine, name, own=self._own(name))
+            tries = identity.claim_attempt(self.engine, name)
         if user is not None and (study.account_locked(name, now) or (
                 tries is not None and not user.service and tries > study.max_failed_attempts)):
             self._record_failure(study, name, credential.method, "account_locked", tries, now)
@@ -271,13 +262,12 @@ class Executor:
                                 else "session")
         assert user is not None
         if tries is not None:
-            identity.clear_attempts(self.engine, name, own=self._own(name))
+            identity.clear_attempts(self.engine, name)
         return user
 
     def _verify(self, credential: Password | SessionToken, user: User | None) -> bool:
         if isinstance(credential, Password):
-            stored = (identity.stored_credential(self.engine, credential.name,
-                                                 own=self._own(credential.name))
+            stored = (identity.stored_credential(self.engine, credential.name)
                       if user is not None else None)
             return identity.matches(stored, credential.secret.value, self.kdf)
         row = identity.session_of(self.engine, credential.token.value)
@@ -298,7 +288,7 @@ class Executor:
         account's sessions ended in the same transaction. An admin's lock lapses after
         ADMIN_LOCK, so nobody can lock every admin out for good; a service account (whose
         secret is generated, not guessable) is never locked."""
-        context = self._recorder(name, study)
+        context = AppendContext(actor=UNAUTHENTICATED, role="none")
         try:
             self.store.append(STUDY_STREAM, None, [NewEvent(T.AUTHENTICATION_FAILED, {
                 "name": name, "method": method, "reason": reason, "login": self._who()})],
@@ -316,8 +306,7 @@ class Executor:
                     [StreamAppend(STUDY_STREAM, None, [lock])],
                     replace(context,
                             command_id=f"account-locked-{name}-{study.locks.get(name, 0)}"),
-                    also=identity.end_sessions_statements(name, sqlite=self._sqlite,
-                                                          own=self._own(name)))
+                    also=identity.end_sessions_statements(name, sqlite=self._sqlite))
         except EventStoreError as error:  # a read-only or full database: refused all the same
             log.warning("failed attempt not recorded", name=name, error=str(error))
 
@@ -329,10 +318,9 @@ class Executor:
                 [StreamAppend(STUDY_STREAM, None, [NewEvent(
                     T.ACCOUNT_UNLOCKED, {"name": name, "lapsed": True},
                     reason=f"the lock of {ADMIN_LOCK} was over")])],
-                replace(self._recorder(name, load_study(self.store)),
-                        command_id=f"lock-lapsed-{name}-{position}"),
-                also=identity.clear_attempts_statements(name, sqlite=self._sqlite,
-                                                        own=self._own(name)))
+                AppendContext(actor=UNAUTHENTICATED, role="none",
+                              command_id=f"lock-lapsed-{name}-{position}"),
+                also=identity.clear_attempts_statements(name, sqlite=self._sqlite))
         return load_study(self.store)
 
     def _who(self) -> dict[str, str | None]:
@@ -429,11 +417,9 @@ class Executor:
                         sqlite=self._sqlite, kdf=self.kdf)
                 out.extend(hashed[key])
             elif isinstance(change, EndSessions):
-                out.extend(identity.end_sessions_statements(
-                    change.name, sqlite=self._sqlite, own=self._own(change.name)))
+                out.extend(identity.end_sessions_statements(change.name, sqlite=self._sqlite))
             elif isinstance(change, ClearAttempts):
-                out.extend(identity.clear_attempts_statements(
-                    change.name, sqlite=self._sqlite, own=self._own(change.name)))
+                out.extend(identity.clear_attempts_statements(change.name, sqlite=self._sqlite))
         return tuple(out)
 
     # ------------------------------------------------------------------ the first write
