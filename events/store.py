@@ -580,11 +580,25 @@ class EventStore:
         at a time (a server-side cursor on PostgreSQL, SQLite's own stepping otherwise): it
         reads one consistent snapshot and holds one pooled connection until it is exhausted
         or closed."""
+        for rows in self._row_batches(_COLUMNS, after, up_to, batch_size):
+            yield from_rows(rows)
+
+    def read_chained(self, *, batch_size: int = 5000
+                     ) -> Iterator[list[tuple[RecordedEvent, str]]]:
+        """`read_batches` of the whole log, each event with its stored global chain hash (for
+        `audit verify`)."""
+        cut = len(ENVELOPE_FIELDS)
+        for rows in self._row_batches(_INSERT_COLUMNS, 0, None, batch_size):
+            events = from_rows([row[:cut] for row in rows])
+            yield [(event, str(row[cut] or "")) for event, row in zip(events, rows, strict=True)]
+
+    def _row_batches(self, columns: str, after: int, up_to: int | None, batch_size: int
+                     ) -> Iterator[list[Any]]:
         size = int(batch_size)
         if size < 1:  # as `LIMIT 0` did
             return
         sql = (
-            f"SELECT {_COLUMNS} FROM events WHERE position > {self._mark} "
+            f"SELECT {columns} FROM events WHERE position > {self._mark} "
             f"AND position <= {self._mark} ORDER BY position"
         )
         bound = up_to if up_to is not None else 2**62
@@ -602,7 +616,7 @@ class EventStore:
                             rows = cursor.fetchmany(size)
                             started = True
                             if rows:
-                                yield from_rows(rows)
+                                yield rows
                             if len(rows) < size:
                                 break
                         if not self._sqlite:
@@ -615,29 +629,6 @@ class EventStore:
                 # only before the first batch: the query itself checked the connection
                 if started or attempt == attempts or not lost_connection(error):
                     raise
-
-    def read_chained(self, *, batch_size: int = 5000
-                     ) -> Iterator[list[tuple[RecordedEvent, str]]]:
-        """The whole log in position order, each event with its stored global chain hash, a
-        batch at a time (for `audit verify`; one query, one snapshot)."""
-        sql = (f"SELECT {_INSERT_COLUMNS} FROM events ORDER BY position")
-        cut = len(ENVELOPE_FIELDS)
-        with driver_connection(self.engine) as driver:
-            cursor = driver.cursor() if self._sqlite else driver.cursor(name=_READ_CURSOR)
-            try:
-                cursor.execute(sql)
-                while True:
-                    rows = cursor.fetchmany(batch_size)
-                    if rows:
-                        events = from_rows([row[:cut] for row in rows])
-                        yield [(event, str(row[cut] or "")) for event, row
-                               in zip(events, rows, strict=True)]
-                    if len(rows) < batch_size:
-                        break
-                if not self._sqlite:
-                    driver.commit()
-            finally:
-                cursor.close()
 
     def read_commands(self) -> list[tuple[str, str]]:
         """Every row of the command table: (command id, its result as stored JSON text)."""

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -304,8 +304,8 @@ class Executor:
             with contextlib.suppress(IdempotencyMismatch):  # another attempt locked it first
                 self.store.append_streams(
                     [StreamAppend(STUDY_STREAM, None, [lock])],
-                    replace(context,
-                            command_id=f"account-locked-{name}-{study.locks.get(name, 0)}"),
+                    AppendContext(actor=UNAUTHENTICATED, role="none",
+                                  command_id=f"account-locked-{name}-{study.locks.get(name, 0)}"),
                     also=identity.end_sessions_statements(name, sqlite=self._sqlite))
         except EventStoreError as error:  # a read-only or full database: refused all the same
             log.warning("failed attempt not recorded", name=name, error=str(error))
@@ -454,7 +454,6 @@ class Executor:
         return self._done(Outcome(result, _summary(decision, result)))
 
     # ------------------------------------------------------------------ helpers
-
     def _repeat(self, command_id: str, request_hash: str) -> Outcome | None:
         """The first result when this command id was carried out before (refused when the
         same id came with another request); None when it was not."""
