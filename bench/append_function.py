@@ -27,8 +27,10 @@ CALL = ("SELECT trialflow_append(%s::bigint[], %s::text[], %s::integer[], %s::te
         "%s::integer[], %s::text[], %s::text[], %s, %s, %s, %s, %s::text[], %s, %s, "
         "%s::text[], %s::text[], %s::text[], %s, %s)")
 PLAIN = ("WITH e AS (INSERT INTO events VALUES (%s, 'S-1', %s, 'X', 1, '{\"a\":1}', 't', "
-         "'2026', 'alice', 'coordinator', 'PKU3', NULL, %s, %s, NULL, %s, %s, %s)) "
-         "INSERT INTO commands VALUES (%s, 'rh', '{}', '2026')")
+         "'2026-01-01T00:00:00.000000Z', 'alice', 'coordinator', 'PKU3', NULL, %s, %s, NULL, %s, "
+         "%s, %s)) "
+         "INSERT INTO commands VALUES (%s, 'rh', '{}', '2026-01-01T00:00:00.000000Z')")
+MOMENT = "2026-01-01T00:00:00.000000Z"
 
 
 def _calls(cursor: psycopg.Cursor[object], first: int, count: int) -> None:
@@ -36,7 +38,7 @@ def _calls(cursor: psycopg.Cursor[object], first: int, count: int) -> None:
     for position in range(first, first + count):
         digest = f"{position:064x}"
         cursor.execute(CALL, ([position], ["S-1"], [position], ["X"], [1], ['{"a":1}'], ["t"],
-                              "2026", "alice", "coordinator", "PKU3", [None], f"c{position}",
+                              MOMENT, "alice", "coordinator", "PKU3", [None], f"c{position}",
                               f"c{position}", [None], [prev], [digest], "rh",
                               f'{{"positions":[{position}]}}'))
         prev = digest
