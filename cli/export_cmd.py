@@ -72,14 +72,14 @@ def fhir(env: Env, out: Path, command_id: str | None) -> None:
 @command_id_option
 @click.pass_obj
 def csv(env: Env, out: Path, command_id: str | None) -> None:
-    from cli.output_files import write_files
+    from cli.output_files import PRIVATE, write_files
     from projections.exports.csv_export import MANIFEST, build_csv
 
     _check_out(out)
     _prove(env)
     snapshot = _snapshot(env)
     files = build_csv(snapshot)
-    write_files(out, files, "--out")
+    write_files(out, files, "--out", PRIVATE)
     digest = hashlib.sha256(files[MANIFEST]).hexdigest()
     _finish(env, "csv", out, digest, snapshot.position, command_id,
             {"files": sorted(files)})
@@ -165,9 +165,9 @@ def _single_file(env: Env, kind: str, out: Path, build: Callable[[Snapshot], byt
 def _write(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (a reader never sees half a file), never through a
     symbolic link (cli/output_files.py)."""
-    from cli.output_files import write_file
+    from cli.output_files import PRIVATE, write_file
 
-    write_file(path, data, "--out")
+    write_file(path, data, "--out", PRIVATE)
 
 
 def _record(env: Env, kind: str, name: str, digest: str, position: int,

@@ -42,9 +42,14 @@ _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CL
 _TEMPORARY_STEM = 64  # bytes of the target's name kept in the temporary file's name
 
 
+PRIVATE = 0o600  # exports hold clinical data: readable by their owner only
+
+
 def _shown(path: Path | str) -> str:
+    """A path for a message: whole up to 200 characters, else its start and its end (where the
+    file's own name is)."""
     name = str(path) or "''"
-    return name if len(name) <= 80 else name[:80] + "…"
+    return name if len(name) <= 200 else name[:60] + "…" + name[-120:]
 
 
 def _is_link(path: Path | str, *, dir_fd: int | None = None) -> bool:
@@ -106,29 +111,31 @@ def output_folder(path: Path, option: str = "--out") -> Path:
 
 
 @contextlib.contextmanager
-def replacing(path: Path, option: str = "--out") -> Iterator[BinaryIO]:
+def replacing(path: Path, option: str = "--out", mode: int = 0o666) -> Iterator[BinaryIO]:
     """A binary stream whose bytes replace `path` atomically when the block ends without an
     error; with an error the temporary file is removed, the target left as it was, and an
     `OSError` reported as `output_error`."""
     with (_folder(path.parent, option, follow=True) as folder,
-          _replacing_in(folder, path, option) as stream):
+          _replacing_in(folder, path, option, mode) as stream):
         yield stream
 
 
-def write_file(path: Path, data: bytes, option: str = "--out") -> None:
-    """Replace `path` by `data` atomically, never through a link."""
-    with replacing(path, option) as stream:
+def write_file(path: Path, data: bytes, option: str = "--out", mode: int = 0o666) -> None:
+    """Replace `path` by `data` atomically, never through a link; a new file gets `mode`
+    (less the umask): PRIVATE for clinical data."""
+    with replacing(path, option, mode) as stream:
         stream.write(data)
 
 
-def write_files(folder: Path, files: Mapping[str, bytes], option: str = "--out") -> None:
+def write_files(folder: Path, files: Mapping[str, bytes], option: str = "--out",
+                mode: int = 0o666) -> None:
     """Write each of `files` (name -> bytes) into `folder` (made if missing), each one
     atomically; the folder is opened once without following a link, and a file name that is
     a link in it is refused."""
     output_folder(folder, option)
     with _folder(folder, option, follow=False) as descriptor:
         for name, data in files.items():
-            with _replacing_in(descriptor, folder / name, option) as stream:
+            with _replacing_in(descriptor, folder / name, option, mode) as stream:
                 stream.write(data)
 
 
@@ -154,7 +161,7 @@ def _folder(folder: Path, option: str, *, follow: bool) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _replacing_in(folder: int, path: Path, option: str) -> Iterator[BinaryIO]:
+def _replacing_in(folder: int, path: Path, option: str, mode: int) -> Iterator[BinaryIO]:
     """Write to a new temporary file in the folder `folder`, then rename it to `path`'s name
     there."""
     from cli.errors import output_error
@@ -164,7 +171,7 @@ def _replacing_in(folder: int, path: Path, option: str) -> Iterator[BinaryIO]:
         if not name or name in (".", ".."):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
         _check_kind(name, option, path, dir_fd=folder)
-        descriptor, temporary = _new_temporary(folder, name)
+        descriptor, temporary = _new_temporary(folder, name, mode)
     except OSError as error:
         raise output_error(option, path, error) from error
     try:
@@ -183,14 +190,14 @@ def _replacing_in(folder: int, path: Path, option: str) -> Iterator[BinaryIO]:
         os.fsync(folder)  # written and renamed all the same
 
 
-def _new_temporary(folder: int, name: str) -> tuple[int, str]:
+def _new_temporary(folder: int, name: str, mode: int) -> tuple[int, str]:
     """A new file beside `name`, under a random name nobody else holds (O_EXCL): its
     descriptor and name."""
     stem = name.encode("utf-8", "surrogateescape")[:_TEMPORARY_STEM].decode("utf-8", "ignore")
     for _ in range(100):
         temporary = f".{stem}.{secrets.token_hex(8)}.tmp"
         try:
-            return os.open(temporary, _NEW_FILE_FLAGS, 0o666, dir_fd=folder), temporary
+            return os.open(temporary, _NEW_FILE_FLAGS, mode, dir_fd=folder), temporary
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))  # 100 names taken: never

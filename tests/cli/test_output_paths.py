@@ -230,3 +230,15 @@ def test_secret_files_never_follow_a_link(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput, match="exists already"):
             write_secret_file(link, "s" * 40)
     assert target.read_bytes() == PRECIOUS and not (tmp_path / "missing.secret").exists()
+
+
+def test_exports_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """Exports hold clinical data: created 0600 whatever the umask (reports are not)."""
+    import stat
+
+    from cli.output_files import PRIVATE, write_file, write_files
+
+    write_file(tmp_path / "study.xml", b"<ODM/>", "--out", PRIVATE)
+    write_files(tmp_path / "csv", {"events.csv": b"a\n"}, "--out", PRIVATE)
+    for path in (tmp_path / "study.xml", tmp_path / "csv" / "events.csv"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
