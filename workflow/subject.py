@@ -8,6 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from events.envelope import RecordedEvent
+from events.errors import IntegrityFailure
 from events.store import EventStore
 from events.streams import check_subject_id
 from workflow import event_types as T
@@ -86,8 +87,22 @@ class SubjectState:
 def fold_subject(subject: str, events: Iterable[RecordedEvent]) -> SubjectState:
     state = SubjectState(subject)
     for event in events:
-        apply_subject(state, event)
+        try:
+            apply_subject(state, event)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise misshapen(event, error) from error
     return state
+
+
+def misshapen(event: RecordedEvent, error: Exception) -> IntegrityFailure:
+    """An event the executor never writes: its payload lacks what its type holds (appended
+    past the executor, e.g. by a personal database login calling the append function)."""
+    return IntegrityFailure(
+        f"Integrity failure in stream {event.stream_id} version {event.version} (position "
+        f"{event.position}): its {event.type} payload does not hold what a {event.type} holds "
+        f"({type(error).__name__}: {error}); it was not written by trialflow's executor "
+        f"(`trialflow audit log {event.stream_id}` shows it).",
+        stream_id=event.stream_id, version=event.version)
 
 
 def apply_subject(s: SubjectState, event: RecordedEvent) -> None:

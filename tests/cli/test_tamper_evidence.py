@@ -286,6 +286,12 @@ def test_events_of_the_wrong_shape_leave_the_trail_and_the_signatures_readable(
     status, rows, err = call(db_url, "signatures", "S-003")
     assert status == 0, err
     assert [r["state"] for r in rows if r["target_position"] == "x"] == ["broken"]
+    # the subject's other reads name the event in one sentence (exit 4), never exit 70
+    for argv in (("status", "S-003"), ("visits", "S-003"), ("eligibility", "S-003"),
+                 ("status",)):
+        status, out, err = text_call(db_url, *argv)
+        assert status == 4 and "Traceback" not in err, (argv, status, err)
+        assert len(err.strip().splitlines()) == 1 and "FormRecorded payload" in err, err
 
 
 def test_odd_seal_and_key_files_are_refused_in_one_sentence(trial: Desk, db_url: str,
