@@ -217,37 +217,49 @@ def test_a_seal_needs_a_key_and_a_public_key(trial: Desk, db_url: str, tmp_path:
     assert status == 2 and "root" in err
 
 
-def test_the_global_chain_of_a_migrated_log_is_filled_in(tmp_path: Path) -> None:
-    """A database at schema version 2 (before the global chain) gets it from migration 3,
-    computed from its events in position order; verify then checks it."""
+def test_a_database_of_schema_version_2_is_migrated(db_url: str) -> None:
+    """A database at schema version 2 (before the global chain), with its credentials in the
+    default schema as version 2 kept them: migration 3 fills the global chain in from the
+    events in position order, and on PostgreSQL moves the identity tables, rows included, to
+    the schema personal logins cannot read; verify then checks the chain."""
+    from events.chain import verify
     from events.engine import create_store_engine
     from events.migrations import v001_events, v002_commands
     from events.schema import upgrade
     from events.store import EventStore
     from tests.fixtures.events import read_rows
+    from workflow.identity import metadata, table
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = create_store_engine(url)
+    engine = create_store_engine(db_url)
     rows = read_rows()[:30]
+    mark = "?" if sqlite(db_url) else "%s"
+    metadata.create_all(engine)  # version 2 made them so, in the default schema
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "CREATE TABLE schema_migrations (version INTEGER NOT NULL PRIMARY KEY, "
             "name VARCHAR(200) NOT NULL, applied_at VARCHAR(40) NOT NULL)")
         for module in (v001_events, v002_commands):
             module.upgrade(conn)
-            conn.exec_driver_sql("INSERT INTO schema_migrations VALUES (?, ?, 'x')",
+            conn.exec_driver_sql(f"INSERT INTO schema_migrations VALUES ({mark}, {mark}, 'x')",
                                  (module.VERSION, module.NAME))
         columns = ", ".join(rows[0])
         conn.execute(sa.text(f"INSERT INTO events ({columns}) VALUES "
                              f"({', '.join(':' + c for c in rows[0])})"), rows)
+        conn.execute(sa.text("INSERT INTO credentials VALUES ('ada', 'scrypt$16$1$1', 'ab', "
+                             "'cd', :at)"), {"at": datetime(2025, 1, 1, tzinfo=UTC)})
     assert upgrade(engine)[0].startswith("003")
     chain = GENESIS_HASH
     for row in rows:
         chain = link(chain, row["hash"])
-    from events.chain import verify
-
     result = verify(EventStore(engine))
     assert result.root == chain and result.events == 30
+    name = table("credentials", sqlite=sqlite(db_url))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT name FROM {name}").scalars().all() == ["ada"]
+        if not sqlite(db_url):
+            assert conn.exec_driver_sql("SELECT to_regclass('public.credentials')").scalar() \
+                is None
+    engine.dispose()
 
 
 def test_roles_are_printed_for_a_dba_and_refused_on_sqlite(tmp_path: Path) -> None:
