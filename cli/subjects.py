@@ -67,12 +67,17 @@ def correct(env: Env, subject: str, position: int, fields: tuple[str, ...], reas
     show(env, f"Form at position {position} of {subject} corrected", outcome)
 
 
-@click.command("confirm-eligibility", help="Investigator: confirm eligibility and enrol.")
+@click.command("confirm-eligibility", help="Investigator: confirm eligibility and enrol, on "
+               "--on DATE (default today at the site); the screening window and eligibility "
+               "are judged as of that date.")
 @click.argument("subject")
+@click.option("--on", "on", type=DATE, default=None,
+              help="Date of the confirmation (site calendar; default today).")
 @command_id_option
 @click.pass_obj
-def confirm_eligibility(env: Env, subject: str, command_id: str | None) -> None:
-    outcome = send(env, M.ConfirmEligibility(subject), command_id)
+def confirm_eligibility(env: Env, subject: str, on: date | None, command_id: str | None
+                        ) -> None:
+    outcome = send(env, M.ConfirmEligibility(subject, on), command_id)
     show(env, f"Subject {subject} enrolled as number {outcome.summary.get('enrolment_order')} "
          f"(cohort {outcome.summary.get('cohort')}); phase cell_collection", outcome)
 

@@ -121,7 +121,7 @@ def _feed_formulas(db: str) -> None:
     _write(db, "cora", "consent", "S-005", "--on", consent, "--consent-form-version", "2.0")
     for form, tokens in screening_forms():
         _write(db, "cora", "record", "S-005", form, *tokens, "--on", consent)
-    _write(db, "ivan", "confirm-eligibility", "S-005")
+    _write(db, "ivan", "confirm-eligibility", "S-005", "--on", consent)
     for reason in (TAB_REASON, CR_REASON):
         _write(db, "cora", "leukapheresis", "S-005", "--on", day, "--coi-id", "COI-S-005")
         _write(db, "cora", "release", "S-005", "--lot", "LOT-S-005", "--coi-id", "COI-S-005",

@@ -44,7 +44,8 @@ Step = Callable[[], None]
 def lifecycle(flow: Desk, clock: FakeClock, subject: str, start: date,
               visit_offsets: list[int]) -> list[Step]:
     """The steps of one subject from consent to follow-up visits, AEs and a correction;
-    `visit_offsets[i]` shifts visit i's date (some land outside their window)."""
+    `visit_offsets[i]` shifts visit i's date (some land outside their window, none before
+    D0)."""
     c = COORDINATOR
     coi = f"COI-{subject}"
     d0 = start + timedelta(days=30)
@@ -107,7 +108,7 @@ def lifecycle(flow: Desk, clock: FakeClock, subject: str, start: date,
 
     def visit(code: str, target: int, shift: int) -> Step:
         def step() -> None:
-            day = d0 + timedelta(days=target + shift)
+            day = d0 + timedelta(days=max(0, target + shift))  # never before D0 (phase order)
             at(day)
             flow.send(c, M.RecordForm(subject, "disease_activity", (
                 "arthritis", "pga=1", "new_activity=no"), day, code))

@@ -37,6 +37,7 @@ from workflow.forms import PHASE_FORM_COMMANDS, assessment_date, parse_form, val
 from workflow.guards import GUARDS, Facts
 from workflow.instruments.dosing import body_surface_area
 from workflow.machine import check_phase, decide
+from workflow.phase_order import check_order
 from workflow.study import Study
 from workflow.subject import SubjectState
 from workflow.upcasters import lymphodepletion_payload
@@ -97,13 +98,19 @@ def correct_record(m: CorrectRecord, c: Context) -> Decision:
 
 
 def confirm_eligibility(m: ConfirmEligibility, c: Context) -> Decision:
+    """Enrol on the confirmation's clinical date (default today at the site): the screening
+    window and eligibility are judged as of that date, never the day of entry."""
     state = consented(c)
-    change = transition(c, "confirm_eligibility", c.today)
+    day = m.on or c.today
+    not_future(m.subject, "confirmed_on", day, c.today)
+    check_order(state, "eligibility confirmation", "confirmed_on", day)
+    change = transition(c, "confirm_eligibility", day, judged_on=day)
     order = c.study.next_place(c.study.protocol)
     assert order is not None  # guarded by place_available
     cohort = c.study.protocol.cohort_for(order).code
     confirmed = NewEvent(T.ELIGIBILITY_CONFIRMED, {"order": order, "cohort": cohort,
-                                                   "on": c.today.isoformat()})
+                                                   "on": day.isoformat()},
+                         occurred_at=at_site(c.study, state.site, day))
     place = NewEvent(T.ENROLMENT_PLACE_TAKEN, {"subject": state.subject, "order": order,
                                                "cohort": cohort})
     return decided(m.subject, [confirmed, *change],
@@ -121,6 +128,7 @@ def screen_fail(m: RecordScreenFailure, c: Context) -> Decision:
 def leukapheresis(m: RecordLeukapheresis, c: Context) -> Decision:
     state = consented(c)
     not_future(m.subject, "collected_on", m.on, c.today)
+    check_order(state, "leukapheresis", "collected_on", m.on)
     transition(c, "collect", m.on)
     return decided(m.subject, [NewEvent(T.LEUKAPHERESIS_RECORDED, {
         "collected_on": m.on.isoformat(), "coi_id": m.coi_id},
@@ -149,6 +157,7 @@ def lymphodepletion(m: GiveLymphodepletion, c: Context) -> Decision:
     state = consented(c)
     check_phase(m.subject, state.phase, "give_dose")
     not_future(m.subject, "given_on", m.on, c.today)
+    check_order(state, "lymphodepletion", "given_on", m.on)
     protocol = c.study.protocol
     regimen = protocol.lymphodepletion
     days = sorted(regimen.days)
@@ -185,6 +194,7 @@ def infuse(m: Infuse, c: Context) -> Decision:
     zone = c.study.zone(state.site)
     local = m.at.astimezone(zone) if m.at.tzinfo else m.at.replace(tzinfo=zone)
     not_future(m.subject, "infused_at", local.date(), c.today)
+    check_order(state, "infusion", "infused_at", local.date())
     weight = state.latest_value("vitals", "weight_kg", before=state.collected_on)
     if weight is None:
         raise RuleViolation(f"Subject {m.subject}: no weight is recorded before leukapheresis, "
@@ -211,6 +221,7 @@ def record_visit(m: RecordVisit, c: Context) -> Decision:
     c.study.protocol.visit(m.visit)
     day = m.on or c.today
     not_future(m.subject, "visit_date", day, c.today)
+    check_order(state, "visit", "visit_date", day)
     transition(c, "record_visit", day, visit=m.visit)
     return decided(m.subject, [NewEvent(T.VISIT_RECORDED, {
         "visit": m.visit, "status": m.status, "visit_date": day.isoformat()},
@@ -297,10 +308,12 @@ def _infusion_correction(study: Study, state: SubjectState, tokens: Sequence[str
 
 
 # ---------------------------------------------------------------------- shared rules
-def transition(c: Context, trigger: str, on: date, **args: Any) -> list[NewEvent]:
-    """Ask the machine whether `trigger` may fire; the `PhaseChanged` it makes, if any."""
+def transition(c: Context, trigger: str, on: date, *, judged_on: date | None = None,
+               **args: Any) -> list[NewEvent]:
+    """Ask the machine whether `trigger` may fire, its guards judging as of `judged_on`
+    (default today at the site); the `PhaseChanged` it makes, if any."""
     state = c.require_subject()
-    facts = Facts(state, c.study, c.study.protocol, c.today, args)
+    facts = Facts(state, c.study, c.study.protocol, judged_on or c.today, args)
     before = state.phase
     after = decide(state.subject, before, trigger, GUARDS, facts)
     if after == before:

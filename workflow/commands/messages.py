@@ -405,6 +405,7 @@ class CorrectRecord(SubjectMessage):
 
 @dataclass(frozen=True)
 class ConfirmEligibility(SubjectMessage):
+    on: date | None = None  # the clinical date of the confirmation (default today at the site)
     command: ClassVar[str] = "confirm-eligibility"
 
 
