@@ -110,12 +110,14 @@ def leukapheresis(env: Env, subject: str, on: date, coi_id: str, command_id: str
 @click.option("--viable-cells", type=FINITE_FLOAT, default=None)
 @click.option("--fail", "failed", is_flag=True)
 @click.option("--reason", default=None)
+@click.option("--on", "on", type=DATE, default=None,
+              help="Date of the release (site calendar; default today).")
 @command_id_option
 @click.pass_obj
 def release(env: Env, subject: str, lot: str, coi_id: str, viable_cells: float | None,
-            failed: bool, reason: str | None, command_id: str | None) -> None:
-    outcome = send(env, M.ReleaseProduct(subject, lot, coi_id, failed, reason, viable_cells),
-                   command_id)
+            failed: bool, reason: str | None, on: date | None, command_id: str | None) -> None:
+    outcome = send(env, M.ReleaseProduct(subject, lot, coi_id, failed, reason, viable_cells,
+                                         on), command_id)
     show(env, f"Product {lot} of {subject} {'failed QC' if failed else 'released'}", outcome)
 
 
@@ -189,19 +191,24 @@ def visit(env: Env, subject: str, visit: str, status: str | None, on: date | Non
 
 @click.command("complete", help="Complete the study after the D360 visit is done or missed.")
 @click.argument("subject")
+@click.option("--on", "on", type=DATE, default=None,
+              help="Date of completion (site calendar; default today).")
 @command_id_option
 @click.pass_obj
-def complete(env: Env, subject: str, command_id: str | None) -> None:
+def complete(env: Env, subject: str, on: date | None, command_id: str | None) -> None:
     show(env, f"Subject {subject} completed the study",
-         send(env, M.CompleteStudy(subject), command_id))
+         send(env, M.CompleteStudy(subject, on), command_id))
 
 
 @click.command("off-study", help="Take a subject off study with a reason.")
 @click.argument("subject")
 @click.option("--reason", required=True, help="consent_withdrawn, investigator_decision, "
               "lost_to_follow_up, death or manufacturing_failure.")
+@click.option("--on", "on", type=DATE, default=None,
+              help="Date the subject left the study (site calendar; default today).")
 @command_id_option
 @click.pass_obj
-def off_study(env: Env, subject: str, reason: str, command_id: str | None) -> None:
+def off_study(env: Env, subject: str, reason: str, on: date | None,
+              command_id: str | None) -> None:
     show(env, f"Subject {subject} is off study ({reason})",
-         send(env, M.TakeOffStudy(subject, reason), command_id))
+         send(env, M.TakeOffStudy(subject, reason, on), command_id))

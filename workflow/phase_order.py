@@ -1,6 +1,7 @@
 """The order of a subject's clinical acts on their clinical dates: consent ≤ eligibility
-confirmation ≤ leukapheresis ≤ lymphodepletion days (in regimen order) ≤ infusion (D0) ≤
-follow-up visits. A pure rule, called by the decisions of the acts that carry a date.
+confirmation ≤ leukapheresis ≤ product release ≤ lymphodepletion days (in regimen order) ≤
+infusion (D0) ≤ follow-up visits ≤ completion; leaving the study comes after whatever was
+recorded before it. A pure rule, called by the decisions of the acts that carry a date.
 
 Source: the study schema of the IM19 registry record (docs/clinical-rules.md, "Study days and
 the five phases"): cells are collected from an enrolled subject, lymphodepletion is given from
@@ -14,20 +15,33 @@ from datetime import date
 from workflow.errors import RuleViolation
 from workflow.subject import SubjectState
 
+# The acts in their order; what a refusal calls each, and its date on the state.
+ORDER = ("consent", "eligibility confirmation", "leukapheresis", "product release",
+         "lymphodepletion", "infusion", "visit", "completion")
+EXIT = "exit from the study"  # after whatever was recorded before it
+
+
+def _dates(state: SubjectState) -> dict[str, tuple[str, date | None]]:
+    return {
+        "consent": ("consent", state.consent.consent_date if state.consent else None),
+        "eligibility confirmation": ("eligibility confirmation",
+                                     state.eligibility_confirmed_on),
+        "leukapheresis": ("leukapheresis", state.collected_on),
+        "product release": ("product release", state.released_on),
+        "lymphodepletion": ("last lymphodepletion dose",
+                            state.lymphodepletion_days[-1] if state.lymphodepletion_days
+                            else None),
+        "infusion": ("infusion (D0)", state.infused_on),
+        "visit": ("last visit", max((day for _, day in state.visits.values()), default=None)),
+    }
+
 
 def earlier_acts(state: SubjectState, act: str) -> list[tuple[str, date]]:
-    """The acts recorded for `state` that must not be dated after `act`, with their dates."""
-    found: list[tuple[str, date | None]] = [
-        ("consent", state.consent.consent_date if state.consent else None)]
-    if act in ("leukapheresis", "lymphodepletion", "infusion", "visit"):
-        found.append(("eligibility confirmation", state.eligibility_confirmed_on))
-    if act in ("lymphodepletion", "infusion", "visit"):
-        found.append(("leukapheresis", state.collected_on))
-    if act in ("infusion", "visit"):
-        found.append(("last lymphodepletion dose",
-                      state.lymphodepletion_days[-1] if state.lymphodepletion_days else None))
-    if act == "visit":
-        found.append(("infusion (D0)", state.infused_on))
+    """The acts recorded for `state` that must not be dated after `act`, with their dates, in
+    phase order (an act's own earlier records are not among them)."""
+    before = ORDER[:ORDER.index(act)] if act in ORDER else ORDER[:-1]
+    dates = _dates(state)
+    found = [dates[name] for name in before if name in dates]
     return [(what, when) for what, when in found if when is not None]
 
 

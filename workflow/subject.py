@@ -44,6 +44,7 @@ class SubjectState:
     collected_on: date | None = None
     product_coi: str | None = None
     product_failed: bool = False
+    released_on: date | None = None
     lymphodepletion_days: list[date] = field(default_factory=list)
     infused_on: date | None = None
     infused_at: str | None = None
@@ -143,7 +144,7 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
         s.collection_coi, s.collected_on = p["coi_id"], date.fromisoformat(p["collected_on"])
         s.product_failed, s.product_coi = False, None
     elif kind == T.PRODUCT_RELEASED:
-        s.product_coi = p["coi_id"]
+        s.product_coi, s.released_on = p["coi_id"], to_date(event.occurred_at)
     elif kind == T.PRODUCT_RELEASE_FAILED:
         s.product_failed = True
     elif kind == T.LYMPHODEPLETION_GIVEN:

@@ -79,10 +79,16 @@ def test_every_act_is_dated_after_the_one_before_it(desk: tuple[Desk, FakeClock]
             "phase_order", "2025-03-09", "eligibility confirmation on 2025-03-10")
     collected = confirmed + timedelta(days=2)
     flow.send(COORDINATOR, M.RecordLeukapheresis("S-001", collected, coi))
-    flow.send(COORDINATOR, M.ReleaseProduct("S-001", "LOT-1", coi, viable_cells=2e8))
+    refused(flow, COORDINATOR, M.ReleaseProduct("S-001", "LOT-1", coi, viable_cells=2e8,
+                                                on=collected - timedelta(days=1)),
+            "phase_order", "released_on 2025-03-11", "leukapheresis on 2025-03-12")
+    released = collected + timedelta(days=3)
+    flow.send(COORDINATOR, M.ReleaseProduct("S-001", "LOT-1", coi, viable_cells=2e8,
+                                            on=released))
+    assert flow.subject("S-001").released_on == released
     refused(flow, COORDINATOR, M.GiveLymphodepletion("S-001", collected - timedelta(days=7),
                                                      40.5, 0.0),
-            "phase_order", "leukapheresis on 2025-03-12")
+            "phase_order", "product release on 2025-03-15")
     d0 = collected + timedelta(days=20)
     bsa = 1.62
     for offset, cyclo in ((-5, 0.0), (-4, 0.0), (-3, 1000 * bsa)):
@@ -104,3 +110,19 @@ def test_every_act_is_dated_after_the_one_before_it(desk: tuple[Desk, FakeClock]
             "phase_order", "infusion (D0) on 2025-04-01")
     flow.send(COORDINATOR, M.RecordVisit("S-001", "D1", "done", d0 + timedelta(days=1)))
     assert flow.subject("S-001").visits["D1"][0] == "done"
+
+
+def test_leaving_the_study_is_dated_after_what_was_recorded(
+        desk: tuple[Desk, FakeClock]) -> None:
+    flow, clock = desk
+    on_day(clock, CONSENT + timedelta(days=30))
+    flow.send(INVESTIGATOR, M.ConfirmEligibility("S-001", CONSENT + timedelta(days=5)))
+    flow.send(COORDINATOR, M.RecordLeukapheresis("S-001", CONSENT + timedelta(days=9),
+                                                 "COI-S-001"))
+    refused(flow, INVESTIGATOR, M.TakeOffStudy("S-001", "consent_withdrawn",
+                                               CONSENT + timedelta(days=8)),
+            "phase_order", "left_on 2025-03-11", "leukapheresis on 2025-03-12")
+    flow.send(INVESTIGATOR, M.TakeOffStudy("S-001", "consent_withdrawn",
+                                           CONSENT + timedelta(days=12)))
+    state = flow.subject("S-001")
+    assert (state.phase, state.exited_on) == ("off_study", CONSENT + timedelta(days=12))

@@ -37,7 +37,7 @@ from workflow.forms import PHASE_FORM_COMMANDS, assessment_date, parse_form, val
 from workflow.guards import GUARDS, Facts
 from workflow.instruments.dosing import body_surface_area
 from workflow.machine import check_phase, decide
-from workflow.phase_order import check_order
+from workflow.phase_order import EXIT, check_order
 from workflow.study import Study
 from workflow.subject import SubjectState
 from workflow.upcasters import lymphodepletion_payload
@@ -139,17 +139,22 @@ def leukapheresis(m: RecordLeukapheresis, c: Context) -> Decision:
 def release(m: ReleaseProduct, c: Context) -> Decision:
     state = consented(c)
     check_phase(m.subject, state.phase, "collect")
+    day = m.on or c.today
+    not_future(m.subject, "released_on", day, c.today)
+    check_order(state, "product release", "released_on", day)
+    occurred = at_site(c.study, state.site, day)
     payload = {"lot": m.lot, "coi_id": m.coi_id, "qc": "fail" if m.failed else "pass",
                "viable_cells": m.viable_cells}
     if m.failed:
-        transition(c, "release_failed", c.today, coi_id=m.coi_id)
+        transition(c, "release_failed", day, coi_id=m.coi_id)
         return decided(m.subject, [NewEvent(T.PRODUCT_RELEASE_FAILED, payload,
-                                            reason=m.reason)],
+                                            reason=m.reason, occurred_at=occurred)],
                        {"subject": m.subject, "qc": "fail",
                         "next_step": "record a new leukapheresis or take the subject off study "
                         "(manufacturing_failure)"})
-    change = transition(c, "release", c.today, coi_id=m.coi_id)
-    return decided(m.subject, [NewEvent(T.PRODUCT_RELEASED, payload), *change],
+    change = transition(c, "release", day, coi_id=m.coi_id)
+    return decided(m.subject, [NewEvent(T.PRODUCT_RELEASED, payload, occurred_at=occurred),
+                               *change],
                    {"subject": m.subject, "qc": "pass", "phase": "lymphodepletion"})
 
 
@@ -231,17 +236,24 @@ def record_visit(m: RecordVisit, c: Context) -> Decision:
 
 
 def complete(m: CompleteStudy, c: Context) -> Decision:
-    consented(c)
-    change = transition(c, "complete", c.today)
-    return decided(m.subject, [NewEvent(T.SUBJECT_COMPLETED, {}), *change],
+    state = consented(c)
+    day = m.on or c.today
+    not_future(m.subject, "completed_on", day, c.today)
+    check_order(state, "completion", "completed_on", day)
+    change = transition(c, "complete", day)
+    return decided(m.subject, [NewEvent(T.SUBJECT_COMPLETED, {}, occurred_at=at_site(
+        c.study, state.site, day)), *change],
                    {"subject": m.subject, "phase": "completed"})
 
 
 def off_study(m: TakeOffStudy, c: Context) -> Decision:
     state = consented(c)
-    change = transition(c, "off_study", c.today)
-    events = [NewEvent(T.SUBJECT_OFF_STUDY, {"reason": m.reason, "phase_at_exit": state.phase}),
-              *change]
+    day = m.on or c.today
+    not_future(m.subject, "left_on", day, c.today)
+    check_order(state, EXIT, "left_on", day)
+    change = transition(c, "off_study", day)
+    events = [NewEvent(T.SUBJECT_OFF_STUDY, {"reason": m.reason, "phase_at_exit": state.phase},
+                       occurred_at=at_site(c.study, state.site, day)), *change]
     place = c.study.place_of(m.subject)
     freed: tuple[Write, ...] = ()
     if place is not None and state.infused_on is None and \

@@ -437,6 +437,7 @@ class ReleaseProduct(SubjectMessage):
     failed: bool = False
     reason: str | None = None
     viable_cells: float | None = None
+    on: date | None = None  # the clinical date of the release (default today at the site)
     command: ClassVar[str] = "release"
 
     def __post_init__(self) -> None:
@@ -496,12 +497,14 @@ class RecordVisit(SubjectMessage):
 
 @dataclass(frozen=True)
 class CompleteStudy(SubjectMessage):
+    on: date | None = None  # the clinical date of completion (default today at the site)
     command: ClassVar[str] = "complete"
 
 
 @dataclass(frozen=True)
 class TakeOffStudy(SubjectMessage):
     reason: str
+    on: date | None = None  # the clinical date of leaving the study (default today)
     command: ClassVar[str] = "off-study"
 
     def __post_init__(self) -> None:
