@@ -175,6 +175,9 @@ def _what_lines(entry: dict[str, Any]) -> list[str]:
     elif entry["type"] == "FormCorrected" and entry["changes"]:
         lines = [f"{c['form']}.{c['field']}: {_show(c['old'])} → {_show(c['new'])}"
                  for c in entry["changes"]]
+    elif entry["type"] == "RecordVoided" and entry["changes"]:
+        lines = [f"{entry['changes'][0]['form']} at position "
+                 f"{entry['changes'][0]['target_position']} voided (entered in error)"]
     elif entry["changes"]:
         first = entry["changes"][0]
         lines = [f"{first['form']}: " + ", ".join(

@@ -188,8 +188,9 @@ def ae() -> None:
     pass
 
 
-@ae.command("list", help="Every adverse event with grade, seriousness, relatedness, safety "
-            "window flag and CRS/ICANS grades.")
+@ae.command("list", help="Every adverse event with grade, seriousness, relatedness, period "
+            "(pre_treatment before D0, safety_window D0–D28, after_window) and CRS/ICANS "
+            "grades.")
 @click.argument("subject", required=False)
 @query_options()
 @click.pass_obj
@@ -201,9 +202,9 @@ def ae_list(env: Env, subject: str | None, now: datetime | None, as_of: str | No
     data = rows(view, _subject(subject))
     emit(env, data, lambda: table(
         ["subject", "position", "term", "onset", "day", "grade", "serious", "related",
-         "window", "crs", "icans"],
+         "period", "crs", "icans"],
         [[a["subject"], a["position"], a["term"], a["onset_date"], a["study_day"], a["grade"],
-          a["serious"], a["relatedness"], a["in_safety_window"], a["crs_grade"],
+          a["serious"], a["relatedness"], a["period"], a["crs_grade"],
           a["icans_grade"]] for a in data]) if data else "No adverse events.")
 
 
@@ -247,13 +248,28 @@ def _study_text(data: dict[str, Any]) -> str:
 def _eligibility_text(data: dict[str, Any]) -> str:
     criteria = data["criteria"]
     exclusions = data["exclusions"]
-    lines = [f"Subject {data['subject']}: {data['overall']} (screening window ends "
+    confirmed = data.get("confirmed_on")
+    when = f"as of its confirmation on {confirmed}; " if confirmed else ""
+    lines = [f"Subject {data['subject']}: {data['overall']} ({when}screening window ends "
              f"{data['screening_window_ends']}, {data['days_left']} days left)", ""]
     lines.append(table(["criterion", "status", "reason"],
                        [[c["code"], c["status"], c["reason"]] for c in criteria]))
     answers = ", ".join(f"{e['code']}={e['answer'] or '?'}" for e in exclusions)
     lines += ["", f"exclusions: {answers}"]
+    if confirmed:
+        findings = data.get("post_enrolment_findings") or []
+        lines += ["", f"post-enrolment findings (dated after the confirmation on {confirmed}; "
+                      "listed, not judged): " + ("none" if not findings else str(len(findings)))]
+        if findings:
+            lines.append(table(["on", "position", "form", "field", "value", "criterion"],
+                               [[f["on"], f["position"], f["form"], f["field"],
+                                 _answer(f["value"]), f["criterion"]] for f in findings]))
     return "\n".join(lines)
+
+
+def _answer(value: Any) -> Any:
+    """A recorded yes/no as the word typed."""
+    return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
 
 
 def _endpoint_text(data: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ import click
 
 from cli.context import Env
 from cli.options import FINITE_FLOAT, POSITION, command_id_option
-from cli.writes import DATE, DATETIME, send, show
+from cli.writes import CLINICAL_TIME, DATE, send, show
 from workflow.commands import messages as M
 
 
@@ -53,8 +53,9 @@ def record(env: Env, subject: str, form: str, fields: tuple[str, ...], on: date 
 
 
 @click.command("correct", context_settings={"ignore_unknown_options": True},
-               help="Correct an earlier form: trialflow correct SUBJECT POSITION field=value… "
-               "--reason TEXT (the original stays in the log).")
+               help="Correct an earlier record (a form, or a procedure's date or values): "
+               "trialflow correct SUBJECT POSITION field=value… --reason TEXT (the original "
+               "stays in the log).")
 @click.argument("subject")
 @click.argument("position", type=POSITION)
 @click.argument("fields", nargs=-1, type=click.UNPROCESSED)
@@ -64,7 +65,20 @@ def record(env: Env, subject: str, form: str, fields: tuple[str, ...], on: date 
 def correct(env: Env, subject: str, position: int, fields: tuple[str, ...], reason: str,
             command_id: str | None) -> None:
     outcome = send(env, M.CorrectRecord(subject, position, fields, reason), command_id)
-    show(env, f"Form at position {position} of {subject} corrected", outcome)
+    show(env, f"Record at position {position} of {subject} corrected", outcome)
+
+
+@click.command("void", help="Mark a record entered in error: trialflow void SUBJECT POSITION "
+               "--reason TEXT (a form, procedure, adverse event or visit; the original stays "
+               "in the log and every read model leaves it out).")
+@click.argument("subject")
+@click.argument("position", type=POSITION)
+@click.option("--reason", required=True, help="Why the record was entered in error.")
+@command_id_option
+@click.pass_obj
+def void(env: Env, subject: str, position: int, reason: str, command_id: str | None) -> None:
+    outcome = send(env, M.VoidRecord(subject, position, reason), command_id)
+    show(env, f"Record at position {position} of {subject} voided", outcome)
 
 
 @click.command("confirm-eligibility", help="Investigator: confirm eligibility and enrol, on "
@@ -85,11 +99,14 @@ def confirm_eligibility(env: Env, subject: str, on: date | None, command_id: str
 @click.command("screen-fail", help="Record a screen failure with the criterion or reason code.")
 @click.argument("subject")
 @click.option("--reason", required=True, help="Criterion code or screening_window_expired.")
+@click.option("--on", "on", type=DATE, default=None,
+              help="Clinical date of the screen failure (default today at the site).")
 @command_id_option
 @click.pass_obj
-def screen_fail(env: Env, subject: str, reason: str, command_id: str | None) -> None:
+def screen_fail(env: Env, subject: str, reason: str, on: date | None,
+                command_id: str | None) -> None:
     show(env, f"Subject {subject} screen-failed ({reason})",
-         send(env, M.RecordScreenFailure(subject, reason), command_id))
+         send(env, M.RecordScreenFailure(subject, reason, on), command_id))
 
 
 @click.command("leukapheresis", help="Record the cell collection and its chain-of-identity id.")
@@ -159,7 +176,9 @@ def _doses(tokens: tuple[str, ...]) -> dict[str, float]:
 @click.command("infuse", help="Record the CAR-T infusion (D0), checking window, chain of "
                "identity and dose.")
 @click.argument("subject")
-@click.option("--at", "at", type=DATETIME, required=True)
+@click.option("--at", "at", type=CLINICAL_TIME, required=True,
+              help="Time of the infusion, ISO 8601 (without an offset: local time at the "
+              "subject's site).")
 @click.option("--cells", type=FINITE_FLOAT, required=True)
 @click.option("--coi-id", required=True)
 @click.option("--deviation", is_flag=True)
@@ -173,20 +192,27 @@ def infuse(env: Env, subject: str, at: datetime, cells: float, coi_id: str, devi
          outcome)
 
 
-@click.command("visit", help="Record a follow-up visit as done or missed.")
+@click.command("visit", help="Record a follow-up visit as done or missed. A visit done "
+               "outside its window is recorded with a warning naming the window and the "
+               "deviation it makes; a visit is marked missed only after its window has closed, "
+               "with --reason.")
 @click.argument("subject")
 @click.argument("visit")
 @click.option("--done", "status", flag_value="done")
 @click.option("--missed", "status", flag_value="missed")
-@click.option("--on", "on", type=DATE, default=None)
+@click.option("--on", "on", type=DATE, default=None,
+              help="Date of the visit (site calendar; default today).")
+@click.option("--reason", default=None,
+              help="Why the visit was missed (required with --missed); with --done, kept in "
+              "the deviation of a visit outside its window.")
 @command_id_option
 @click.pass_obj
 def visit(env: Env, subject: str, visit: str, status: str | None, on: date | None,
-          command_id: str | None) -> None:
+          reason: str | None, command_id: str | None) -> None:
     if status is None:
         raise click.UsageError("Say --done or --missed.")
     show(env, f"Visit {visit} of {subject} recorded {status}",
-         send(env, M.RecordVisit(subject, visit, status, on), command_id))
+         send(env, M.RecordVisit(subject, visit, status, on, reason), command_id))
 
 
 @click.command("complete", help="Complete the study after the D360 visit is done or missed.")

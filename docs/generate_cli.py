@@ -71,6 +71,9 @@ TOUR: list[tuple[str, str]] = [
      f"trialflow --user cora record S-001 vitals weight_kg=-3 --on {CONSENT}"),
     ("Phase forms go through their command (exit 2)",
      "trialflow --user cora record S-001 infusion cells=1"),
+    ("A form outside the phases and visits the protocol places it is refused, naming where "
+     "it belongs (exit 1)",
+     f"trialflow --user cora record S-001 cart_persistence copies_per_ug=120 --on {CONSENT}"),
     ("Eligibility is confirmed only when every criterion is met (exit 1)",
      "trialflow --user ivan confirm-eligibility S-001"),
     ("Only an investigator confirms eligibility (exit 1)",
@@ -80,6 +83,14 @@ TOUR: list[tuple[str, str]] = [
     ("Correct a form, with a reason (the original stays)",
      "trialflow --user cora correct S-001 POSITION weight_kg=58.5 --reason 'transcription "
      "error'"),
+    ("An adverse event", f"trialflow --user cora record S-001 adverse_event term=headache "
+     f"onset_date={CONSENT} grade=1 --on {CONSENT}"),
+    ("The same event entered twice is refused, naming the first (exit 1)",
+     f"trialflow --user cora record S-001 adverse_event term=Headache onset_date={CONSENT} "
+     f"grade=1 --on {CONSENT}"),
+    ("A record entered in error is voided, with a reason (it stays in the log; every read "
+     "model, export and signature follows)",
+     "trialflow --user cora void S-001 HEAD --reason 'entered for the wrong subject'"),
     ("Status", "trialflow status S-001 --json"),
     ("Eligibility, criterion by criterion", "trialflow eligibility S-001"),
     ("What the system showed then: --as-of a position (or an ISO time)",

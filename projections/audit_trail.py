@@ -49,8 +49,9 @@ CSV_COLUMNS: Final = (
 
 def changes_of(event: RecordedEvent) -> list[Entry]:
     """The field-level changes an event makes: a recorded form sets each of its values (old is
-    null), a correction changes the fields it names from `previous` to `changes`. Other events
-    change no form field: an empty list."""
+    null), a correction changes the fields it names from `previous` to `changes`, a void marks
+    the whole record (field null, new `voided`). Other events change no form field: an empty
+    list."""
     p = event.payload
     if event.type == T.FORM_RECORDED:
         return [{"form": p["form"], "field": name, "old": None, "new": value,
@@ -60,6 +61,9 @@ def changes_of(event: RecordedEvent) -> list[Entry]:
         target = int(p["target_position"])
         return [{"form": p["form"], "field": name, "old": previous.get(name), "new": value,
                  "target_position": target} for name, value in p["changes"].items()]
+    if event.type == T.RECORD_VOIDED:  # the whole record, entered in error
+        return [{"form": p["form"], "field": None, "old": None, "new": "voided",
+                 "target_position": int(p["target_position"])}]
     return []
 
 

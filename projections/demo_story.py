@@ -403,7 +403,8 @@ def _follow_up(plan: Plan, flow: Actors, rng: random.Random, subject: str, d0: d
         if (subject, visit) == ("S-005", "D60"):
             late = day + timedelta(days=9)  # recorded after the overdue alert went out
             plan.at(late, f"{subject} {visit} missed", partial(
-                flow.send, c, M.RecordVisit(subject, visit, "missed", late)))
+                flow.send, c, M.RecordVisit(subject, visit, "missed", late,
+                                            "subject travelling abroad during the window")))
             continue
         activity = ["arthritis", "proteinuria"] if day_number < 10 else []
         activity += ["low_complement"] if day_number < 60 else []

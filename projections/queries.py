@@ -124,6 +124,8 @@ def eligibility_of(view: View, clock: Clock, subject: str, state_loader: Any
     stored = view.rows(t.eligibility, subject)
     ends = stored[0]["screening_window_ends"] if stored else None
     day = min(today, date.fromisoformat(ends)) if ends else today
+    if row.get("eligibility_confirmed_on"):  # judged as of the confirmation from then on
+        day = min(today, date.fromisoformat(row["eligibility_confirmed_on"]))
     if stored and stored[0]["evaluated_on"] == day.isoformat():
         result = dict(stored[0]["result"])
         source = "read model"
@@ -136,6 +138,17 @@ def eligibility_of(view: View, clock: Clock, subject: str, state_loader: Any
         result["days_left"] = (date.fromisoformat(ends) - today).days
     return {"subject": subject, "phase": row["phase"], **result,
             "evaluated_for": today.isoformat(), "source": source}
+
+
+def post_enrolment_findings(view: View) -> list[dict[str, Any]]:
+    """Every subject's post-enrolment findings (the eligibility read model: values dated after
+    the confirmation that would have counted against eligibility), by subject, date and
+    position. A confirmed subject's evaluation is as of its confirmation, so the stored rows
+    hold it whatever the day of the question."""
+    found = [{"subject": row["subject"], **item}
+             for row in _select(view, t.eligibility, None)
+             for item in (row["result"] or {}).get("post_enrolment_findings") or []]
+    return sorted(found, key=lambda r: (r["subject"], r["on"], r["position"]))
 
 
 # --- the study ------------------------------------------------------------------------------

@@ -32,11 +32,12 @@ STUDY_VERSION: Final = 1
 SUBJECT_PROJECTIONS: Final[tuple[SubjectProjection, ...]] = (
     SubjectProjection("subjects", 1, (t.subjects,), rows.subject_rows,
                       "phase, dates, cohort and exit of each subject"),
-    SubjectProjection("eligibility", 1, (t.eligibility, t.eligibility_criteria),
-                      rows.eligibility_rows, "inclusion criteria and exclusions"),
-    SubjectProjection("adverse_events", 1, (t.adverse_events, t.safety_windows, t.sae_clocks),
+    SubjectProjection("eligibility", 2, (t.eligibility, t.eligibility_criteria),
+                      rows.eligibility_rows,  # 2: as of confirmation, post-enrolment findings
+                      "inclusion criteria and exclusions"),
+    SubjectProjection("adverse_events", 2, (t.adverse_events, t.safety_windows, t.sae_clocks),
                       rows.safety_rows, "adverse events, safety windows, SAE clocks"),
-    SubjectProjection("visits", 1, (t.visits,), rows.visit_rows,
+    SubjectProjection("visits", 2, (t.visits,), rows.visit_rows,  # 2: missed_note
                       "planned visits with windows"),
     SubjectProjection("deviations", 1, (t.deviations,), rows.deviation_rows,
                       "protocol deviations"),

@@ -65,24 +65,30 @@ class SubjectContext:
 
     @cached_property
     def evaluated_on(self) -> date:
-        """The day eligibility is evaluated for in the table: the site's date of the last
-        event, not past the screening window (after it closes the answer no longer moves)."""
+        """The day eligibility is evaluated for in the table: the confirmation date once
+        eligibility is confirmed, else the site's date of the last event, not past the
+        screening window (after it closes the answer no longer moves)."""
         return eligibility_day(self.study, self.state, local_date(self.last.recorded_at,
                                                                   self.zone))
 
 
 def eligibility_day(study: Study, state: SubjectState, today: date) -> date:
-    """Eligibility depends on today only while the screening window is open."""
+    """Eligibility depends on today only while the screening window is open; once confirmed
+    it is judged as of the confirmation date."""
     if state.consent is None:
         return today
+    if state.eligibility_confirmed_on is not None:
+        return min(today, state.eligibility_confirmed_on)
     ends = state.consent.consent_date + timedelta(days=study.protocol.screening_window_days)
     return min(today, ends)
 
 
 def evaluate_eligibility_on(study: Study, state: SubjectState, day: date) -> Eligibility:
-    """The guard's own evaluation (`confirm-eligibility` uses the protocol in force)."""
+    """The guard's own evaluation (`confirm-eligibility` uses the protocol in force), on the
+    forms dated on or before `day`; for a confirmed subject as of its confirmation, with the
+    later values against eligibility as post-enrolment findings."""
     return evaluate_eligibility(list(state.forms.values()), state.consent, study.protocol,
-                                today=day)
+                                today=day, confirmed_on=state.eligibility_confirmed_on)
 
 
 def fold_context(study: Study, subject: str, events: Sequence[RecordedEvent]
@@ -99,13 +105,14 @@ def fold_context(study: Study, subject: str, events: Sequence[RecordedEvent]
 def events_on(events: Iterable[RecordedEvent], on: date, zone: ZoneInfo) -> list[RecordedEvent]:
     """`--on DATE`: the events that happened (clinically) on or before DATE at the site.
 
-    A correction belongs to the record it corrects: it is kept when its target is kept,
-    whenever it was made, because it says what was true then.
+    A correction or a void belongs to the record it mends: it is kept when its target is
+    kept, whenever it was made, because it says what was true then (a void's change of phase
+    is dated on the voided procedure's own date).
     """
     kept: list[RecordedEvent] = []
     positions: set[int] = set()
     for event in events:
-        if event.type == T.FORM_CORRECTED:
+        if event.type in (T.FORM_CORRECTED, T.RECORD_VOIDED):
             if int(event.payload["target_position"]) in positions:
                 kept.append(event)
         elif local_date(event.occurred_at, zone) <= on:

@@ -106,6 +106,7 @@ adverse_events = Table(
     Column("relatedness_position", BigInteger),
     Column("related", Boolean, nullable=False),
     Column("in_safety_window", Boolean, nullable=False),
+    Column("period", String(16), nullable=False),  # pre_treatment | safety_window | after_window
     Column("counts_for_primary", Boolean, nullable=False),
     Column("crs_grade", Integer),
     Column("icans_grade", Integer),
@@ -150,6 +151,7 @@ visits = Table(
     Column("recorded_status", String(10)),
     _date("done_on"),
     Column("missed_reason", String(20)),
+    Column("missed_note", Text),  # the reason given with `visit --missed --reason`
     Column("protocol_version", Integer),
 )
 

@@ -12,15 +12,17 @@ from collections.abc import Callable, Mapping
 from datetime import date
 from typing import Any, Final
 
+from workflow.dose_basis import cart_target, dosing_bsa, expected_doses
 from workflow.instruments.study_days import VisitWindow as Window
-from workflow.instruments.study_days import infusion_window, visit_windows
+from workflow.instruments.study_days import infusion_window
 from workflow.protocol import Lymphodepletion, Protocol
 from workflow.records import RecordedForm
-from workflow.schedule import schedule_of
+from workflow.schedule import visit_window
 from workflow.subject import PhaseRecord, SubjectState
 
+VISIT_OUT_OF_WINDOW: Final = "visit_out_of_window"  # a visit done outside its window
 KINDS: Final = (
-    "visit_out_of_window", "dose_off_regimen", "dose_out_of_tolerance",
+    VISIT_OUT_OF_WINDOW, "dose_off_regimen", "dose_out_of_tolerance",
     "infusion_out_of_window", "assessment_missing",
 )
 DEVIATION_KEYS: Final = ("subject", "kind", "position", "visit", "on", "detail",
@@ -75,9 +77,11 @@ def beyond_tolerance(given: float, expected: float, tolerance_pct: float) -> boo
 # Source: docs/clinical-rules.md, lymphodepletion regimen (default Mackensen et al., Nat Med 2022).
 def _dose_deviations(s: SubjectState, protocol_of: ProtocolOf) -> list[dict[str, Any]]:
     found = []
+    bsa = dosing_bsa(s)
     for dose in s.doses:
         protocol = protocol_of(_version_at(s, dose.position))
-        off = _off_regimen(dose.payload, protocol.dose_tolerance_pct)
+        off = _off_regimen(_on_current_basis(dose.payload, protocol, bsa),
+                           protocol.dose_tolerance_pct)
         if off or dose.payload.get("deviation"):
             found.append(_dose_deviation(s, dose, protocol, off))
     return found
@@ -96,6 +100,21 @@ def _off_regimen(payload: Mapping[str, Any], tolerance_pct: float) -> list[str]:
             found.append(f"{drug} {given:g} {dose['given']['unit']} against the expected "
                          f"{want:g} {expected['unit']}")
     return found
+
+
+def _on_current_basis(payload: Mapping[str, Any], protocol: Protocol, bsa: float | None
+                      ) -> Mapping[str, Any]:
+    """A dose's payload with the amounts the regimen expects on the subject's BSA as it
+    stands now (a corrected height or weight moves them); as recorded when the BSA is
+    unknown or the day is not the protocol's regimen day."""
+    day = payload.get("regimen_day")
+    if bsa is None or not isinstance(day, int) or day not in protocol.lymphodepletion.days:
+        return payload
+    due = expected_doses(protocol.lymphodepletion, day, bsa)
+    doses = {drug: {**dose, "expected": {"value": due[drug], "unit": "mg"}}
+             if drug in due and dose.get("expected") is not None else dose
+             for drug, dose in payload["doses"].items()}
+    return {**payload, "doses": doses}
 
 
 def _regimen_text(regimen: Lymphodepletion) -> str:
@@ -141,7 +160,8 @@ def _infusion_deviations(s: SubjectState, protocol_of: ProtocolOf) -> list[dict[
 def _cells_deviation(s: SubjectState, infusion: PhaseRecord,
                      protocol: Protocol) -> dict[str, Any] | None:
     cells = float(infusion.payload["cells"])
-    target = float(infusion.payload["target_cells"])
+    # the target on the dosing weight as it stands (a corrected weight moves it)
+    target = cart_target(s, protocol) or float(infusion.payload["target_cells"])
     tolerance = protocol.dose_tolerance_pct
     if not beyond_tolerance(cells, target, tolerance):
         return None
@@ -188,7 +208,7 @@ def _visit_deviations(s: SubjectState, protocol_of: ProtocolOf) -> list[dict[str
         if record.payload.get("status") != "done":
             continue  # a missed visit is neither out of window nor missing assessments
         protocol = protocol_of(_version_at(s, record.position))
-        window = _window_in(protocol, s.infused_on, code)
+        window = visit_window(s, protocol, code)
         if window is None:
             continue
         outside = _out_of_window(s, record, window, protocol)
@@ -198,14 +218,6 @@ def _visit_deviations(s: SubjectState, protocol_of: ProtocolOf) -> list[dict[str
         if missing is not None:
             found.append(missing)
     return found
-
-
-def _window_in(protocol: Protocol, d0: date, code: str) -> Window | None:
-    """The visit's window under `protocol`, None when that version has no such visit."""
-    schedule = schedule_of(protocol)
-    if code not in schedule:
-        return None
-    return next(w for w in visit_windows(d0, schedule=schedule) if w.visit == code)
 
 
 def _window_text(window: Window, protocol: Protocol) -> str:
@@ -221,8 +233,26 @@ def _out_of_window(s: SubjectState, record: PhaseRecord, window: Window,
         return None
     sentence = (f"Subject {s.subject}: visit {window.visit} done on {record.on.isoformat()}, "
                 f"outside its {_window_text(window, protocol)}")
-    return _deviation(s, "visit_out_of_window", record.position, record.on,
+    return _deviation(s, VISIT_OUT_OF_WINDOW, record.position, record.on,
                       _with_reason(sentence, record.reason), visit=window.visit)
+
+
+def out_of_window_warning(subject: str, window: Window | None, protocol: Protocol,
+                          on: date) -> str | None:
+    """What `trialflow visit --done` says at once of a visit done on `on` outside `window`
+    (the window under `protocol`, the version the deviation is judged against): one sentence
+    naming the window and the deviation `VISIT_OUT_OF_WINDOW` the record makes. None inside
+    the window, or when that version has no such visit (then no deviation is made either)."""
+    if window is None or window.contains(on):
+        return None
+    if on < window.window_start:
+        days, when = (window.window_start - on).days, "before its window opened"
+    else:
+        days, when = (on - window.window_end).days, "after its window closed"
+    return (f"Subject {subject}: visit {window.visit} done on {on.isoformat()}, {days} "
+            f"day{'s' if days != 1 else ''} {when}, is outside its "
+            f"{_window_text(window, protocol)}; it is recorded with the protocol deviation "
+            f"{VISIT_OUT_OF_WINDOW}.")
 
 
 # Source: protocol file, visits.<code>.required_forms (the forms the endpoints need).

@@ -17,6 +17,13 @@ Conventions chosen here (written down so the screen, the guard and the docs agre
   latest date, ties broken by the later log position.
 - "During screening" is S .. S + window days; the medication rules look at S .. min(today,
   window end).
+- Eligibility is judged on the forms dated on or before the day it is evaluated for: today
+  while screening lasts, and once an investigator has confirmed it, the confirmation date
+  (`confirmed_on`), as of which it was judged. A form dated later never changes the answer:
+  an exclusion answered yes, a positive pregnancy test or contraception not agreed dated after
+  the confirmation is a post-enrolment finding, listed for the investigator and the monitor
+  (`post_enrolment_findings`) but not judged. A screening form entered late but dated on or
+  before the confirmation is screening data and is judged (retrospective entry).
 - Medication lines: `start_date` is the first day taken, `stop_date` the last day taken (absent:
   still taken), `dose_changed_on` the first day of the current `dose_mg_per_day` (the dose
   before it is not known from that line). A dose change is therefore "N days before
@@ -103,8 +110,27 @@ class CriterionResult:
 
 
 @dataclass(frozen=True)
+class PostEnrolmentFinding:
+    """A value dated after the eligibility confirmation that would have counted against
+    eligibility (an exclusion answered yes, a positive pregnancy test, contraception not
+    agreed): listed, never judged."""
+
+    form: str
+    position: int
+    field: str
+    value: JsonScalar
+    on: date
+    criterion: str  # the inclusion criterion or exclusion code it bears on
+
+    def to_json(self) -> dict[str, object]:
+        return {"form": self.form, "position": self.position, "field": self.field,
+                "value": self.value, "on": self.on.isoformat(), "criterion": self.criterion}
+
+
+@dataclass(frozen=True)
 class Eligibility:
-    """Eligibility of one subject as of `evaluated_on` (the `today` it was evaluated for)."""
+    """Eligibility of one subject as of `evaluated_on` (the `today` it was evaluated for, or
+    the confirmation date once eligibility is confirmed)."""
 
     overall: Overall
     criteria: tuple[CriterionResult, ...]
@@ -112,6 +138,8 @@ class Eligibility:
     screening_window_ends: date | None
     evaluated_on: date
     exclusion_checklist_position: int | None = None
+    confirmed_on: date | None = None
+    post_enrolment_findings: tuple[PostEnrolmentFinding, ...] = ()
 
     def days_left(self, today: date) -> int | None:
         """Days until the screening window ends: 0 on its last day, negative once it closed."""
@@ -135,6 +163,9 @@ class Eligibility:
             "exclusions": [{"code": code, "answer": answer} for code, answer in self.exclusions],
             "screening_window_ends": None if ends is None else ends.isoformat(),
             "days_left": self.days_left(self.evaluated_on),
+            "confirmed_on": None if self.confirmed_on is None else self.confirmed_on.isoformat(),
+            "post_enrolment_findings": [item.to_json()
+                                        for item in self.post_enrolment_findings],
         }
 
 
@@ -921,24 +952,59 @@ def evaluate_eligibility(
     protocol: Protocol,
     *,
     today: date,
+    confirmed_on: date | None = None,
 ) -> Eligibility:
     """Evaluate every inclusion criterion (in INCLUSION_CRITERIA order) and the exclusions.
 
     Eligible only when every criterion is met or not applicable and every exclusion of the
     protocol is answered no; ineligible when any criterion is not met or any exclusion is yes;
-    pending otherwise.
+    pending otherwise. Judged on the forms dated on or before `today`; once eligibility is
+    confirmed (`confirmed_on`), as of the confirmation date, the values dated after it that
+    count against eligibility being listed as post-enrolment findings instead.
     """
-    data = ScreeningData(tuple(forms), consent, protocol, today)
+    as_of = today if confirmed_on is None else min(today, confirmed_on)
+    data = ScreeningData(tuple(item for item in forms if form_date(item) <= as_of), consent,
+                         protocol, as_of)
     criteria = tuple(CRITERIA[code](data) for code in INCLUSION_CRITERIA)
     exclusions, position = exclusion_answers(data)
+    findings = () if confirmed_on is None else post_enrolment_findings(forms, confirmed_on,
+                                                                       data)
     return Eligibility(
         overall=_overall(criteria, exclusions),
         criteria=criteria,
         exclusions=exclusions,
         screening_window_ends=data.screening_window_ends,
-        evaluated_on=today,
+        evaluated_on=as_of,
         exclusion_checklist_position=position,
+        confirmed_on=confirmed_on,
+        post_enrolment_findings=findings,
     )
+
+
+def post_enrolment_findings(forms: Iterable[RecordedForm], confirmed_on: date,
+                            data: ScreeningData) -> tuple[PostEnrolmentFinding, ...]:
+    """The values dated after `confirmed_on` that would count against eligibility, by date
+    then log position: each exclusion of the protocol answered yes, a positive pregnancy test
+    (any specimen) and contraception not agreed (the criterion of the subject's sex as judged
+    at screening)."""
+    _, sex = _demographic(data, "sex")
+    contraception = "contraception_male" if sex == "male" else "pregnancy_contraception_female"
+    found: list[PostEnrolmentFinding] = []
+    for item in sorted((item for item in forms if form_date(item) > confirmed_on),
+                       key=lambda item: (form_date(item), item.position)):
+        def note(field: str, criterion: str, form: RecordedForm = item) -> None:
+            found.append(PostEnrolmentFinding(form.form, form.position, field,
+                                              _json(form.get(field)), form_date(form),
+                                              criterion))
+        if item.form == "exclusion_checklist":
+            for code in data.protocol.exclusion_checklist:
+                if item.get(code) is True:
+                    note(code, code)
+        elif item.form == "pregnancy_test" and item.get("result") == "positive":
+            note("result", "pregnancy_contraception_female")
+        elif item.form == "contraception" and item.get("agreed") is False:
+            note("agreed", contraception)
+    return tuple(found)
 
 
 def blocking_reason(e: Eligibility) -> tuple[str, str] | None:

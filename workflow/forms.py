@@ -12,9 +12,12 @@ Fields added to the table (and why):
   (`--on`) is used when they are absent.
 
 Rules chosen here:
-- Every datetime must carry a UTC offset (`Z` or `+08:00`); a naive time is ambiguous across
-  sites and is refused. A date or datetime after `today` is refused (a datetime is compared by
-  its calendar date in its own offset).
+- A datetime follows the one rule of clinical date-times (workflow/clinical_time.py): ISO 8601
+  with a time of day; with an offset (`Z`, `+08:00`) that instant, without one the local time
+  at the subject's site, kept naive here (the site is not known to a form) and given the
+  site's offset by the decision (`localise_times`); a bare date is refused. A date or datetime
+  after `today` is refused (a datetime is compared by its calendar date in its own offset, a
+  naive one by its date at the site).
 - A flag given as a bare word means yes; `flag=yes|no` works too. In `disease_activity` and
   `sle_classification` a flag left out means no (the record says so explicitly).
 - A yes/no field needs an explicit `yes` or `no`.
@@ -30,10 +33,12 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from enum import StrEnum
 from typing import Final
 
+from workflow.clinical_time import EXAMPLE as DATETIME_EXAMPLE
+from workflow.clinical_time import NotADateTime, parse_datetime, site_time_text
 from workflow.errors import InvalidInput
 from workflow.instruments.codes import (
     AE_CATEGORIES,
@@ -84,10 +89,6 @@ _DECIMAL_RE: Final = re.compile(
 )
 _INTEGER_RE: Final = re.compile(r"[+-]?\d{1,12}", re.ASCII)
 _DATE_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
-_DATETIME_RE: Final = re.compile(
-    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?P<offset>Z|[+-]\d{2}:\d{2})?",
-    re.ASCII,
-)
 _TITER_RE: Final = re.compile(r"(?:1:)?(\d{1,7})", re.ASCII)
 _IDENTIFIER_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}", re.ASCII)
 _YES: Final = frozenset({"yes", "true"})
@@ -427,7 +428,9 @@ def _all_forms() -> tuple[FormSpec, ...]:
                 _text("coi_id", required=True, max_length=64, identifier=True),
                 _enum("qc", QC_RESULTS, required=True),
                 _decimal("viable_cells", "cells", 0, 1e13, above_minimum=True),
+                _date("released_on"),  # the release's clinical date (`release --on`)
             ),
+            date_field="released_on",
         ),
         FormSpec(
             "lymphodepletion",
@@ -575,6 +578,22 @@ def validate_values(
     return {code: result[code] for code in spec.field_codes if code in result}
 
 
+def localise_times(form: str, values: Mapping[str, object], zone: tzinfo) -> dict[str, object]:
+    """`values` (parsed by `parse_form` or `validate_values`) with every date-time field
+    given without an offset read as local time at the subject's site (`zone`, the site's
+    `Study.zone`): the decision calls this once it knows the site. A value with an offset is
+    kept as typed (workflow/clinical_time.py)."""
+    spec = form_spec(form)
+    return {code: site_time_text(value, zone)
+            if isinstance(value, str) and _is_datetime(spec, code) else value
+            for code, value in values.items()}
+
+
+def _is_datetime(spec: FormSpec, code: str) -> bool:
+    field = spec.field(code)
+    return field is not None and field.kind is Kind.DATETIME
+
+
 def assessment_date(form: str, values: Mapping[str, object], recorded_on: date) -> date | None:
     """The date the rule `assessment_before_consent` checks, None for history forms.
 
@@ -680,15 +699,18 @@ def _coerce_date(field: FieldSpec, value: object, today: date) -> str:
 
 
 def _coerce_datetime(field: FieldSpec, value: object, today: date) -> str:
+    """The one rule of clinical date-times (workflow/clinical_time.py): a time without offset
+    stays naive (local time at the site, localised by the decision: `localise_times`)."""
     parsed = value if isinstance(value, datetime) else None
     if isinstance(value, str):
-        match = _DATETIME_RE.fullmatch(value.strip())
-        if match is not None and match.group("offset") is not None:
-            parsed = _parse_iso_datetime(value.strip())
-    if parsed is None or parsed.utcoffset() is None or parsed.date() < _EARLIEST_DATE:
+        try:
+            parsed = parse_datetime(value)
+        except NotADateTime:
+            parsed = None
+    if parsed is None or parsed.date() < _EARLIEST_DATE:
         raise _BadValue(
-            "a date and time with a UTC offset, e.g. 2025-03-01T14:30+08:00 "
-            "(a time without offset is ambiguous)"
+            f"a date and time, e.g. {DATETIME_EXAMPLE} (without an offset, the local time at "
+            "the subject's site; a date alone is not a time)"
         )
     if parsed.date() > today:
         raise _BadValue(f"a date and time not in the future (today is {today})")
@@ -810,13 +832,6 @@ _COERCERS: Final[dict[Kind, Callable[[FieldSpec, object, date], object]]] = {
 def _parse_iso_date(text: str) -> date | None:
     try:
         return date.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def _parse_iso_datetime(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text)
     except ValueError:
         return None
 

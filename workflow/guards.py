@@ -51,6 +51,9 @@ def screening_window_open(f: Facts) -> RuleViolation | None:
 
 
 def eligible(f: Facts) -> RuleViolation | None:
+    """Eligible as of the confirmation date (`f.today` is the date it is judged on): the
+    evaluation reads only the forms dated on or before it, so a form dated later, entered
+    before a retrospective confirmation, neither blocks nor allows it."""
     from workflow.eligibility import blocking_reason, evaluate_eligibility
 
     result = evaluate_eligibility(list(f.subject.forms.values()), f.subject.consent, f.protocol,
@@ -133,8 +136,12 @@ def cart_dose_within_tolerance(f: Facts) -> RuleViolation | None:
 
 def visit_recordable(f: Facts) -> RuleViolation | None:
     visit = f.args["visit"]
-    if visit in f.subject.visits:
-        return _refuse(f, f"visit {visit} is already recorded as {f.subject.visits[visit][0]}.",
+    record = f.subject.visit_records.get(visit)
+    if record is not None:
+        return _refuse(f, f"visit {visit} is already recorded as {record.payload['status']} at "
+                       f"position {record.position} (dated {record.on}); correct it with "
+                       f"`trialflow correct {f.subject.subject} {record.position} …` or void it "
+                       f"with `trialflow void {f.subject.subject} {record.position} --reason …`.",
                        "visit_already_recorded", "visit")
     return None
 

@@ -46,6 +46,10 @@ TRANSITIONS: Final[list[dict[str, Any]]] = [
     {"trigger": "complete", "source": "follow_up", "dest": "completed",
      "conditions": ["final_visit_recorded"]},
     {"trigger": "off_study", "source": list(ACTIVE), "dest": "off_study"},
+    # a procedure entered in error is voided (`trialflow void`): the phase it opened closes
+    {"trigger": "void_release", "source": "lymphodepletion", "dest": "cell_collection"},
+    {"trigger": "void_last_dose", "source": "infusion", "dest": "lymphodepletion"},
+    {"trigger": "void_infusion", "source": "follow_up", "dest": "infusion"},
 ]
 
 Guard = Callable[[Any], RuleViolation | None]
@@ -55,6 +59,7 @@ COMMAND_OF: Final = {
     "collect": "leukapheresis", "release": "release", "release_failed": "release --fail",
     "give_dose": "lymphodepletion", "give_last_dose": "lymphodepletion", "infuse": "infuse",
     "record_visit": "visit", "complete": "complete", "off_study": "off-study",
+    "void_release": "void", "void_last_dose": "void", "void_infusion": "void",
 }
 
 

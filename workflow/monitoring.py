@@ -119,6 +119,8 @@ def apply_monitoring(m: MonitoringState, event: RecordedEvent) -> None:
         if p.get("query"):
             number = query_position(p["query"])
             m.queries[number] = replace(m.queries[number], correction_position=event.position)
+    elif kind == T.RECORD_VOIDED:  # entered in error: nothing left to review or verify
+        m.forms.pop(int(event.payload["target_position"]), None)
     elif kind == T.SOURCE_VERIFIED:
         target = m.forms[int(event.payload["target_position"])]
         m.forms[target.position] = replace(

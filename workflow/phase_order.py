@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import date
 
 from workflow.errors import RuleViolation
+from workflow.forms import assessment_date
 from workflow.subject import SubjectState
 
 # The acts in their order; what a refusal calls each, and its date on the state.
@@ -39,9 +40,13 @@ def _dates(state: SubjectState) -> dict[str, tuple[str, date | None]]:
 def earlier_acts(state: SubjectState, act: str) -> list[tuple[str, date]]:
     """The acts recorded for `state` that must not be dated after `act`, with their dates, in
     phase order (an act's own earlier records are not among them)."""
+    if act == "form":  # a form is recorded on or after consent (its values may be older)
+        return [("consent", state.consent.consent_date)] if state.consent else []
     before = ORDER[:ORDER.index(act)] if act in ORDER else ORDER[:-1]
     dates = _dates(state)
     found = [dates[name] for name in before if name in dates]
+    if act == "leukapheresis" and state.releases:  # a new attempt follows the failed release
+        found.append(("failed product release", state.releases[-1].on))
     return [(what, when) for what, when in found if when is not None]
 
 
@@ -55,3 +60,76 @@ def check_order(state: SubjectState, act: str, field: str, day: date) -> None:
                 f"{'an' if act[0] in 'aeiou' else 'a'} {act} is dated on or after it "
                 "(phase order).",
                 rule="phase_order", subject=state.subject, field=field)
+
+
+# --- a whole history -----------------------------------------------------------------------
+
+Act = tuple[str, date]  # what an act is called in a refusal, its clinical date
+
+
+def _stages(state: SubjectState) -> list[tuple[bool, list[Act]]]:
+    """The subject's acts in phase order, as stages: (in sequence, acts). Acts of a sequence
+    follow each other; the acts of a parallel stage (the visits) each follow the stage
+    before and come before the next."""
+    assert state.consent is not None
+    stages: list[tuple[bool, list[Act]]] = [(True, [("consent", state.consent.consent_date)])]
+    if state.eligibility_confirmed_on is not None:
+        stages.append((True, [("eligibility confirmation", state.eligibility_confirmed_on)]))
+    cells = sorted([*state.collections, *state.releases], key=lambda r: r.position)
+    stages.append((True, [("leukapheresis" if r.form == "leukapheresis" else "product release",
+                           r.on) for r in cells]))
+    stages.append((True, [(f"lymphodepletion dose {n}", d.on)
+                          for n, d in enumerate(state.doses, 1)]))
+    if state.infusion is not None:
+        stages.append((True, [("infusion (D0)", state.infusion.on)]))
+    stages.append((False, [(f"visit {code}", r.on) for code, r in state.visit_records.items()]))
+    if state.completed_on is not None:
+        stages.append((True, [("completion", state.completed_on)]))
+    if state.exited_on is not None:
+        stages.append((True, [(EXIT, state.exited_on)]))
+    return stages
+
+
+def history_problems(state: SubjectState, today: date) -> list[str]:
+    """Every way the subject's clinical dates break the phase order, as sentences (empty when
+    they hold): an act before one that comes first, two lymphodepletion doses on one day, a
+    date after today at the site."""
+    if state.consent is None:
+        return []
+    found: list[str] = []
+    floor: Act = ("consent", state.consent.consent_date)
+    for in_sequence, acts in _stages(state):
+        start, latest = floor, floor
+        for what, day in acts:
+            before = floor if in_sequence else start
+            if day < before[1] or (in_sequence and what.startswith("lymphodepletion dose ")
+                                   and before[0].startswith("lymphodepletion dose ")
+                                   and day == before[1]):
+                found.append(f"Subject {state.subject}: the {what} on {day} is "
+                             f"{'not after' if day == before[1] else 'before'} the "
+                             f"{before[0]} on {before[1]} (phase order).")
+            if day > today:
+                found.append(f"Subject {state.subject}: the {what} on {day} is in the future "
+                             f"(today is {today} at the site).")
+            if in_sequence:
+                floor = (what, day) if day >= floor[1] else floor
+            latest = (what, day) if day >= latest[1] else latest
+        if not in_sequence:
+            floor = latest
+    consent = state.consent.consent_date
+    for form in state.forms.values():
+        dated = assessment_date(form.form, form.values, form.recorded_on)
+        if dated is not None and dated < consent:
+            found.append(f"Subject {state.subject}: the {form.form} at position {form.position} "
+                         f"is dated {dated}, before the consent on {consent} (phase order).")
+    return found
+
+
+def check_history(before: SubjectState, after: SubjectState, today: date, field: str) -> None:
+    """Refuse (rule `phase_order`) a correction or void after which the subject's clinical
+    dates break the phase order in a way they did not before it."""
+    known = set(history_problems(before, today))
+    new = [problem for problem in history_problems(after, today) if problem not in known]
+    if new:
+        raise RuleViolation(new[0][:-1] + "; the record is left as it was.",
+                            rule="phase_order", subject=after.subject, field=field)

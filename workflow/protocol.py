@@ -8,6 +8,12 @@ A file is checked strictly: a TOML syntax error, a missing key, a value of the w
 range, an unknown key (a typo must not pass silently), an unknown visit, exclusion or form
 code, or cohorts that overlap or leave a gap are refused with `InvalidInput` naming the file,
 the key (dotted, arrays counted from 1: `enrolment.cohorts[2].first`) and the problem.
+
+The table `[forms]` (where each form may be recorded: phases and follow-up visits) is optional:
+a protocol text without it (the texts loaded before it existed, which old databases keep in
+their `ProtocolLoaded` events) places no form anywhere in particular, so `form_places` is None
+and every form may be recorded in every phase. When the table is there it must name every form
+`trialflow record` takes (`workflow/form_places.py` applies it).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Final, NoReturn
 from workflow.errors import InvalidInput
 from workflow.forms import FORMS, PHASE_FORM_COMMANDS
 from workflow.instruments.codes import EXCLUSION_CHECKLIST, VISITS
+from workflow.machine import STATES
 
 DEFAULT_VERSION: Final = 2
 BUILTIN_FILES: Final[dict[int, str]] = {1: "im19_sle_v1.toml", 2: "im19_sle_v2.toml"}
@@ -38,6 +45,11 @@ FINAL_VISIT: Final = "D360"
 _REGISTRY_ID_RE: Final = re.compile(r"NCT\d{8}", re.ASCII)
 _CODE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", re.ASCII)
 _MAX_DAYS: Final = 3650
+# Forms `trialflow record` takes: the ones the `[forms]` table places (phase forms have their
+# own command and their own place in the machine).
+RECORD_FORMS: Final[tuple[str, ...]] = tuple(form for form in FORMS
+                                             if form not in PHASE_FORM_COMMANDS)
+ALL_VISITS: Final = "all"  # `visits = "all"`: every visit of the schedule
 
 
 # --- the protocol -------------------------------------------------------------------------
@@ -125,6 +137,23 @@ class VisitWindow:
 
 
 @dataclass(frozen=True)
+class FormPlace:
+    """Where a form may be recorded: the phases its clinical date may fall in, and the
+    follow-up visits it may be recorded at (`trialflow record --visit`)."""
+
+    form: str
+    phases: tuple[str, ...]
+    visits: tuple[str, ...] = ()
+    every_visit: bool = False  # `visits = "all"`
+
+    def allows_phase(self, phase: str) -> bool:
+        return phase in self.phases
+
+    def allows_visit(self, visit: str) -> bool:
+        return visit in self.visits
+
+
+@dataclass(frozen=True)
 class BackgroundTherapy:
     """Thresholds of the inclusion rule `stable_background_therapy` (days before screening)."""
 
@@ -183,6 +212,14 @@ class Protocol:
     persistence_visits: tuple[str, ...]
     lloq_copies_per_ug: float
     renal: RenalThresholds
+    # None: the text has no [forms] table, so no form is restricted to a phase or visit
+    form_places: tuple[FormPlace, ...] | None = None
+
+    def form_place(self, form: str) -> FormPlace | None:
+        """Where `form` may be recorded; None when this protocol does not restrict it."""
+        if self.form_places is None:
+            return None
+        return next((place for place in self.form_places if place.form == form), None)
 
     @property
     def visit_codes(self) -> tuple[str, ...]:
@@ -481,6 +518,8 @@ def _read_protocol(root: _Table) -> Protocol:
         persistence_visits=endpoints.codes("persistence_visits", visit_codes, "scheduled visit"),
         lloq_copies_per_ug=endpoints.number("lloq_copies_per_ug", 0, 1e9, above=True),
         renal=_read_renal(endpoints.table("renal"), visit_codes),
+        form_places=_read_form_places(root.table("forms"), visits) if root.has("forms")
+        else None,
     )
     _check_ranges(protocol, eligibility, safety)
     for table in (header, enrolment, screening, eligibility, reminders, safety, endpoints):
@@ -627,6 +666,46 @@ def _read_visit(table: _Table, code: str) -> VisitWindow:
         required_forms = table.codes("required_forms", record_forms, "recordable form")
     table.finish()
     return VisitWindow(code, target_day, window_days, required_forms)
+
+
+def _read_form_places(table: _Table, visits: tuple[VisitWindow, ...]
+                      ) -> tuple[FormPlace, ...]:
+    """`[forms.CODE]`: `phases` (a non-empty list of phases) and `visits` (a list of visits of
+    the schedule, or "all"; absent: the form is never recorded at a visit). Every form
+    `record` takes must be placed, and a visit's required forms must be allowed at it."""
+    visit_codes = tuple(visit.code for visit in visits)
+    for name in table.names():
+        if name in PHASE_FORM_COMMANDS:
+            table.fail(name, f"names a form recorded only by `{PHASE_FORM_COMMANDS[name]}`, "
+                             "whose place the subject's phases already fix")
+        if name not in RECORD_FORMS:
+            table.fail(name, f"is not a known form code{_suggestion(name, RECORD_FORMS)}")
+    places = []
+    for form in RECORD_FORMS:
+        entry = table.table(form)
+        phases = entry.codes("phases", STATES, "phase")
+        listed: tuple[str, ...] = ()
+        every = False
+        if entry.has("visits"):
+            value = entry.data["visits"]
+            if value == ALL_VISITS:
+                entry.take("visits")
+                listed, every = visit_codes, True
+            elif not isinstance(value, list) or not value:
+                entry.fail("visits", f'must be "{ALL_VISITS}" or a non-empty list of '
+                                     f"scheduled visit codes, got {_show(value)}")
+            else:
+                listed = entry.codes("visits", visit_codes, "scheduled visit")
+        entry.finish()
+        places.append(FormPlace(form, phases, listed, every))
+    by_form = {place.form: place for place in places}
+    for visit in visits:
+        for form in visit.required_forms:
+            if visit.code not in by_form[form].visits:
+                table.fail(f"{form}.visits", f"must allow visit {visit.code}, which requires "
+                                             f"{form} (visits.{visit.code}.required_forms)")
+    table.finish()
+    return tuple(places)
 
 
 def _read_renal(table: _Table, visit_codes: tuple[str, ...]) -> RenalThresholds:

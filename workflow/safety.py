@@ -8,11 +8,16 @@ caller passes in. Safety obligations outlive the phase: nothing here looks at `p
 Decisions where docs/clinical-rules.md is silent:
 - `study_day` is None only while the subject is not infused; an AE with onset before D0
   (e.g. during lymphodepletion) has a negative study day and is outside the safety window.
-- `crs_grade` / `icans_grade` use the instruments' defaults for inputs left out (hypotension,
+- `period` is `pre_treatment` (onset before D0, or no infusion yet), `safety_window` or
+  `after_window` (`before_window` only when a protocol starts the window after D0); it is
+  derived with `in_safety_window`, never instead of it (workflow/adverse_events.py).
+- `crs_grade` / `icans_grade` come from the same derivation as the decision's grade rule
+  (workflow/adverse_events.py): the instruments' defaults for inputs left out (hypotension,
   hypoxia, seizure, motor, cerebral edema `none`; consciousness `normal`). Insufficient, hence
   None: no temperature while fever is not masked (CRS); no ICE score (ICANS), except that an
   unarousable patient scores ICE 0 (Lee 2019). Inputs the instrument refuses (ICE > 0 while
-  unarousable) also give None. A grade 0 means inputs recorded but ASTCT criteria not met.
+  unarousable, which the decision refuses) give None. A grade 0 means inputs recorded but
+  ASTCT criteria not met.
 - A report that stops a clock is the earliest sent (`sent_at`, then position) of its kind:
   the 24-hour clock only by an `initial` report (a follow-up or expedited report presupposes
   the initial one, so a missing initial record stays visible); `expedited_7d` and
@@ -32,18 +37,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 
+from workflow.adverse_events import (
+    ae_period,
+    crs_grade,
+    icans_grade,
+    shown_grade,
+)
 from workflow.errors import InvalidInput
 from workflow.instruments.codes import RELATED, SERIOUS_CRITERIA
-from workflow.instruments.crs import grade_crs
-from workflow.instruments.icans import grade_icans
 from workflow.instruments.study_days import date_of_day, study_day
 from workflow.protocol import Protocol
 from workflow.records import RecordedForm
 from workflow.subject import SubjectState
 
 UNASSESSED: Final = "unassessed"
-CRS_INPUTS: Final = ("temperature_c", "hypotension", "hypoxia", "fever_masked")
-ICANS_INPUTS: Final = ("ice_score", "consciousness", "seizure", "motor", "cerebral_edema")
 FATAL_OR_LIFE_THREATENING: Final = ("death", "life_threatening")
 DEATH_GRADE: Final = 5
 HIGH_GRADE: Final = 3  # grade_3_or_more_subjects
@@ -94,6 +101,7 @@ def _ae_row(
         "relatedness_position": None if causality is None else causality.position,
         "related": _is_related(relatedness),
         "in_safety_window": in_window,
+        "period": ae_period(day, protocol.ae_window_start_day, protocol.ae_window_end_day),
         "counts_for_primary": in_window and _is_related(relatedness),
         "crs_grade": _crs_grade(ae),
         "icans_grade": _icans_grade(ae),
@@ -149,49 +157,13 @@ def _serious_criteria(ae: RecordedForm) -> list[str]:
     return [code for code in SERIOUS_CRITERIA if code in recorded]
 
 
-def _recorded(ae: RecordedForm, names: Sequence[str]) -> bool:
-    return any(ae.get(name) is not None for name in names)
-
-
-# Source: Lee et al., Biol Blood Marrow Transplant 2019 (ASTCT CRS grading, instruments/crs.py).
+# Source: Lee et al., Biol Blood Marrow Transplant 2019 (ASTCT grading): workflow/adverse_events.py.
 def _crs_grade(ae: RecordedForm) -> int | None:
-    if ae.get("category") != "crs" and not _recorded(ae, CRS_INPUTS):
-        return None
-    temperature = ae.get("temperature_c")
-    masked = ae.get("fever_masked") is True
-    if temperature is None and not masked:
-        return None  # insufficient: fever is required and no temperature was recorded
-    try:
-        return grade_crs(
-            temperature_c=temperature,
-            hypotension=ae.get("hypotension") or "none",
-            hypoxia=ae.get("hypoxia") or "none",
-            fever_masked=masked,
-        ).grade
-    except InvalidInput:
-        return None
+    return shown_grade(crs_grade, ae.values)
 
 
-# Source: Lee et al., Biol Blood Marrow Transplant 2019 (ASTCT ICANS grading, icans.py).
 def _icans_grade(ae: RecordedForm) -> int | None:
-    if ae.get("category") != "icans" and not _recorded(ae, ICANS_INPUTS):
-        return None
-    consciousness = ae.get("consciousness") or "normal"
-    ice = ae.get("ice_score")
-    if ice is None and consciousness == "unarousable":
-        ice = 0  # an unarousable patient cannot perform the ICE assessment: ICE 0
-    if ice is None:
-        return None  # insufficient: the ICE score decides the encephalopathy domain
-    try:
-        return grade_icans(
-            ice_score=ice,
-            consciousness=consciousness,
-            seizure=ae.get("seizure") or "none",
-            motor=ae.get("motor") or "none",
-            cerebral_edema=ae.get("cerebral_edema") or "none",
-        ).grade
-    except InvalidInput:
-        return None
+    return shown_grade(icans_grade, ae.values)
 
 
 # --- the safety window --------------------------------------------------------------------

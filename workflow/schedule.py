@@ -24,7 +24,7 @@ SCREENING: Final = "screening"
 INFUSION: Final = "D0"
 ROW_KEYS: Final = (
     "subject", "visit", "anchor", "target_day", "target_date", "window_start", "window_end",
-    "recorded_status", "done_on", "missed_reason", "protocol_version",
+    "recorded_status", "done_on", "missed_reason", "missed_note", "protocol_version",
 )
 MISSED_REASONS: Final = ("recorded", "next_visit_done", "subject_exited")
 REMINDER_KINDS: Final = ("window_opening", "due", "overdue", "screening_expiring")
@@ -59,7 +59,7 @@ def _row(s: SubjectState, visit: str, anchor: str, target_day: int | None, targe
         "subject": s.subject, "visit": visit, "anchor": anchor, "target_day": target_day,
         "target_date": target.isoformat(), "window_start": start.isoformat(),
         "window_end": end.isoformat(), "recorded_status": None, "done_on": None,
-        "missed_reason": None, "protocol_version": s.protocol_version,
+        "missed_reason": None, "missed_note": None, "protocol_version": s.protocol_version,
     }
 
 
@@ -67,8 +67,11 @@ def _done(row: dict[str, Any], on: date) -> dict[str, Any]:
     return {**row, "recorded_status": "done", "done_on": on.isoformat()}
 
 
-def _missed(row: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {**row, "recorded_status": "missed", "missed_reason": reason}
+def _missed(row: dict[str, Any], reason: str, note: str | None = None) -> dict[str, Any]:
+    """`reason` is why the row counts as missed (one of MISSED_REASONS); `note` the reason
+    the user gave with `visit --missed --reason` (the event's `reason`; None for a visit
+    recorded missed before reasons were required, and for the other MISSED_REASONS)."""
+    return {**row, "recorded_status": "missed", "missed_reason": reason, "missed_note": note}
 
 
 # Source: docs/clinical-rules.md, screening window (default 28 days after consent).
@@ -123,6 +126,18 @@ def _follow_up_rows(s: SubjectState, protocol: Protocol, d0: date) -> list[dict[
     return rows
 
 
+def visit_window(s: SubjectState, protocol: Protocol, visit: str) -> Window | None:
+    """The window of follow-up visit `visit` under `protocol`, from the subject's D0 (the
+    arithmetic of `_follow_up_rows`, `visit_windows`): None before the infusion or when
+    that protocol version has no such visit."""
+    if s.infused_on is None:
+        return None
+    schedule = schedule_of(protocol)
+    if visit not in schedule:
+        return None
+    return next(w for w in visit_windows(s.infused_on, schedule=schedule) if w.visit == visit)
+
+
 def _recorded(s: SubjectState, visit: str) -> str | None:
     record = s.visit_records.get(visit)
     return None if record is None else str(record.payload["status"])
@@ -134,7 +149,7 @@ def _follow_up_status(s: SubjectState, row: dict[str, Any], window: Window, *,
     if record is not None and record.payload["status"] == "done":
         return _done(row, record.on)
     if record is not None:
-        return _missed(row, "recorded")
+        return _missed(row, "recorded", record.reason)
     if later_done:
         return _missed(row, "next_visit_done")
     if s.exited_on is not None and window.window_start > s.exited_on:

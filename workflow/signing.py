@@ -22,10 +22,10 @@ from workflow import event_types as T
 MEANINGS: Final = ("reviewed", "approved", "authored")  # what a signature means (§11.50)
 
 # Events that replace a version of the record they name by `target_position`: a correction
-# (of a form or of the infusion time, or a query answered with one). A void or entered-in-error
-# event type, if one is added, belongs here too. Queries and source verifications also name a
-# `target_position` but change no value, so they leave a signature as it is.
-SUPERSEDING: Final = frozenset({T.FORM_CORRECTED})
+# (of a form or a procedure, or a query answered with one) and a void (entered in error).
+# Queries and source verifications also name a `target_position` but change no value, so they
+# leave a signature as it is.
+SUPERSEDING: Final = frozenset({T.FORM_CORRECTED, T.RECORD_VOIDED})
 
 
 def record_of(position: int, by_position: Mapping[int, RecordedEvent]) -> int:
@@ -93,6 +93,8 @@ def signatures(events: list[RecordedEvent]) -> list[dict[str, Any]]:
         else:
             state = "valid"
         newer = later[0] if state == "earlier_version" else None
+        mend = "void" if newer is not None and any(
+            e.position == newer and e.type == T.RECORD_VOIDED for e in events) else "correction"
         out.append({"subject": event.stream_id, "position": event.position,
                     "target_position": p["target_position"], "target_type": p["target_type"],
                     "target_hash": p["target_hash"], "meaning": p["meaning"],
@@ -101,6 +103,6 @@ def signatures(events: list[RecordedEvent]) -> list[dict[str, Any]]:
                     "corrected_after_signing_by": later, "superseded_by": newer,
                     "manifestation": f"Signed by {p['printed_name']} on {p['signed_at']} "
                     f"({p['meaning']})" + (" — applies to the version before the "
-                                           f"correction at position {newer}"
+                                           f"{mend} at position {newer}"
                                            if newer is not None else "")})
     return out

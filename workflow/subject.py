@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Final
 
 from events.envelope import RecordedEvent
 from events.errors import IntegrityFailure
@@ -22,12 +22,67 @@ def to_date(value: str) -> date:
 
 @dataclass(frozen=True)
 class PhaseRecord:
-    """A phase command's event as recorded: its position, clinical date and payload."""
+    """A procedure's record as it stands now: the position of its original event, its clinical
+    date and payload with every correction applied (`corrected_by`: their positions)."""
 
     position: int
     on: date
     payload: Mapping[str, Any]
     reason: str | None = None
+    form: str = ""  # the record's form (workflow/forms.py): leukapheresis, visit, ...
+    corrected_by: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class VoidedRecord:
+    """A record marked entered in error: what it was, and the void that marked it."""
+
+    position: int
+    form: str
+    void_position: int
+    reason: str | None
+
+
+# A procedure's event -> its record's form; the payload field holding its clinical date.
+PROCEDURES: Final[dict[str, str]] = {
+    T.LEUKAPHERESIS_RECORDED: "leukapheresis",
+    T.PRODUCT_RELEASED: "product_release",
+    T.PRODUCT_RELEASE_FAILED: "product_release",
+    T.LYMPHODEPLETION_GIVEN: "lymphodepletion",
+    T.INFUSION_GIVEN: "infusion",
+    T.VISIT_RECORDED: "visit",
+}
+DATE_FIELDS: Final[dict[str, str]] = {
+    "consent": "consent_date", "leukapheresis": "collected_on", "product_release": "released_on",
+    "lymphodepletion": "given_on", "infusion": "infused_at", "visit": "visit_date",
+}
+
+
+def corrected_payload(form: str, payload: Mapping[str, Any], changes: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+    """A procedure's payload with a correction's changes (form fields) applied. A
+    lymphodepletion day keeps its doses per drug (schema version 2): `<drug>_mg` sets the
+    amount given of that drug."""
+    merged = dict(payload)
+    if form != "lymphodepletion":
+        merged.update(changes)
+        return merged
+    doses = {drug: dict(dose) for drug, dose in payload["doses"].items()}
+    for key, value in changes.items():
+        if key.endswith("_mg"):
+            dose = doses.setdefault(key[:-3], {"expected": None})
+            dose["given"] = {"value": value, "unit": "mg"}
+        else:
+            merged[key] = value
+    merged["doses"] = doses
+    return merged
+
+
+def record_date(form: str, payload: Mapping[str, Any], fallback: date) -> date:
+    """A record's clinical date: its date field when the payload holds it, else `fallback`
+    (a product release is dated by its event's clinical time)."""
+    value = payload.get(DATE_FIELDS.get(form, ""))
+    return to_date(str(value)) if value else fallback
 
 
 @dataclass
@@ -54,10 +109,17 @@ class SubjectState:
     exit_reason: str | None = None
     exited_on: date | None = None
     eligibility_confirmed_on: date | None = None
-    # positions and payloads of the phase events, for read models and deviations
+    completed_on: date | None = None
+    # the procedures' records as they stand (corrections applied, voided ones left out); the
+    # dates and identifiers above are derived from them (`derive_procedures`)
+    collections: list[PhaseRecord] = field(default_factory=list)  # LeukapheresisRecorded
+    releases: list[PhaseRecord] = field(default_factory=list)  # ProductRelease(d|Failed)
     doses: list[PhaseRecord] = field(default_factory=list)  # LymphodepletionGiven
     infusion: PhaseRecord | None = None
     visit_records: dict[str, PhaseRecord] = field(default_factory=dict)
+    voided: dict[int, VoidedRecord] = field(default_factory=dict)  # position -> its void
+    confirmation_position: int | None = None  # the EligibilityConfirmed event
+    completion_position: int | None = None
     protocol_versions: list[tuple[int, int]] = field(default_factory=list)  # (position, version)
 
     @property
@@ -71,6 +133,14 @@ class SubjectState:
             if at <= position:
                 found = version
         return found
+
+    def procedure(self, position: int) -> PhaseRecord | None:
+        """The procedure recorded at `position` as it stands, None if none is (or it is
+        voided)."""
+        found = [*self.collections, *self.releases, *self.doses, *self.visit_records.values()]
+        if self.infusion is not None:
+            found.append(self.infusion)
+        return next((record for record in found if record.position == position), None)
 
     def forms_of(self, form: str) -> list[RecordedForm]:
         return [f for f in self.forms.values() if f.form == form]
@@ -126,38 +196,32 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
             event.position, s.subject, p["form"], dict(p["values"]),
             date.fromisoformat(p["on"]), p.get("visit"),
         )
-    elif kind == T.FORM_CORRECTED and s.infusion is not None \
-            and int(p["target_position"]) == s.infusion.position:
-        corrected = {**s.infusion.payload, **p["changes"]}
-        s.infused_at, s.infused_on = corrected["infused_at"], to_date(corrected["infused_at"])
-        s.infusion = PhaseRecord(s.infusion.position, s.infused_on, corrected,
-                                 s.infusion.reason)
     elif kind == T.FORM_CORRECTED:
-        target = s.forms[int(p["target_position"])]
-        s.forms[target.position] = replace(
-            target, values={**target.values, **p["changes"]},
-            corrected_by=(*target.corrected_by, event.position),
-        )
+        _apply_correction(s, event)
+    elif kind == T.RECORD_VOIDED:
+        _apply_void(s, event)
     elif kind == T.ELIGIBILITY_CONFIRMED:
         s.enrolment_order, s.cohort = int(p["order"]), p["cohort"]
-    elif kind == T.LEUKAPHERESIS_RECORDED:
-        s.collection_coi, s.collected_on = p["coi_id"], date.fromisoformat(p["collected_on"])
-        s.product_failed, s.product_coi = False, None
-    elif kind == T.PRODUCT_RELEASED:
-        s.product_coi, s.released_on = p["coi_id"], to_date(event.occurred_at)
-    elif kind == T.PRODUCT_RELEASE_FAILED:
-        s.product_failed = True
-    elif kind == T.LYMPHODEPLETION_GIVEN:
-        given_on = date.fromisoformat(p["given_on"])
-        s.lymphodepletion_days.append(given_on)
-        s.doses.append(PhaseRecord(event.position, given_on, p, event.reason))
-    elif kind == T.INFUSION_GIVEN:
-        s.infused_at, s.infused_on = p["infused_at"], to_date(p["infused_at"])
-        s.infusion = PhaseRecord(event.position, s.infused_on, p, event.reason)
-    elif kind == T.VISIT_RECORDED:
-        visit_date = date.fromisoformat(p["visit_date"])
-        s.visits[p["visit"]] = (p["status"], visit_date)
-        s.visit_records[p["visit"]] = PhaseRecord(event.position, visit_date, p, event.reason)
+        s.confirmation_position = event.position
+    elif kind in PROCEDURES:
+        form = PROCEDURES[kind]
+        if kind == T.PRODUCT_RELEASE_FAILED:
+            p = {**p, "qc": "fail"}
+        record = PhaseRecord(event.position, record_date(form, p, to_date(event.occurred_at)),
+                             p, event.reason, form)
+        if form == "leukapheresis":
+            s.collections.append(record)
+        elif form == "product_release":
+            s.releases.append(record)
+        elif form == "lymphodepletion":
+            s.doses.append(record)
+        elif form == "infusion":
+            s.infusion = record
+        else:
+            s.visit_records[p["visit"]] = record
+        derive_procedures(s)
+    elif kind == T.SUBJECT_COMPLETED:
+        s.completed_on, s.completion_position = to_date(event.occurred_at), event.position
     elif kind in (T.SCREEN_FAILED, T.SUBJECT_OFF_STUDY):
         s.exit_reason = p["reason"]
     elif kind == T.PHASE_CHANGED:
@@ -166,6 +230,80 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
             s.eligibility_confirmed_on = s.phase_since
         if p["to"] in ("screen_failed", "off_study"):
             s.exited_on = s.phase_since
+
+
+def _apply_correction(s: SubjectState, event: RecordedEvent) -> None:
+    p = event.payload
+    target = int(p["target_position"])
+    if target in s.forms:
+        form = s.forms[target]
+        s.forms[target] = replace(form, values={**form.values, **p["changes"]},
+                                  corrected_by=(*form.corrected_by, event.position))
+        return
+    if s.consent is not None and target == s.consent.position:
+        changes = p["changes"]
+        s.consent = replace(
+            s.consent,
+            consent_date=date.fromisoformat(changes.get("consent_date",
+                                                        s.consent.consent_date.isoformat())),
+            consent_form_version=changes.get("consent_form_version",
+                                             s.consent.consent_form_version))
+        return
+    record = s.procedure(target)
+    if record is None:
+        raise KeyError(f"no record at position {target} to correct")
+    payload = corrected_payload(record.form, record.payload, p["changes"])
+    _replace_procedure(s, record, replace(
+        record, payload=payload, on=record_date(record.form, payload, record.on),
+        corrected_by=(*record.corrected_by, event.position)))
+
+
+def _apply_void(s: SubjectState, event: RecordedEvent) -> None:
+    target = int(event.payload["target_position"])
+    form = s.forms.pop(target, None)
+    record = s.procedure(target) if form is None else None
+    if form is None and record is None:
+        raise KeyError(f"no record at position {target} to void")
+    s.voided[target] = VoidedRecord(target, form.form if form else record.form if record
+                                    else "", event.position, event.reason)
+    if record is not None:
+        _replace_procedure(s, record, None)
+
+
+def _replace_procedure(s: SubjectState, old: PhaseRecord, new: PhaseRecord | None) -> None:
+    """Put `new` in the place of the procedure `old` (None: take it out), then derive."""
+    def swap(records: list[PhaseRecord]) -> list[PhaseRecord]:
+        if new is None:
+            return [r for r in records if r is not old]
+        return [new if r is old else r for r in records]
+
+    s.collections, s.releases, s.doses = swap(s.collections), swap(s.releases), swap(s.doses)
+    if s.infusion is old:
+        s.infusion = new
+    for code, record in list(s.visit_records.items()):
+        if record is old:
+            if new is None:
+                del s.visit_records[code]
+            else:
+                s.visit_records[code] = new
+    derive_procedures(s)
+
+
+def derive_procedures(s: SubjectState) -> None:
+    """The dates and identifiers the rules read, from the procedures as they stand: the last
+    collection, the releases after it, the doses, the infusion and the visits."""
+    last = s.collections[-1] if s.collections else None
+    s.collected_on = last.on if last else None
+    s.collection_coi = str(last.payload["coi_id"]) if last else None
+    after = [r for r in s.releases if last is not None and r.position > last.position]
+    s.product_failed = bool(after) and after[-1].payload.get("qc") == "fail"
+    passed = [r for r in after if r.payload.get("qc") != "fail"]
+    s.product_coi = str(passed[-1].payload["coi_id"]) if passed else None
+    s.released_on = passed[-1].on if passed else None
+    s.lymphodepletion_days = [dose.on for dose in s.doses]
+    s.infused_on = s.infusion.on if s.infusion else None
+    s.infused_at = str(s.infusion.payload["infused_at"]) if s.infusion else None
+    s.visits = {code: (str(r.payload["status"]), r.on) for code, r in s.visit_records.items()}
 
 
 def load_subject(store: EventStore, subject: str) -> SubjectState:

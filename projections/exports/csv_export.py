@@ -4,7 +4,8 @@
   one row per recorded form, by subject then log position, with the columns `subject`,
   `position` (of the original record), `study_event`, `visit`, `recorded_on` (clinical date),
   one column per field holding the current value (corrections applied; values as
-  `values.value_text` writes them, empty when not recorded) and `corrected` (yes/no).
+  `values.value_text` writes them, empty when not recorded), `corrected` (yes/no) and
+  `voided` (yes/no: marked entered in error, kept with its history).
 - `events.csv`: every exported event in position order, one column per envelope field
   (`events.envelope.ENVELOPE_FIELDS`), `payload` as its stored JSON text; `ExportRecorded`
   events are left out, as from every export.
@@ -47,7 +48,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
 
 
 def form_header(form: str) -> list[str]:
-    return [*LEADING_COLUMNS, *FORMS[form].field_codes, "corrected"]
+    return [*LEADING_COLUMNS, *FORMS[form].field_codes, "corrected", "voided"]
 
 
 def _form_row(record: FormRecord) -> list[str]:
@@ -55,7 +56,7 @@ def _form_row(record: FormRecord) -> list[str]:
     return [cell(record.subject), cell(record.position), cell(record.study_event),
             cell(record.visit), cell(record.recorded_on.isoformat()),
             *(cell(value, value_text(value)) for value in values),
-            "yes" if record.corrected else "no"]
+            "yes" if record.corrected else "no", "yes" if record.voided else "no"]
 
 
 def _event_row(values: dict[str, Any]) -> list[str]:

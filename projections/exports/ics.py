@@ -7,9 +7,9 @@ window and the recorded status in DESCRIPTION. Dates are the site's calendar dat
 are floating dates with no time zone. `UID` is `VISIT.SUBJECT@REGISTRY.trialflow`: the same
 visit keeps its UID when its date moves (a corrected infusion), so a calendar updates it.
 `DTSTAMP` is the `recorded_at` of the subject's last exported event (no wall-clock time);
-`SEQUENCE` counts the corrections of the infusion time, the only record whose correction
-moves planned dates (every follow-up visit is anchored on D0), so a calendar that already
-holds an event knows the new one supersedes it.
+`SEQUENCE` counts the corrections and voids of the subject's infusions, the only records
+whose mending moves planned dates (every follow-up visit is anchored on D0), so a calendar
+that already holds an event knows the new one supersedes it.
 
 Text values are escaped (backslash, semicolon, comma, newline) and lines folded at 75 octets
 with CRLF line ends, as RFC 5545 section 3.1 and 3.3.11 require.
@@ -69,7 +69,8 @@ def _status(row: dict[str, Any]) -> str:
     if row["recorded_status"] == "done":
         return f"Done on {row['done_on']}."
     if row["recorded_status"] == "missed":
-        return f"Missed ({row['missed_reason'].replace('_', ' ')})."
+        note = f": {row['missed_note']}" if row.get("missed_note") else ""
+        return f"Missed ({row['missed_reason'].replace('_', ' ')}{note})."
     return "Not recorded yet."
 
 
@@ -82,9 +83,10 @@ def build_ics(snapshot: Snapshot, subject: str) -> bytes:
     registry = snapshot.registry_id
     stamp = _utc_stamp(snapshot.streams[subject][-1].recorded_at)
     calendar = f"{subject} visits ({registry})"
-    infusion = state.infusion.position if state.infusion is not None else None
-    moves = sum(1 for event in snapshot.streams[subject] if event.type == T.FORM_CORRECTED
-                and event.payload.get("target_position") == infusion)
+    stream = snapshot.streams[subject]
+    infusions = {event.position for event in stream if event.type == T.INFUSION_GIVEN}
+    moves = sum(1 for event in stream if event.type in (T.FORM_CORRECTED, T.RECORD_VOIDED)
+                and event.payload.get("target_position") in infusions)
     lines = ["BEGIN:VCALENDAR", "VERSION:2.0", f"PRODID:{PRODID}", "CALSCALE:GREGORIAN",
              "METHOD:PUBLISH", f"X-WR-CALNAME:{escape_text(calendar)}"]
     for row in planned_visits(state, snapshot.study.protocol_of):

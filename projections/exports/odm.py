@@ -3,8 +3,9 @@
 The file is `FileType="Transactional"`: each ItemData is one write to one field, in log
 order, and carries the AuditRecord of that write (ODM's audit-trail convention: the original
 value is an `Insert`, a correction an `Update` of the same ItemOID whose AuditRecord holds
-the ReasonForChange). Replaying the ItemData of an ItemGroupData in document order gives the
-current values; nothing is ever removed, as in the log.
+the ReasonForChange, a void a `Remove` of each item the record held, with its reason).
+Replaying the ItemData of an ItemGroupData in document order gives the current values;
+nothing is ever deleted from the document, as in the log.
 
 - Study: GlobalVariables (title, registry id), BasicDefinitions (units of the form fields)
   and one MetaDataVersion built from `workflow.forms.FORMS` and the protocol in force:
@@ -58,6 +59,10 @@ from workflow.study import Study
 ODM_NS: Final = "http://www.cdisc.org/ns/odm/v1.3"
 XML_LANG: Final = "{http://www.w3.org/XML/1998/namespace}lang"
 SPONSOR: Final = "L.SPONSOR"
+# ODM 1.3.2 TransactionType of an entry: the original record, a correction, a void (each
+# item the record held is removed, with the void's AuditRecord and reason)
+TRANSACTIONS: Final[dict[str, str]] = {"original": "Insert", "correction": "Update",
+                                       "void": "Remove"}
 DATA_TYPES: Final[dict[Kind, str]] = {
     Kind.DATE: "date",
     Kind.DATETIME: "datetime",
@@ -382,7 +387,7 @@ def _audit(parent: ET.Element, entry: Entry, study: Study) -> None:
     _add(audit, "UserRef", {"UserOID": f"U.{entry.actor}"})
     _add(audit, "LocationRef", {"LocationOID": _location(entry.site)})
     _add(audit, "DateTimeStamp", text=entry.recorded_at)
-    if entry.kind == "correction" and entry.reason:
+    if entry.kind in ("correction", "void") and entry.reason:
         _add(audit, "ReasonForChange", text=entry.reason)
     _add(audit, "SourceID", text=f"trialflow event position {entry.position}")
 
@@ -436,7 +441,7 @@ def _clinical(root: ET.Element, snapshot: Snapshot, mdv_oid: str,
                     _signature(form, signed, study)
                 group = _add(form, "ItemGroupData", {"ItemGroupOID": f"IG.{record.form}"})
                 for entry in record.entries:
-                    transaction = "Insert" if entry.kind == "original" else "Update"
+                    transaction = TRANSACTIONS[entry.kind]
                     for code, value in entry.values.items():
                         item = _add(group, "ItemData", {
                             "ItemOID": f"I.{record.form}.{code}",

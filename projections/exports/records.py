@@ -7,7 +7,9 @@ such as the infusion's computed target dose, stay out; a lymphodepletion day's `
 its `fludarabine_mg` and `cyclophosphamide_mg`). Each `FormCorrected` adds an entry to
 the form it targets. An entry says who, where (the acting user's site), when (`recorded_at`),
 why (the event's reason) and which values it set; the current values are the original ones
-with every correction applied in log order, exactly as the subject fold applies them.
+with every correction applied in log order, exactly as the subject fold applies them. A
+`RecordVoided` marks the form voided and adds a `void` entry (who, when, why); the form and its
+history stay in the export, flagged.
 
 Each form belongs to one study event (the ODM StudyEventData):
 - a phase form to its phase: `SCREENING` (consent), `CELL_COLLECTION` (leukapheresis, product
@@ -30,6 +32,7 @@ from projections.subject_rows import local_date, zone_of
 from workflow import event_types as T
 from workflow.forms import FORMS, PHASE_FORM_COMMANDS
 from workflow.study import Study
+from workflow.subject import DATE_FIELDS
 
 SCREENING: Final = "SCREENING"
 CELL_COLLECTION: Final = "CELL_COLLECTION"
@@ -78,7 +81,7 @@ class Entry:
     recorded_at: str
     reason: str | None
     values: Mapping[str, Any]  # what this entry set (a correction: only what it changed)
-    kind: str  # original | correction
+    kind: str  # original | correction | void (values: what the void took away)
 
 
 @dataclass
@@ -93,14 +96,15 @@ class FormRecord:
     recorded_on: date  # the clinical date (site calendar)
     values: dict[str, Any]
     entries: list[Entry] = field(default_factory=list)
+    voided: bool = False  # marked entered in error (`trialflow void`); kept with its history
 
     @property
     def corrected(self) -> bool:
-        return len(self.entries) > 1
+        return bool(self.corrections)
 
     @property
     def corrections(self) -> list[Entry]:
-        return self.entries[1:]
+        return [entry for entry in self.entries if entry.kind == "correction"]
 
 
 def form_values(form: str, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,11 +129,15 @@ def _entry(event: RecordedEvent, values: Mapping[str, Any], kind: str) -> Entry:
                  event.reason, dict(values), kind)
 
 
+def _date_of(value: str, zone: ZoneInfo) -> date:
+    return local_date(value, zone) if "T" in value else date.fromisoformat(value)
+
+
 def _clinical_date(event: RecordedEvent, date_field: str | None, zone: ZoneInfo) -> date:
     if date_field is not None:
         value = event.payload.get(date_field)
         if isinstance(value, str) and value:
-            return local_date(value, zone) if "T" in value else date.fromisoformat(value)
+            return _date_of(value, zone)
     return local_date(event.occurred_at, zone)
 
 
@@ -168,6 +176,14 @@ def form_records(study: Study, subject: str, events: tuple[RecordedEvent, ...] |
             changes = form_values(target.form, payload["changes"])
             target.values.update(changes)
             target.entries.append(_entry(event, changes, "correction"))
+            date_field = DATE_FIELDS.get(target.form)
+            if date_field is not None and date_field in changes:  # a procedure's date
+                target.recorded_on = _date_of(str(changes[date_field]), zone)
+        elif event.type == T.RECORD_VOIDED:
+            target = records.get(int(payload["target_position"]))
+            if target is not None:
+                target.voided = True
+                target.entries.append(_entry(event, dict(target.values), "void"))
     return [records[position] for position in sorted(records)]
 
 

@@ -2,7 +2,8 @@
 the plots as base64 data URIs). Every text that comes from data is escaped.
 
 `monitoring_data(view, clock)` gathers the documents the query commands print (`status`,
-`visits`, `ae list`, `deviations`, `endpoints`: the same functions, never a second code path);
+`visits`, `ae list`, `deviations`, `endpoints`, the post-enrolment findings of `eligibility`:
+the same functions, never a second code path);
 `render_html(data, images)` is a pure function of them and of the images' bytes.
 """
 
@@ -19,13 +20,14 @@ from projections.queries import (
     ae_list,
     deviation_list,
     endpoint_list,
+    post_enrolment_findings,
     study_status,
     visit_list,
 )
 from projections.views import View
 
-SECTIONS: Final = ("status", "subjects", "visits", "adverse-events", "deviations", "endpoints",
-                   "swimmer", "sledai", "persistence")
+SECTIONS: Final = ("status", "subjects", "visits", "adverse-events", "deviations",
+                   "post-enrolment-findings", "endpoints", "swimmer", "sledai", "persistence")
 PLOTS: Final = {
     "swimmer": "Swimmer plot: subjects through the phases",
     "sledai": "SLEDAI-2K over study days",
@@ -45,6 +47,7 @@ class MonitoringData:
     deviations: list[dict[str, Any]]
     endpoints: list[dict[str, Any]]
     notes: dict[str, str] = field(default_factory=dict)  # plot -> caption
+    findings: list[dict[str, Any]] = field(default_factory=list)  # post-enrolment findings
 
 
 def monitoring_data(view: View, clock: Clock, *, now: str, as_of: str | None,
@@ -59,6 +62,7 @@ def monitoring_data(view: View, clock: Clock, *, now: str, as_of: str | None,
         adverse_events=ae_list(view, None),
         deviations=deviation_list(view, None),
         endpoints=endpoint_list(view, None),
+        findings=post_enrolment_findings(view),
     )
 
 
@@ -161,6 +165,12 @@ AE_COLUMNS: Final[tuple[Column, ...]] = (
     ("safety window", _key("in_safety_window")), ("CRS", _key("crs_grade")),
     ("ICANS", _key("icans_grade")), ("outcome", _key("outcome")),
 )
+FINDING_COLUMNS: Final[tuple[Column, ...]] = (
+    ("subject", _key("subject")), ("on", _key("on")), ("position", _key("position")),
+    ("form", _key("form")), ("field", _key("field")),
+    ("value", lambda r: _yes_no(r.get("value"))),
+    ("criterion", _key("criterion")),
+)
 DEVIATION_COLUMNS: Final[tuple[Column, ...]] = (
     ("subject", _key("subject")), ("kind", _key("kind")), ("visit", _key("visit")),
     ("on", _key("on")), ("position", _key("position")), ("detail", _key("detail")),
@@ -178,6 +188,20 @@ ENDPOINT_COLUMNS: Final[tuple[tuple[str, str, str], ...]] = (
     ("detectable D180", "persistence", "detectable_D180"),
     ("detectable D360", "persistence", "detectable_D360"),
 )
+
+
+def _yes_no(value: Any) -> Any:
+    """A recorded yes/no as the word typed; any other value as it is."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value
+
+
+_FINDINGS_NOTE: Final = ('<p class="note">Values dated after a subject\'s eligibility '
+                         "confirmation that would have counted against eligibility (an "
+                         "exclusion answered yes, a positive pregnancy test, contraception not "
+                         "agreed): listed for the investigator and the monitor, never judged "
+                         "(<code>eligibility SUBJECT</code>).</p>")
 
 
 def _endpoints_body(endpoints: Sequence[Mapping[str, Any]]) -> str:
@@ -232,6 +256,8 @@ def render_html(data: MonitoringData, images: Mapping[str, tuple[bytes, str]]) -
             AE_COLUMNS, data.adverse_events, "No adverse event recorded.")),
         _section("deviations", "Protocol deviations", _table(
             DEVIATION_COLUMNS, data.deviations, "No protocol deviation.")),
+        _section("post-enrolment-findings", "Post-enrolment findings", _FINDINGS_NOTE + _table(
+            FINDING_COLUMNS, data.findings, "No post-enrolment finding.")),
         _section("endpoints", "Endpoints", _endpoints_body(data.endpoints)),
     ]
     for name, heading in PLOTS.items():

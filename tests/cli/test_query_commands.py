@@ -376,7 +376,7 @@ def test_a_correction_changes_every_read_model_and_as_of_shows_the_old_values(
     before = head(db)
 
     corrected = write(db, COORDINATOR, "correct", "S-001", str(crs), "grade=3",
-                      "awareness_at=2025-02-07T08:00:00+08:00",
+                      "hypoxia=high_flow", "awareness_at=2025-02-07T08:00:00+08:00",
                       "--reason", "Source document: grade 3 (oxygen by mask)")
     (grade_fix,) = corrected["positions"]
     write(db, COORDINATOR, "correct", "S-001", str(activity), "arthritis=no",
@@ -419,9 +419,10 @@ def test_a_correction_changes_every_read_model_and_as_of_shows_the_old_values(
     fix = next(e for e in trail if e["position"] == grade_fix)
     assert fix["type"] == "FormCorrected"
     assert fix["payload"]["target_position"] == crs
-    assert fix["payload"]["changes"] == {"grade": 3,
+    # oxygen by mask is ASTCT high-flow hypoxia, CRS grade 3 (the grade follows the signs)
+    assert fix["payload"]["changes"] == {"grade": 3, "hypoxia": "high_flow",
                                          "awareness_at": "2025-02-07T08:00:00+08:00"}
-    assert fix["payload"]["previous"] == {"grade": 2,
+    assert fix["payload"]["previous"] == {"grade": 2, "hypoxia": "low_flow",
                                           "awareness_at": "2025-02-06T20:00:00+08:00"}
     assert fix["reason"] == "Source document: grade 3 (oxygen by mask)"
 

@@ -125,7 +125,7 @@ def _feed_formulas(db: str) -> None:
     for reason in (TAB_REASON, CR_REASON):
         _write(db, "cora", "leukapheresis", "S-005", "--on", day, "--coi-id", "COI-S-005")
         _write(db, "cora", "release", "S-005", "--lot", "LOT-S-005", "--coi-id", "COI-S-005",
-               "--fail", "--reason", reason)
+               "--fail", "--reason", reason, "--on", day)
 
 
 def _table(raw: bytes) -> list[list[str]]:

@@ -103,7 +103,7 @@ def lifecycle(flow: Desk, clock: FakeClock, subject: str, start: date,
     def correct_grade() -> None:
         at(d0 + timedelta(days=4))
         ae = [f for f in flow.subject(subject).forms.values() if f.form == "adverse_event"]
-        flow.send(c, M.CorrectRecord(subject, ae[0].position, ("grade=3",),
+        flow.send(c, M.CorrectRecord(subject, ae[0].position, ("grade=3", "hypoxia=high_flow"),
                                      "source document says grade 3"))
 
     def visit(code: str, target: int, shift: int) -> Step:

@@ -224,7 +224,9 @@ def test_age_property_matches_counted_birthdays(born: date, on: date) -> None:
     age = completed_years(born, on)
     assert age == _reference_age(born, on)
     consent = Consent("S-001", on, "ICF-2.0", 2, position=1)
-    result = evaluate(changed(subject(), 2, date_of_birth=born.isoformat()), consent, on)
+    forms = [replace(form, recorded_on=on) if form.position == 2 else form  # dated at consent
+             for form in changed(subject(), 2, date_of_birth=born.isoformat())]
+    result = evaluate(forms, consent, on)
     assert result.criterion("age").status == ("met" if 18 <= age <= 65 else "not_met")
 
 
@@ -613,7 +615,9 @@ def test_not_met_criterion_comes_before_an_exclusion_yes() -> None:
 def test_to_json_shape() -> None:
     document = evaluate(subject()).to_json()
     assert set(document) == {"overall", "criteria", "exclusions", "screening_window_ends",
-                             "days_left"}
+                             "days_left", "confirmed_on", "post_enrolment_findings"}
+    assert document["confirmed_on"] is None
+    assert document["post_enrolment_findings"] == []
     assert document["overall"] == "eligible"
     assert document["screening_window_ends"] == "2025-04-07"
     assert document["days_left"] == 18

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from workflow.forms import (
     Kind,
     assessment_date,
     describe_forms,
+    localise_times,
     parse_form,
     validate_values,
 )
@@ -58,7 +60,8 @@ FORMS_TABLE: dict[str, set[str]] = {
     "causality": {"ae_position", "relatedness"},
     "sae_report": {"ae_position", "report_kind", "sent_at"},
 }
-ADDED_FIELDS: dict[str, set[str]] = {"medication": {"rescue_therapy"}}
+ADDED_FIELDS: dict[str, set[str]] = {"medication": {"rescue_therapy"},
+                                     "product_release": {"released_on"}}
 
 VALID_INPUT: dict[str, list[str]] = {
     "consent": ["consent_date=2025-01-10", "consent_form_version=2.1", "protocol_version=2",
@@ -240,8 +243,9 @@ BAD_VALUES: list[tuple[str, str, str, list[str]]] = [
     ("demographics", "date_of_birth", "1899-12-31", []),
     ("demographics", "date_of_birth", "2025-02-01T10:00Z", []),
     # datetime
-    ("sae_report", "sent_at", "2025-02-01T10:00", ["ae_position=1", "report_kind=initial"]),
     ("sae_report", "sent_at", "2025-02-01", ["ae_position=1", "report_kind=initial"]),
+    ("sae_report", "sent_at", "2025-02-01T10", ["ae_position=1", "report_kind=initial"]),
+    ("sae_report", "sent_at", "2025-03-02T00:30", ["ae_position=1", "report_kind=initial"]),
     ("sae_report", "sent_at", "2025-03-02T00:30+08:00", ["ae_position=1", "report_kind=initial"]),
     ("sae_report", "sent_at", "2025-02-01T25:00Z", ["ae_position=1", "report_kind=initial"]),
     ("sae_report", "sent_at", "2025-02-01T10:00+25:00", ["ae_position=1", "report_kind=initial"]),
@@ -361,10 +365,24 @@ def test_a_future_date_message_says_so() -> None:
         parse_form("visit", ["visit=D1", "status=done", "visit_date=2025-03-02"], today=TODAY)
 
 
-def test_a_naive_datetime_message_asks_for_an_offset() -> None:
-    with pytest.raises(InvalidInput, match="UTC offset"):
-        parse_form("infusion", ["infused_at=2025-02-01T10:00", "cells=1e8", "coi_id=C1"],
+def test_a_datetime_without_offset_is_kept_as_local_time_at_the_site() -> None:
+    """The one rule of clinical date-times (workflow/clinical_time.py): a form does not know
+    the site, so the value stays naive; the decision gives it the site's offset."""
+    values = parse_form("infusion", ["infused_at=2025-02-01T10:00", "cells=1e8",
+                                     "coi_id=C1"], today=TODAY)
+    assert values["infused_at"] == "2025-02-01T10:00:00"
+    assert localise_times("infusion", values, ZoneInfo("Asia/Shanghai"))["infused_at"] == \
+        "2025-02-01T10:00:00+08:00"
+    typed = parse_form("sae_report", ["ae_position=1", "report_kind=initial",
+                                      "sent_at=2025-02-01T10:00Z"], today=TODAY)
+    assert localise_times("sae_report", typed, ZoneInfo("Asia/Shanghai")) == typed
+
+
+def test_a_bare_date_is_no_datetime_and_the_message_says_so() -> None:
+    with pytest.raises(InvalidInput, match="a date alone is not a time") as error:
+        parse_form("infusion", ["infused_at=2025-02-01", "cells=1e8", "coi_id=C1"],
                    today=TODAY)
+    assert error.value.field == "infused_at"
 
 
 def test_a_long_bad_value_is_shortened_in_the_message() -> None:
@@ -510,7 +528,7 @@ def test_validate_values_accepts_typed_values() -> None:
         ("vitals", "heart_rate", 72.0),
         ("visit", "visit_date", datetime(2025, 2, 1, 10, 0, tzinfo=UTC)),
         ("visit", "visit_date", date(2025, 3, 2)),
-        ("sae_report", "sent_at", datetime(2025, 2, 1, 10, 0)),
+        ("sae_report", "sent_at", date(2025, 2, 1)),
         ("sae_report", "sent_at", datetime(2025, 3, 2, 10, 0, tzinfo=UTC)),
         ("adverse_event", "term", 42),
         ("adverse_event", "serious_criteria", ["death", 3]),

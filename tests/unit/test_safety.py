@@ -27,7 +27,7 @@ CST = timezone(timedelta(hours=8))
 AE_KEYS = {
     "subject", "position", "term", "category", "onset_date", "study_day", "grade", "serious",
     "serious_criteria", "expected", "relatedness", "relatedness_position", "related",
-    "in_safety_window", "counts_for_primary", "crs_grade", "icans_grade", "outcome",
+    "in_safety_window", "period", "counts_for_primary", "crs_grade", "icans_grade", "outcome",
     "resolved_on", "awareness_at", "sponsor_aware_at", "corrected",
 }
 CLOCK_KEYS = {

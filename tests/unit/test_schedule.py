@@ -76,7 +76,8 @@ def test_open_screening_row() -> None:
     assert rows == [{
         "subject": "S-001", "visit": "screening", "anchor": "consent", "target_day": None,
         "target_date": "2025-02-10", "window_start": "2025-02-10", "window_end": "2025-03-10",
-        "recorded_status": None, "done_on": None, "missed_reason": None, "protocol_version": 2,
+        "recorded_status": None, "done_on": None, "missed_reason": None, "missed_note": None,
+        "protocol_version": 2,
     }]
     assert tuple(rows[0]) == ROW_KEYS
 
@@ -117,7 +118,8 @@ def test_infusion_row_after_the_last_dose() -> None:
     assert row == {
         "subject": "S-001", "visit": "D0", "anchor": "lymphodepletion", "target_day": 0,
         "target_date": "2025-03-27", "window_start": "2025-03-27", "window_end": "2025-04-01",
-        "recorded_status": None, "done_on": None, "missed_reason": None, "protocol_version": 2,
+        "recorded_status": None, "done_on": None, "missed_reason": None, "missed_note": None,
+        "protocol_version": 2,
     }
 
 
@@ -178,6 +180,19 @@ def test_recorded_done_and_missed_visits() -> None:
         "done", "2025-03-29", None)
     assert (d4["recorded_status"], d4["done_on"], d4["missed_reason"]) == (
         "missed", None, "recorded")
+    assert d4["missed_note"] is None  # recorded before a missed visit needed a reason
+
+
+def test_a_recorded_miss_shows_the_reason_of_its_event() -> None:
+    missed = PhaseRecord(100, date(2025, 4, 1), {"visit": "D4", "status": "missed",
+                                                 "visit_date": "2025-04-01"},
+                         "subject in hospital")
+    row = row_of(subject(doses=3, infused=True, visits=(missed,)), "D4")
+    assert (row["recorded_status"], row["missed_reason"], row["missed_note"]) == (
+        "missed", "recorded", "subject in hospital")
+    implied = row_of(subject(doses=3, infused=True, visits=(visit("D10", date(2025, 4, 7)),)),
+                     "D4")
+    assert (implied["missed_reason"], implied["missed_note"]) == ("next_visit_done", None)
 
 
 def test_a_later_visit_done_implies_the_earlier_one_missed() -> None:

@@ -39,6 +39,7 @@ SAMPLES: dict[type[M.Message], M.Message] = {type(m): m for m in (
     M.ReconsentSubject("S-001", "3.0"),
     M.RecordForm("S-001", "adverse_event", ("term=fever", "grade=1"), None, "D7"),
     M.CorrectRecord("S-001", 5, ("grade=2",), "transcription error"),
+    M.VoidRecord("S-001", 5, "entered twice"),
     M.ConfirmEligibility("S-001"),
     M.RecordScreenFailure("S-001", "anti-dsDNA negative"),
     M.RecordLeukapheresis("S-001", date(2025, 1, 13), "COI-1"),
@@ -67,7 +68,7 @@ SAMPLES: dict[type[M.Message], M.Message] = {type(m): m for m in (
 FREE_TEXT = {
     M.UnlockAccount: ("reason",), M.LoadProtocol: ("text", "source"),
     M.ConsentSubject: ("consent_form_version",), M.ReconsentSubject: ("consent_form_version",),
-    M.RecordForm: ("fields",), M.CorrectRecord: ("fields", "reason"),
+    M.RecordForm: ("fields",), M.CorrectRecord: ("fields", "reason"), M.VoidRecord: ("reason",),
     M.RecordScreenFailure: ("reason",), M.RecordLeukapheresis: ("coi_id",),
     M.ReleaseProduct: ("lot", "coi_id", "reason"), M.GiveLymphodepletion: ("reason",),
     M.Infuse: ("coi_id", "reason"), M.OpenQuery: ("text",),

@@ -231,11 +231,12 @@ def test_correction_keeps_the_original(ledger: Ledger) -> None:
     assert recorded.payload["values"]["weight_kg"] == 60
     with pytest.raises(InvalidInput):
         M.CorrectRecord("S-012", recorded.position, ("weight_kg=61",), "")
-    with pytest.raises(InvalidInput, match="no form recorded at position"):
+    with pytest.raises(InvalidInput, match="no form or procedure recorded at position 999"):
         ledger.decide(COORDINATOR, M.CorrectRecord("S-012", 999, ("weight_kg=61",), "typo"))
 
 
-def test_the_infusion_time_is_the_one_phase_fact_a_correction_changes(ledger: Ledger) -> None:
+def test_the_infusion_time_and_cells_are_corrected_its_chain_of_identity_is_not(
+        ledger: Ledger) -> None:
     d0 = through_infusion(ledger, "S-001", START)
     infusion = ledger.subject("S-001").infusion
     assert infusion is not None
@@ -244,9 +245,10 @@ def test_the_infusion_time_is_the_one_phase_fact_a_correction_changes(ledger: Le
         "S-001", infusion.position, (f"infused_at={d0 + timedelta(days=1)}T09:00:00+08:00",),
         "time from the nursing chart"))
     assert ledger.subject("S-001").infused_on == d0 + timedelta(days=1)
-    with pytest.raises(InvalidInput, match="only infused_at"):
-        ledger.decide(COORDINATOR, M.CorrectRecord("S-001", infusion.position, ("cells=1",),
-                                                   "no"))
+    with pytest.raises(InvalidInput, match=r"coi_id of the infusion .* cannot be corrected "
+                       r"\(only infused_at, cells\)"):
+        ledger.decide(COORDINATOR, M.CorrectRecord("S-001", infusion.position,
+                                                   ("coi_id=OTHER",), "no"))
     assert corrected.payload["previous"] == {"infused_at": f"{d0}T10:00:00+08:00"}
 
 

@@ -36,6 +36,9 @@ ALLOWED = {
     ("follow_up", "record_visit"), ("follow_up", "complete"),
     *((s, "off_study") for s in ("screening", "cell_collection", "lymphodepletion", "infusion",
                                  "follow_up")),
+    # a void takes back the phase the voided procedure opened
+    ("lymphodepletion", "void_release"), ("infusion", "void_last_dose"),
+    ("follow_up", "void_infusion"),
 }
 
 
@@ -78,7 +81,8 @@ def one_of_each(position: int, query: str) -> list[M.Message]:
         M.LoadProtocol("version = 1", "x.toml"), M.AmendProtocol(1),
         M.ConsentSubject("S-101", START, "2.0"), M.ReconsentSubject(s, "3.0"),
         M.RecordForm(s, "vitals", ("weight_kg=60",), START),
-        M.CorrectRecord(s, position, ("weight_kg=61",), "typo"), M.ConfirmEligibility(s),
+        M.CorrectRecord(s, position, ("weight_kg=61",), "typo"),
+        M.VoidRecord(s, position, "entered twice"), M.ConfirmEligibility(s),
         M.RecordScreenFailure(s, "age"), M.RecordLeukapheresis(s, START, "C1"),
         M.ReleaseProduct(s, "L", "C1"), M.GiveLymphodepletion(s, START, 40.5, 0.0),
         M.Infuse(s, now, 5.8e7, "C1"), M.RecordVisit(s, "D1", "done", START),

@@ -279,9 +279,9 @@ def test_exports_carry_the_upcast_values(v1: EventStore) -> None:
     snapshot_ = take_snapshot(v1)
     csv_files = build_csv(snapshot_)
     lines = csv_files["lymphodepletion.csv"].decode().splitlines()
-    assert lines[0].endswith("given_on,fludarabine_mg,cyclophosphamide_mg,corrected")
-    assert "S-001,29,LYMPHODEPLETION,,2025-02-01,2025-02-01,50.0,0.0,no" in lines
-    assert "S-001,30,LYMPHODEPLETION,,2025-02-02,2025-02-02,40.5,1620.0,no" in lines
+    assert lines[0].endswith("given_on,fludarabine_mg,cyclophosphamide_mg,corrected,voided")
+    assert "S-001,29,LYMPHODEPLETION,,2025-02-01,2025-02-01,50.0,0.0,no,no" in lines
+    assert "S-001,30,LYMPHODEPLETION,,2025-02-02,2025-02-02,40.5,1620.0,no,no" in lines
     # the log's own export keeps each row as stored: v1 text, schema_version 1
     [row] = [r for r in csv.DictReader(io.StringIO(csv_files["events.csv"].decode()))
              if r["position"] == str(OFF_DOSE)]

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from events.envelope import NewEvent, RecordedEvent
+from events.envelope import NewEvent, RecordedEvent, canonical_json
+from events.upcasting import REGISTRY
 from workflow.identity import Secret
 from workflow.monitoring import MonitoringState, fold_monitoring
 from workflow.reminders import Reminder, fold_reminders
@@ -118,3 +119,16 @@ def context_for(message_loads: str, study: Study, actor: User, now: datetime, *,
         return Context(study, actor, now, today, template=tuple(template),
                        last_position=last_position, origin=came)
     return Context(study, actor, now, today, origin=came)
+
+
+def preview(c: Context, events: Sequence[NewEvent]) -> SubjectState:
+    """The subject as it would stand with `events` appended (a pure fold; nothing written)."""
+    state = c.require_subject()
+    head = max((e.position for e in c.events), default=0)
+    now = c.now.isoformat()
+    recorded = [RecordedEvent(
+        head + n, state.subject, state.version + n, e.type,
+        e.schema_version or REGISTRY.current_version(e.type), canonical_json(dict(e.payload)),
+        e.occurred_at or now, now, c.actor.name, c.actor.role, c.actor.site, e.reason,
+        "preview", "preview", None, "", "") for n, e in enumerate(events, 1)]
+    return fold_subject(state.subject, [*c.events, *recorded])

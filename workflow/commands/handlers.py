@@ -6,11 +6,21 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from events.streams import is_subject_id
-from workflow.commands import admin, copies, exports, lifecycle, reminders, review, signatures
+from workflow.commands import (
+    admin,
+    copies,
+    exports,
+    lifecycle,
+    mend,
+    reminders,
+    review,
+    signatures,
+)
 from workflow.commands import messages as M
-from workflow.commands.decision import Context, Decision
+from workflow.commands.decision import Context, Decision, preview
 from workflow.commands.roles import admit
 from workflow.errors import RuleViolation
+from workflow.phase_order import check_history
 
 Decide = Callable[[Any, Context], Decision]
 
@@ -27,7 +37,8 @@ DECISIONS: Final[dict[type[M.Message], Decide]] = {
     M.ConsentSubject: lifecycle.consent,
     M.ReconsentSubject: lifecycle.reconsent,
     M.RecordForm: lifecycle.record_form,
-    M.CorrectRecord: lifecycle.correct_record,
+    M.CorrectRecord: mend.correct_record,
+    M.VoidRecord: mend.void_record,
     M.ConfirmEligibility: lifecycle.confirm_eligibility,
     M.RecordScreenFailure: lifecycle.screen_fail,
     M.RecordLeukapheresis: lifecycle.leukapheresis,
@@ -59,9 +70,23 @@ def decide(message: M.Message, context: Context, *, method: str = "password") ->
     Pure: this is what the executor runs between loading and appending."""
     admit(message, context.study, context.actor, context.subject, method)
     decision = DECISIONS[type(message)](message, context)
+    _check_phase_order(context, decision)
     written = [w.stream for w in decision.writes if w.events and is_subject_id(w.stream)]
     if context.study.locked and written:
         raise RuleViolation(f"The study is locked, so subject {written[0]} may not be written "
                             "until an admin runs `trialflow study unlock`.", rule="study_locked",
                             subject=written[0])
     return decision
+
+
+def _check_phase_order(context: Context, decision: Decision) -> None:
+    """The one net under every decision on a consented subject: with its events folded in,
+    the subject's clinical dates must keep the phase order they kept before it (each command
+    names its own nearer rule first; this makes the order hold whatever the command)."""
+    state = context.subject
+    if state is None or not state.consented:
+        return
+    own = [event for write in decision.writes if write.stream == state.subject
+           for event in write.events]
+    if own:
+        check_history(state, preview(context, own), context.today, "date")

@@ -8,19 +8,19 @@ executor before a decision runs (workflow/commands/roles.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import date, datetime, time
 from typing import Any
 
 from events.envelope import NewEvent
 from events.streams import STUDY_STREAM
 from workflow import event_types as T
+from workflow.adverse_events import check_adverse_event
+from workflow.clinical_time import site_time
 from workflow.commands.decision import Context, Decision, Write, decided
 from workflow.commands.messages import (
     CompleteStudy,
     ConfirmEligibility,
     ConsentSubject,
-    CorrectRecord,
     GiveLymphodepletion,
     Infuse,
     ReconsentSubject,
@@ -32,14 +32,16 @@ from workflow.commands.messages import (
     TakeOffStudy,
 )
 from workflow.deviations import beyond_tolerance
+from workflow.dose_basis import cart_target, dosing_bsa, dosing_weight, expected_doses
 from workflow.errors import InvalidInput, RuleViolation
-from workflow.forms import PHASE_FORM_COMMANDS, assessment_date, parse_form, validate_values
+from workflow.form_places import check_form_place
+from workflow.forms import PHASE_FORM_COMMANDS, assessment_date, localise_times, parse_form
 from workflow.guards import GUARDS, Facts
-from workflow.instruments.dosing import body_surface_area
 from workflow.machine import check_phase, decide
+from workflow.mending import already_recorded, duplicate_adverse_event
 from workflow.phase_order import EXIT, check_order
 from workflow.study import Study
-from workflow.subject import SubjectState
+from workflow.subject import PhaseRecord, SubjectState
 from workflow.upcasters import lymphodepletion_payload
 
 
@@ -79,22 +81,27 @@ def record_form(m: RecordForm, c: Context) -> Decision:
     state = consented(c)
     day = m.on or c.today
     not_future(m.subject, "on", day, c.today)
-    values = _parsed(m.subject, lambda: parse_form(m.form, m.fields, today=c.today))
+    values = localise_times(m.form, _parsed(m.subject, lambda: parse_form(
+        m.form, m.fields, today=c.today)), c.study.zone(state.site))
     if m.visit is not None:
         c.study.protocol.visit(m.visit)
     _check_assessment_date(state, m.form, values, day)
+    check_order(state, "form", "on", day)  # any form is recorded on or after consent
+    check_form_place(state, c.study.protocol_of(state.protocol_version), m.form,
+                     assessment_date(m.form, values, day) or day, m.visit)
     if m.form in ("causality", "sae_report"):
         _check_ae_position(state, values)
+    if m.form == "adverse_event":
+        check_adverse_event(state, values)
+        twin = duplicate_adverse_event(state, values)
+        if twin is not None:  # the same event (term and onset) entered twice
+            raise already_recorded(m.subject, f"adverse event {values['term']} with onset "
+                                   f"{values['onset_date']}", position=twin, field="term")
     payload = {"form": m.form, "values": values, "on": day.isoformat(), "visit": m.visit}
     return decided(m.subject, [NewEvent(T.FORM_RECORDED, payload,
                                         occurred_at=at_site(c.study, state.site, day))],
                    {"subject": m.subject, "form": m.form, "values": values,
                     "on": day.isoformat()})
-
-
-def correct_record(m: CorrectRecord, c: Context) -> Decision:
-    events, summary = correction_events(c, m.position, m.fields, m.reason)
-    return decided(m.subject, events, {"subject": m.subject, **summary})
 
 
 def confirm_eligibility(m: ConfirmEligibility, c: Context) -> Decision:
@@ -119,14 +126,21 @@ def confirm_eligibility(m: ConfirmEligibility, c: Context) -> Decision:
 
 
 def screen_fail(m: RecordScreenFailure, c: Context) -> Decision:
-    consented(c)
-    change = transition(c, "screen_fail", c.today)
-    return decided(m.subject, [NewEvent(T.SCREEN_FAILED, {"reason": m.reason}), *change],
+    state = consented(c)
+    day = m.on or c.today
+    not_future(m.subject, "failed_on", day, c.today)
+    check_order(state, EXIT, "failed_on", day)
+    change = transition(c, "screen_fail", day)
+    return decided(m.subject, [NewEvent(T.SCREEN_FAILED, {"reason": m.reason}, occurred_at=at_site(
+        c.study, state.site, day)), *change],
                    {"subject": m.subject, "phase": "screen_failed", "reason": m.reason})
 
 
 def leukapheresis(m: RecordLeukapheresis, c: Context) -> Decision:
     state = consented(c)
+    if state.collections and not state.product_failed:  # one collection per attempt
+        raise already_recorded(m.subject, "leukapheresis", state.collections[-1],
+                               field="collected_on")
     not_future(m.subject, "collected_on", m.on, c.today)
     check_order(state, "leukapheresis", "collected_on", m.on)
     transition(c, "collect", m.on)
@@ -138,6 +152,11 @@ def leukapheresis(m: RecordLeukapheresis, c: Context) -> Decision:
 
 def release(m: ReleaseProduct, c: Context) -> Decision:
     state = consented(c)
+    first = _release_of_collection(state)
+    if first is not None:  # one release (or failed release) per product
+        raise already_recorded(m.subject, "product release" if first.payload.get("qc") !=
+                               "fail" else "failed release of this collection", first,
+                               field="released_on")
     check_phase(m.subject, state.phase, "collect")
     day = m.on or c.today
     not_future(m.subject, "released_on", day, c.today)
@@ -160,6 +179,17 @@ def release(m: ReleaseProduct, c: Context) -> Decision:
 
 def lymphodepletion(m: GiveLymphodepletion, c: Context) -> Decision:
     state = consented(c)
+    same_day = next((d for d in state.doses if d.on == m.on), None)
+    if same_day is not None:  # one record per regimen day
+        raise already_recorded(m.subject, f"lymphodepletion dose of {m.on} (regimen day "
+                               f"D{same_day.payload.get('regimen_day')})", same_day,
+                               field="given_on")
+    if state.infusion is None and state.phase == "infusion" and state.doses:
+        raise RuleViolation(
+            f"Subject {m.subject}: every dose of the regimen is recorded, the last at position "
+            f"{state.doses[-1].position} ({state.doses[-1].on}); correct or void a dose with "
+            f"`trialflow correct|void {m.subject} POSITION`.", rule="regimen_complete",
+            subject=m.subject, field="given_on")
     check_phase(m.subject, state.phase, "give_dose")
     not_future(m.subject, "given_on", m.on, c.today)
     check_order(state, "lymphodepletion", "given_on", m.on)
@@ -171,12 +201,13 @@ def lymphodepletion(m: GiveLymphodepletion, c: Context) -> Decision:
         raise RuleViolation(f"Subject {m.subject}: every dose of the regimen is recorded.",
                             rule="regimen_complete", subject=m.subject)
     if state.lymphodepletion_days and m.on <= state.lymphodepletion_days[-1]:
-        raise InvalidInput(f"Subject {m.subject}: given_on {m.on} is not after the previous "
-                           f"dose ({state.lymphodepletion_days[-1]}).", field="given_on")
+        raise RuleViolation(f"Subject {m.subject}: given_on {m.on} is not after the previous "
+                            f"lymphodepletion dose on {state.lymphodepletion_days[-1]}; the "
+                            "regimen's days are dated in their order (phase order).",
+                            rule="phase_order", subject=m.subject, field="given_on")
     day = days[index]
     bsa = _bsa(state)
-    expected = {d.drug: round(d.mg_per_m2 * bsa, 1) if day in d.days else 0.0
-                for d in regimen.drugs}
+    expected = expected_doses(regimen, day, bsa)
     given = {"fludarabine": m.fludarabine_mg, "cyclophosphamide": m.cyclophosphamide_mg}
     off = [f"{drug} {given.get(drug, 0.0):g} mg differs from the expected {want:g} mg"
            for drug, want in expected.items()
@@ -195,12 +226,14 @@ def lymphodepletion(m: GiveLymphodepletion, c: Context) -> Decision:
 
 def infuse(m: Infuse, c: Context) -> Decision:
     state = consented(c)
+    if state.infusion is not None:  # one infusion per subject
+        raise already_recorded(m.subject, "infusion", state.infusion, field="infused_at")
     check_phase(m.subject, state.phase, "infuse")
     zone = c.study.zone(state.site)
-    local = m.at.astimezone(zone) if m.at.tzinfo else m.at.replace(tzinfo=zone)
+    local = site_time(m.at, zone).astimezone(zone)
     not_future(m.subject, "infused_at", local.date(), c.today)
     check_order(state, "infusion", "infused_at", local.date())
-    weight = state.latest_value("vitals", "weight_kg", before=state.collected_on)
+    weight = dosing_weight(state)
     if weight is None:
         raise RuleViolation(f"Subject {m.subject}: no weight is recorded before leukapheresis, "
                             "so the dosing weight is unknown.", rule="dosing_weight_unknown",
@@ -208,11 +241,14 @@ def infuse(m: Infuse, c: Context) -> Decision:
     protocol = c.study.protocol
     assert state.enrolment_order is not None
     cohort = protocol.cohort_for(state.enrolment_order)
-    target = cohort.target_cells(float(str(weight)))
+    target = cart_target(state, protocol)
+    assert target is not None
     change = transition(c, "infuse", local.date(), infused_on=local.date(), coi_id=m.coi_id,
                         cells=m.cells, target_cells=target, deviation=m.deviation)
     payload = {"infused_at": local.isoformat(), "cells": m.cells, "coi_id": m.coi_id,
-               "dosing_weight_kg": weight, "target_cells": target, "cohort": cohort.code,
+               "dosing_weight_kg": state.latest_value("vitals", "weight_kg",
+                                                      before=state.collected_on),
+               "target_cells": target, "cohort": cohort.code,
                "deviation": m.deviation, "protocol_version": protocol.version}
     return decided(m.subject, [NewEvent(T.INFUSION_GIVEN, payload, occurred_at=local.isoformat(),
                                         reason=m.reason if m.deviation else None), *change],
@@ -221,18 +257,44 @@ def infuse(m: Infuse, c: Context) -> Decision:
 
 
 def record_visit(m: RecordVisit, c: Context) -> Decision:
+    """A follow-up visit done or missed on its clinical date (default today at the site).
+    Done outside its window it is accepted, and the summary's `warnings` name the window and
+    the deviation it makes (judged, like the deviation, under the subject's protocol
+    version). Missed only once its window has closed, judged on today at the site, with the
+    reason (required by RecordVisit) kept as the event's `reason`."""
+    from datetime import timedelta
+
+    from workflow.deviations import out_of_window_warning
+    from workflow.schedule import visit_window
+
     state = consented(c)
     check_phase(m.subject, state.phase, "record_visit")
     c.study.protocol.visit(m.visit)
     day = m.on or c.today
     not_future(m.subject, "visit_date", day, c.today)
     check_order(state, "visit", "visit_date", day)
+    protocol = c.study.protocol_of(state.protocol_version)
+    window = visit_window(state, protocol, m.visit)
+    if m.status == "missed":
+        closing = window or visit_window(state, c.study.protocol, m.visit)
+        if closing is not None and c.today <= closing.window_end:
+            raise RuleViolation(
+                f"Subject {m.subject}: visit {m.visit} cannot be recorded missed before its "
+                f"window closes: the window runs from {closing.window_start.isoformat()} to "
+                f"{closing.window_end.isoformat()} and today at the site is "
+                f"{c.today.isoformat()}; record it missed from "
+                f"{(closing.window_end + timedelta(days=1)).isoformat()}, or done when it "
+                "happens.", rule="visit_window_open", subject=m.subject, field="visit")
     transition(c, "record_visit", day, visit=m.visit)
+    summary: dict[str, Any] = {"subject": m.subject, "visit": m.visit, "status": m.status,
+                               "visit_date": day.isoformat()}
+    warning = (out_of_window_warning(m.subject, window, protocol, day)
+               if m.status == "done" else None)
+    if warning is not None:
+        summary["warnings"] = [warning]
     return decided(m.subject, [NewEvent(T.VISIT_RECORDED, {
         "visit": m.visit, "status": m.status, "visit_date": day.isoformat()},
-        occurred_at=at_site(c.study, state.site, day))],
-        {"subject": m.subject, "visit": m.visit, "status": m.status,
-         "visit_date": day.isoformat()})
+        reason=m.reason, occurred_at=at_site(c.study, state.site, day))], summary)
 
 
 def complete(m: CompleteStudy, c: Context) -> Decision:
@@ -264,61 +326,6 @@ def off_study(m: TakeOffStudy, c: Context) -> Decision:
                                        "reason": m.reason}, *freed)
 
 
-# ---------------------------------------------------------------------- corrections
-def correction_events(c: Context, position: int, tokens: Sequence[str], reason: str
-                      ) -> tuple[list[NewEvent], dict[str, Any]]:
-    """The events of a correction (`trialflow correct`, and a query answered with one): the
-    corrected values checked like the original, the reason required, the old values kept."""
-    state = consented(c)
-    subject = state.subject
-    if not reason or not reason.strip():
-        raise InvalidInput("A correction needs --reason.", field="reason")
-    if state.infusion is not None and position == state.infusion.position:
-        return _infusion_correction(c.study, state, tokens, reason, c.today)
-    target = state.forms.get(position)
-    if target is None:
-        raise InvalidInput(f"Subject {subject} has no form recorded at position {position}.",
-                           field="position", subject=subject)
-    changes = _parsed(subject, lambda: parse_form(target.form, tokens, today=c.today,
-                                                  partial=True))
-    merged = _parsed(subject, lambda: validate_values(target.form, {**target.values, **changes},
-                                                      today=c.today))
-    if not changes:
-        raise InvalidInput("A correction needs at least one field=value.", field="fields")
-    _check_assessment_date(state, target.form, merged, target.recorded_on)
-    previous = {k: target.values.get(k) for k in changes}
-    payload = {"target_position": position, "form": target.form, "changes": changes,
-               "previous": previous}
-    return [NewEvent(T.FORM_CORRECTED, payload, reason=reason.strip())], {
-        "form": target.form, "changes": changes, "previous": previous}
-
-
-def _infusion_correction(study: Study, state: SubjectState, tokens: Sequence[str],
-                         reason: str, today: date) -> tuple[list[NewEvent], dict[str, Any]]:
-    """The infusion time is the one phase fact a correction may change (D0 moves, and with
-    it every window); the corrected value is checked like the original."""
-    subject = state.subject
-    assert state.infusion is not None
-    changes = _parsed(subject, lambda: parse_form("infusion", tokens, today=today,
-                                                  partial=True))
-    if set(changes) != {"infused_at"}:
-        raise InvalidInput(f"Subject {subject}: only infused_at of the infusion can be "
-                           "corrected (cells and chain of identity are checked at infusion).",
-                           field="fields", subject=subject)
-    local = datetime.fromisoformat(str(changes["infused_at"])).astimezone(study.zone(state.site))
-    last_dose = max(state.lymphodepletion_days, default=None)
-    if last_dose is not None and local.date() <= last_dose:
-        raise RuleViolation(f"Subject {subject}: infused_at {local.date()} is not after the "
-                            f"last lymphodepletion dose on {last_dose}.",
-                            rule="infusion_window", field="infused_at", subject=subject)
-    changes = {"infused_at": local.isoformat()}
-    previous = {"infused_at": state.infusion.payload["infused_at"]}
-    payload = {"target_position": state.infusion.position, "form": "infusion",
-               "changes": changes, "previous": previous}
-    return [NewEvent(T.FORM_CORRECTED, payload, reason=reason.strip())], {
-        "form": "infusion", "changes": changes, "previous": previous}
-
-
 # ---------------------------------------------------------------------- shared rules
 def transition(c: Context, trigger: str, on: date, *, judged_on: date | None = None,
                **args: Any) -> list[NewEvent]:
@@ -333,6 +340,14 @@ def transition(c: Context, trigger: str, on: date, *, judged_on: date | None = N
     return [NewEvent(T.PHASE_CHANGED, {"from": before, "to": after, "trigger": trigger,
                                        "on": on.isoformat()},
                      occurred_at=at_site(c.study, state.site, on))]
+
+
+def _release_of_collection(state: SubjectState) -> PhaseRecord | None:
+    """The release recorded for the current collection's product, None before one is."""
+    last = state.collections[-1] if state.collections else None
+    if last is None:
+        return None
+    return next((r for r in state.releases if r.position > last.position), None)
 
 
 def consented(c: Context) -> SubjectState:
@@ -383,10 +398,9 @@ def _check_ae_position(state: SubjectState, values: dict[str, Any]) -> None:
 
 
 def _bsa(state: SubjectState) -> float:
-    height = state.latest_value("vitals", "height_cm")
-    weight = state.latest_value("vitals", "weight_kg", before=state.collected_on)
-    if height is None or weight is None:
+    bsa = dosing_bsa(state)
+    if bsa is None:
         raise RuleViolation(f"Subject {state.subject}: height and weight must be recorded (form "
                             "vitals) to compute the BSA.", rule="bsa_unknown",
                             subject=state.subject, field="height_cm")
-    return body_surface_area(float(str(height)), float(str(weight))).bsa_m2
+    return bsa

@@ -404,6 +404,22 @@ class CorrectRecord(SubjectMessage):
 
 
 @dataclass(frozen=True)
+class VoidRecord(SubjectMessage):
+    """Mark a record entered in error (a form, a procedure, an AE, a visit): it stays in the
+    log, every read model leaves it out."""
+
+    position: int
+    reason: str
+    command: ClassVar[str] = "void"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_position(self.position)
+        if not self.reason or not self.reason.strip():
+            raise InvalidInput("A void needs --reason.", field="reason")
+
+
+@dataclass(frozen=True)
 class ConfirmEligibility(SubjectMessage):
     on: date | None = None  # the clinical date of the confirmation (default today at the site)
     command: ClassVar[str] = "confirm-eligibility"
@@ -412,6 +428,7 @@ class ConfirmEligibility(SubjectMessage):
 @dataclass(frozen=True)
 class RecordScreenFailure(SubjectMessage):
     reason: str
+    on: date | None = None  # the clinical date of the screen failure (default today)
     command: ClassVar[str] = "screen-fail"
 
     def __post_init__(self) -> None:
@@ -484,15 +501,28 @@ class Infuse(SubjectMessage):
 
 @dataclass(frozen=True)
 class RecordVisit(SubjectMessage):
+    """A follow-up visit done or missed on `on` (default today at the site). A missed visit
+    needs `reason` (why it did not happen); a done visit may carry one, which the deviation
+    of a visit outside its window then shows. A blank reason is none."""
+
     visit: str
     status: str
     on: date | None = None
+    reason: str | None = None
     command: ClassVar[str] = "visit"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.status not in ("done", "missed"):
             raise InvalidInput("Say --done or --missed.", field="status")
+        why = self.reason.strip() if self.reason and self.reason.strip() else None
+        if why is not None:
+            why = check_text(why, "reason", MAX_NOTE)
+        _set(self, "reason", why)
+        if self.status == "missed" and why is None:
+            raise InvalidInput(f"Subject {self.subject}: a missed visit needs --reason (why "
+                               f"visit {self.visit} did not happen).", field="reason",
+                               subject=self.subject)
 
 
 @dataclass(frozen=True)

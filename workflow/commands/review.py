@@ -15,7 +15,7 @@ from events.envelope import NewEvent
 from events.streams import STUDY_STREAM
 from workflow import event_types as T
 from workflow.commands.decision import Context, Decision, decided
-from workflow.commands.lifecycle import correction_events
+from workflow.commands.mend import correction_events
 from workflow.commands.messages import (
     AnswerQuery,
     CloseQuery,

@@ -54,6 +54,7 @@ PERMISSIONS: Final[dict[type[M.Message], Permission]] = {
     M.RecordForm: Permission(SITE_WRITERS, {"form": {"causality": frozenset({"investigator"})}},
                              note="own site; causality: investigator"),
     M.CorrectRecord: Permission(SITE_WRITERS, note="own site"),
+    M.VoidRecord: Permission(SITE_WRITERS, note="own site"),
     M.ConfirmEligibility: Permission(frozenset({"investigator"}), note="own site"),
     M.RecordScreenFailure: Permission(SITE_WRITERS, note="own site"),
     M.RecordLeukapheresis: Permission(SITE_WRITERS, note="own site"),

@@ -1,0 +1,188 @@
+"""Decisions that mend a record: `correct` (any record's values, a procedure's date included)
+and `void` (a record entered in error). The original stays in the log; the subject fold
+applies the mend, so every read model, export and signature follows it.
+
+A mend is checked like the original: the corrected values by the form's own rules, and the
+subject as it would stand after the mend by the phase order (workflow/phase_order.py) and,
+for the infusion and its regimen, the infusion window. A mend that moves a dose's basis
+(weight, height, cells, doses) lists the protocol deviations it now implies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from events.envelope import NewEvent
+from workflow import event_types as T
+from workflow.adverse_events import check_adverse_event
+from workflow.clinical_time import site_time
+from workflow.commands.decision import Context, Decision, decided, preview
+from workflow.commands.lifecycle import (
+    _check_ae_position,
+    _check_assessment_date,
+    _parsed,
+    consented,
+    not_future,
+    transition,
+)
+from workflow.commands.messages import CorrectRecord, VoidRecord
+from workflow.deviations import deviations
+from workflow.errors import InvalidInput, RuleViolation
+from workflow.form_places import check_form_place
+from workflow.forms import assessment_date, localise_times, parse_form, validate_values
+from workflow.guards import GUARDS, Facts
+from workflow.mending import (
+    Target,
+    check_correctable,
+    dependants,
+    procedure_values,
+    target,
+    void_trigger,
+)
+from workflow.phase_order import check_history
+from workflow.subject import SubjectState, to_date
+
+
+def correct_record(m: CorrectRecord, c: Context) -> Decision:
+    events, summary = correction_events(c, m.position, m.fields, m.reason)
+    return decided(m.subject, events, {"subject": m.subject, **summary})
+
+
+def correction_events(c: Context, position: int, tokens: Sequence[str], reason: str
+                      ) -> tuple[list[NewEvent], dict[str, Any]]:
+    """The events of a correction (`trialflow correct`, and a query answered with one): the
+    corrected values checked like the original, the reason required, the old values kept."""
+    state = consented(c)
+    subject = state.subject
+    if not reason or not reason.strip():
+        raise InvalidInput("A correction needs --reason.", field="reason")
+    found = target(state, position)
+    changes = localise_times(found.form, _parsed(subject, lambda: parse_form(
+        found.form, tokens, today=c.today, partial=True)), c.study.zone(state.site))
+    if not changes:
+        raise InvalidInput("A correction needs at least one field=value.", field="fields")
+    check_correctable(state, found, changes)
+    current = _current_values(state, found)
+    if found.form == "infusion":
+        changes = _localised(c, state, changes)
+    merged = _parsed(subject, lambda: validate_values(found.form, {**current, **changes},
+                                                      today=c.today))
+    if found.is_form:
+        form = state.forms[position]
+        _check_assessment_date(state, found.form, merged, form.recorded_on)
+        check_form_place(state, c.study.protocol_of(state.protocol_version), found.form,
+                         assessment_date(found.form, merged, form.recorded_on)
+                         or form.recorded_on, form.visit)
+        if found.form in ("causality", "sae_report"):
+            _check_ae_position(state, merged)
+        if found.form == "adverse_event":  # onset after consent, grade as the signs give it
+            check_adverse_event(state, merged)
+    for name, value in changes.items():
+        if name in ("consent_date", "collected_on", "released_on", "given_on", "visit_date",
+                    "infused_at"):
+            not_future(subject, name, to_date(str(value)), c.today)
+    previous = {name: current.get(name) for name in changes}
+    event = NewEvent(T.FORM_CORRECTED, {"target_position": position, "form": found.form,
+                                        "changes": changes, "previous": previous},
+                     reason=reason.strip())
+    after = preview(c, [event])
+    check_history(state, after, c.today, next(iter(changes)))
+    _check_infusion_window(c, state, after, found)
+    return [event], {"form": found.form, "changes": changes, "previous": previous,
+                     **implied_deviations(c, state, after)}
+
+
+def void_record(m: VoidRecord, c: Context) -> Decision:
+    """Mark the record at `m.position` entered in error; a procedure that opened a phase takes
+    the subject back to the phase before it (the machine's `void_*` triggers)."""
+    state = consented(c)
+    found = target(state, m.position)
+    what = found.form.replace("_", " ")
+    if found.form == "consent":
+        raise RuleViolation(f"Subject {m.subject}: the consent at position {m.position} cannot "
+                            "be voided; correct its date or version with `trialflow correct`, "
+                            "or take the subject off study.", rule="not_voidable",
+                            subject=m.subject, field="position")
+    resting = dependants(state, found)
+    if resting:
+        kind, at, day = resting[0]
+        raise RuleViolation(f"Subject {m.subject}: the {what} at position {m.position} cannot "
+                            f"be voided while the {kind} at position {at} (dated {day}) rests "
+                            "on it; void that first.", rule="record_has_dependants",
+                            subject=m.subject, field="position")
+    events = [NewEvent(T.RECORD_VOIDED, {"target_position": m.position, "form": found.form},
+                       reason=m.reason.strip())]
+    trigger = void_trigger(state, found)
+    if trigger is not None and found.procedure is not None:
+        # clinically the phase never opened: the change back is dated on the procedure's date
+        events += transition(c, trigger, found.procedure.on)
+    after = preview(c, events)
+    check_history(state, after, c.today, "position")
+    return decided(m.subject, events, {
+        "subject": m.subject, "voided": m.position, "form": found.form, "phase": after.phase,
+        **implied_deviations(c, state, after)})
+
+
+# ---------------------------------------------------------------------- the mend's effects
+def implied_deviations(c: Context, before: SubjectState, after: SubjectState
+                       ) -> dict[str, list[str]]:
+    """The protocol deviations the mend makes appear (`warnings`, shown at once) and those it
+    takes away (`deviations_resolved`)."""
+    def keyed(state: SubjectState) -> dict[tuple[str, int], str]:
+        """A deviation is the same one while its kind and record stay (its detail, which
+        quotes the values, may change with them)."""
+        return {(str(row["kind"]), int(row["position"])): str(row["detail"])
+                for row in deviations(state, c.study.protocol_of)}
+
+    old, new = keyed(before), keyed(after)
+    changed = sorted((key for key in new.keys() & old.keys() if new[key] != old[key]),
+                     key=lambda k: k[1])
+    return {"warnings": [f"This now implies a protocol deviation ({key[0]}): {new[key]}"
+                         for key in sorted(new.keys() - old.keys(), key=lambda k: k[1])]
+            + [f"The protocol deviation ({key[0]}) now reads: {new[key]}" for key in changed],
+            "deviations_resolved": [old[key] for key in
+                                    sorted(old.keys() - new.keys(), key=lambda k: k[1])]}
+
+
+def _current_values(state: SubjectState, found: Target) -> dict[str, Any]:
+    if found.is_form:
+        return dict(state.forms[found.position].values)
+    if found.procedure is None:
+        assert state.consent is not None
+        return {"consent_date": state.consent.consent_date.isoformat(),
+                "consent_form_version": state.consent.consent_form_version}
+    values = procedure_values(found.form, found.procedure.payload)
+    if found.form == "product_release":
+        values.setdefault("released_on", found.procedure.on.isoformat())
+    return values
+
+
+def _localised(c: Context, state: SubjectState, changes: dict[str, Any]) -> dict[str, Any]:
+    """An infusion time at the site's offset (a time without one is the site's local time)."""
+    if "infused_at" not in changes:
+        return changes
+    zone = c.study.zone(state.site)
+    moment = datetime.fromisoformat(str(changes["infused_at"]))
+    local = site_time(moment, zone).astimezone(zone)
+    return {**changes, "infused_at": local.isoformat()}
+
+
+def _check_infusion_window(c: Context, before: SubjectState, after: SubjectState,
+                           found: Target) -> None:
+    """A corrected infusion time or regimen date must keep the infusion in its window, as the
+    infusion itself had to be (unless it was outside it already)."""
+    if found.form not in ("infusion", "lymphodepletion") or after.infusion is None \
+            or not after.doses:
+        return
+
+    def refusal(state: SubjectState) -> RuleViolation | None:
+        facts = Facts(state, c.study, c.study.protocol_of(
+            state.protocol_version_at(after.infusion.position if after.infusion else 0)
+            or c.study.protocol.version), c.today, {"infused_on": state.infused_on})
+        return GUARDS["infusion_window"](facts)
+
+    refused = refusal(after)
+    if refused is not None and refusal(before) is None:
+        raise refused
