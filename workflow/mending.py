@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from workflow.errors import InvalidInput, RuleViolation
 from workflow.forms import FORMS
-from workflow.subject import PhaseRecord, SubjectState
+from workflow.subject import DATED_ACTS, PhaseRecord, SubjectState, target_kind
 
 # What a correction may change, per procedure record; a field left out is fixed by a check
 # that a correction cannot re-run (the chain of identity) or is the record's identity.
@@ -40,12 +40,17 @@ class Target:
     """The record a position names: a form, a procedure or the consent."""
 
     position: int
-    form: str
-    procedure: PhaseRecord | None = None  # None: a form or the consent
+    form: str  # a form code, `consent`, a procedure's form or a dated act (DATED_ACTS)
+    procedure: PhaseRecord | None = None  # None: a form, the consent or a dated act
 
     @property
     def is_form(self) -> bool:
-        return self.procedure is None and self.form != "consent"
+        return self.procedure is None and self.form != "consent" and not self.is_act
+
+    @property
+    def is_act(self) -> bool:
+        """An act recorded by its date alone: eligibility confirmation, completion, exit."""
+        return self.form in DATED_ACTS
 
 
 def target(state: SubjectState, position: int) -> Target:
@@ -61,6 +66,9 @@ def target(state: SubjectState, position: int) -> Target:
         return Target(position, state.forms[position].form)
     if state.consent is not None and position == state.consent.position:
         return Target(position, "consent")
+    act = target_kind(state, position)
+    if act is not None:
+        return Target(position, act)
     record = state.procedure(position)
     if record is not None:
         return Target(position, record.form, record)
@@ -85,7 +93,7 @@ def check_correctable(state: SubjectState, found: Target, changes: Mapping[str, 
     """Refuse changes to fields of a procedure that a correction may not change."""
     if found.is_form:
         return
-    allowed = CORRECTABLE[found.form]
+    allowed = (DATED_ACTS[found.form],) if found.is_act else CORRECTABLE[found.form]
     fixed = sorted(set(changes) - set(allowed))
     if fixed:
         raise InvalidInput(

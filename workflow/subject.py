@@ -58,6 +58,13 @@ DATE_FIELDS: Final[dict[str, str]] = {
 }
 
 
+# Acts recorded by their date alone -> the field a correction of that date names.
+DATED_ACTS: Final[dict[str, str]] = {
+    "eligibility_confirmation": "confirmed_on", "completion": "completed_on",
+    "exit": "left_on",
+}
+
+
 def corrected_payload(form: str, payload: Mapping[str, Any], changes: Mapping[str, Any]
                       ) -> dict[str, Any]:
     """A procedure's payload with a correction's changes (form fields) applied. A
@@ -120,6 +127,7 @@ class SubjectState:
     voided: dict[int, VoidedRecord] = field(default_factory=dict)  # position -> its void
     confirmation_position: int | None = None  # the EligibilityConfirmed event
     completion_position: int | None = None
+    exit_position: int | None = None  # ScreenFailed or SubjectWentOffStudy
     protocol_versions: list[tuple[int, int]] = field(default_factory=list)  # (position, version)
 
     @property
@@ -223,7 +231,7 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
     elif kind == T.SUBJECT_COMPLETED:
         s.completed_on, s.completion_position = to_date(event.occurred_at), event.position
     elif kind in (T.SCREEN_FAILED, T.SUBJECT_OFF_STUDY):
-        s.exit_reason = p["reason"]
+        s.exit_reason, s.exit_position = p["reason"], event.position
     elif kind == T.PHASE_CHANGED:
         s.phase, s.phase_since = p["to"], date.fromisoformat(p["on"])
         if p["from"] == "screening" and p["to"] == "cell_collection":
@@ -239,6 +247,19 @@ def _apply_correction(s: SubjectState, event: RecordedEvent) -> None:
         form = s.forms[target]
         s.forms[target] = replace(form, values={**form.values, **p["changes"]},
                                   corrected_by=(*form.corrected_by, event.position))
+        return
+    dated = DATED_ACTS.get(target_kind(s, target) or "")
+    if dated is not None:  # the date of an act that opened a phase or ended the study
+        day = date.fromisoformat(str(p["changes"][dated]))
+        if target == s.confirmation_position:
+            s.eligibility_confirmed_on = day
+            opened = "cell_collection"
+        elif target == s.completion_position:
+            s.completed_on, opened = day, "completed"
+        else:
+            s.exited_on, opened = day, str(s.phase)
+        if s.phase == opened:
+            s.phase_since = day
         return
     if s.consent is not None and target == s.consent.position:
         changes = p["changes"]
@@ -256,6 +277,17 @@ def _apply_correction(s: SubjectState, event: RecordedEvent) -> None:
     _replace_procedure(s, record, replace(
         record, payload=payload, on=record_date(record.form, payload, record.on),
         corrected_by=(*record.corrected_by, event.position)))
+
+
+def target_kind(s: SubjectState, position: int) -> str | None:
+    """The dated act at `position` (a key of DATED_ACTS), None when it is none of them."""
+    if position == s.confirmation_position:
+        return "eligibility_confirmation"
+    if position == s.completion_position:
+        return "completion"
+    if position == s.exit_position:
+        return "exit"
+    return None
 
 
 def _apply_void(s: SubjectState, event: RecordedEvent) -> None:

@@ -329,3 +329,52 @@ def test_a_signed_record_that_is_voided_shows_its_signature_stale(
     (voided,) = written(flow, COORDINATOR, M.VoidRecord("S-001", form, "entered for the "
                                                         "wrong subject"))
     assert superseded_by(flow.store.read_stream("S-001"), form) == [voided.position]
+
+
+# --- dated acts: confirmation, completion, exit ---------------------------------------------
+
+
+def test_the_dates_of_confirmation_and_exit_are_corrected_like_the_acts(
+        desk: tuple[Desk, FakeClock]) -> None:
+    flow, clock = desk
+    to_lymphodepletion(flow, "S-001", START, clock)
+    confirmed = position_of(flow, "S-001", T.ELIGIBILITY_CONFIRMED)
+    refused(flow, M.CorrectRecord("S-001", confirmed, ("confirmed_on=2025-03-11",), "x"),
+            "phase_order", "leukapheresis on 2025-03-10",
+            "eligibility confirmation on 2025-03-11")
+    refused(flow, M.CorrectRecord("S-001", confirmed, ("confirmed_on=2025-03-02",), "x"),
+            "phase_order", "consent on 2025-03-03")
+    with pytest.raises(InvalidInput, match="by its date alone: confirmed_on=YYYY-MM-DD"):
+        flow.send(COORDINATOR, M.CorrectRecord("S-001", confirmed, ("cohort=B",), "x"))
+    flow.send(COORDINATOR, M.CorrectRecord("S-001", confirmed, ("confirmed_on=2025-03-05",),
+                                           "date of the investigator's signature"))
+    assert flow.subject("S-001").eligibility_confirmed_on == date(2025, 3, 5)
+    refused(flow, M.VoidRecord("S-001", confirmed, "x"), "not_voidable")
+    on_day(clock, START + timedelta(days=25))
+    flow.send(COORDINATOR, M.TakeOffStudy("S-001", "consent_withdrawn",
+                                          START + timedelta(days=24)))
+    left = position_of(flow, "S-001", T.SUBJECT_OFF_STUDY)
+    refused(flow, M.CorrectRecord("S-001", left, ("left_on=2025-03-20",), "x"),
+            "phase_order", "product release on 2025-03-23")
+    flow.send(COORDINATOR, M.CorrectRecord("S-001", left, ("left_on=2025-03-25",), "letter"))
+    state = flow.subject("S-001")
+    assert (state.exited_on, state.phase, state.phase_since) == (
+        date(2025, 3, 25), "off_study", date(2025, 3, 25))
+
+
+def test_a_mend_that_moves_a_phase_boundary_keeps_forms_where_they_belong(
+        desk: tuple[Desk, FakeClock]) -> None:
+    """cart_persistence belongs in follow-up: once one is recorded after D0, D0 cannot move
+    past it, and the infusion cannot be voided from under it."""
+    flow, clock = desk
+    d0 = through_infusion(flow, "S-001", START, clock)
+    on_day(clock, d0 + timedelta(days=2))
+    flow.send(COORDINATOR, M.RecordForm("S-001", "cart_persistence", (
+        f"sample_date={d0 + timedelta(days=1)}", "copies_per_ug=120"), d0 + timedelta(days=1)))
+    infusion = position_of(flow, "S-001", T.INFUSION_GIVEN)
+    persistence = position_of(flow, "S-001", T.FORM_RECORDED)
+    refused(flow, M.CorrectRecord("S-001", infusion,
+                                  (f"infused_at={d0 + timedelta(days=2)}T09:00",), "x"),
+            "form_not_in_phase", f"cart_persistence at position {persistence}")
+    refused(flow, M.VoidRecord("S-001", infusion, "x"), "form_not_in_phase",
+            f"cart_persistence at position {persistence}")

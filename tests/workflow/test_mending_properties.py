@@ -37,7 +37,8 @@ SUBJECTS = ("S-001", "S-002")
 DATE_FIELDS = {T.LEUKAPHERESIS_RECORDED: "collected_on", T.PRODUCT_RELEASED: "released_on",
                T.PRODUCT_RELEASE_FAILED: "released_on", T.LYMPHODEPLETION_GIVEN: "given_on",
                T.INFUSION_GIVEN: "infused_at", T.VISIT_RECORDED: "visit_date",
-               T.SUBJECT_CONSENTED: "consent_date"}
+               T.SUBJECT_CONSENTED: "consent_date", T.ELIGIBILITY_CONFIRMED: "confirmed_on",
+               T.SUBJECT_COMPLETED: "completed_on", T.SUBJECT_OFF_STUDY: "left_on"}
 RECORDS = (T.FORM_RECORDED, *DATE_FIELDS)
 
 delta = st.integers(-4, 8)  # days after the subject's latest act (some go back: refused)
@@ -53,6 +54,7 @@ action = st.one_of(
     st.tuples(st.just("move"), st.integers(0, 60), delta),
     st.tuples(st.just("move"), st.integers(0, 60), delta),
     st.tuples(st.just("weight"), st.sampled_from((35, 58, 90))),
+    st.tuples(st.just("exit"), delta),  # off study, on its own date
 )
 VISITS = ("D7", "D14", "D28")
 
@@ -112,8 +114,10 @@ def records(flow: Desk, subject: str) -> list[Any]:
 
 def message(flow: Desk, subject: str, step: tuple[Any, ...]) -> tuple[str, M.Message] | None:
     kind = step[0]
-    if kind in ("next", "again", "fail", "ae"):
+    if kind in ("next", "again", "fail", "ae", "exit"):
         on = min(latest(flow, subject) + timedelta(days=step[1]), TODAY)
+        if kind == "exit":
+            return COORDINATOR, M.TakeOffStudy(subject, "investigator_decision", on)
         if kind == "ae":
             return COORDINATOR, M.RecordForm(subject, "adverse_event", (
                 "term=headache", f"onset_date={on}", "grade=1"), on)

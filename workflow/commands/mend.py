@@ -11,7 +11,7 @@ for the infusion and its regimen, the infusion window. A mend that moves a dose'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from events.envelope import NewEvent
@@ -30,7 +30,7 @@ from workflow.commands.lifecycle import (
 from workflow.commands.messages import CorrectRecord, VoidRecord
 from workflow.deviations import deviations
 from workflow.errors import InvalidInput, RuleViolation
-from workflow.form_places import check_form_place
+from workflow.form_places import check_form_place, form_place_refusal
 from workflow.forms import assessment_date, localise_times, parse_form, validate_values
 from workflow.guards import GUARDS, Facts
 from workflow.mending import (
@@ -42,7 +42,7 @@ from workflow.mending import (
     void_trigger,
 )
 from workflow.phase_order import check_history
-from workflow.subject import SubjectState, to_date
+from workflow.subject import DATED_ACTS, SubjectState, to_date
 
 
 def correct_record(m: CorrectRecord, c: Context) -> Decision:
@@ -59,6 +59,8 @@ def correction_events(c: Context, position: int, tokens: Sequence[str], reason: 
     if not reason or not reason.strip():
         raise InvalidInput("A correction needs --reason.", field="reason")
     found = target(state, position)
+    if found.is_act:
+        return _act_correction(c, state, found, tokens, reason.strip())
     changes = localise_times(found.form, _parsed(subject, lambda: parse_form(
         found.form, tokens, today=c.today, partial=True)), c.study.zone(state.site))
     if not changes:
@@ -90,8 +92,52 @@ def correction_events(c: Context, position: int, tokens: Sequence[str], reason: 
     after = preview(c, [event])
     check_history(state, after, c.today, next(iter(changes)))
     _check_infusion_window(c, state, after, found)
+    check_forms_stay_placed(c, state, after, "correction")
     return [event], {"form": found.form, "changes": changes, "previous": previous,
                      **implied_deviations(c, state, after)}
+
+
+def _act_correction(c: Context, state: SubjectState, found: Target, tokens: Sequence[str],
+                    reason: str) -> tuple[list[NewEvent], dict[str, Any]]:
+    """The date of an eligibility confirmation, a completion or an exit, corrected: judged
+    like the act on its new date (the screening window and eligibility for a confirmation)."""
+    subject, field = state.subject, DATED_ACTS[found.form]
+    what = found.form.replace("_", " ")
+    named = dict(token.split("=", 1) for token in tokens if "=" in token)
+    if len(tokens) != 1 or set(named) != {field}:
+        raise InvalidInput(f"Subject {subject}: the {what} at position {found.position} is "
+                           f"corrected by its date alone: {field}=YYYY-MM-DD.", field=field,
+                           subject=subject)
+    try:
+        day = date.fromisoformat(named[field].strip())
+    except ValueError:
+        raise InvalidInput(f"Subject {subject}: {field} {named[field]!r} is not a date "
+                           "(YYYY-MM-DD).", field=field, subject=subject) from None
+    not_future(subject, field, day, c.today)
+    previous = {field: _act_date(state, found).isoformat()}
+    changes = {field: day.isoformat()}
+    event = NewEvent(T.FORM_CORRECTED, {"target_position": found.position, "form": found.form,
+                                        "changes": changes, "previous": previous},
+                     reason=reason)
+    after = preview(c, [event])
+    check_history(state, after, c.today, field)
+    check_forms_stay_placed(c, state, after, "correction")
+    if found.form == "eligibility_confirmation":  # the guards, as of the new date
+        protocol = c.study.protocol_of(state.protocol_version_at(found.position))
+        facts = Facts(after, c.study, protocol, day, {})
+        for guard in ("screening_window_open", "eligible"):
+            refused = GUARDS[guard](facts)
+            if refused is not None:
+                raise refused
+    return [event], {"form": found.form, "changes": changes, "previous": previous,
+                     **implied_deviations(c, state, after)}
+
+
+def _act_date(state: SubjectState, found: Target) -> date:
+    day = {"eligibility_confirmation": state.eligibility_confirmed_on,
+           "completion": state.completed_on, "exit": state.exited_on}[found.form]
+    assert day is not None
+    return day
 
 
 def void_record(m: VoidRecord, c: Context) -> Decision:
@@ -100,11 +146,12 @@ def void_record(m: VoidRecord, c: Context) -> Decision:
     state = consented(c)
     found = target(state, m.position)
     what = found.form.replace("_", " ")
-    if found.form == "consent":
-        raise RuleViolation(f"Subject {m.subject}: the consent at position {m.position} cannot "
-                            "be voided; correct its date or version with `trialflow correct`, "
-                            "or take the subject off study.", rule="not_voidable",
-                            subject=m.subject, field="position")
+    if found.form == "consent" or found.is_act:
+        raise RuleViolation(f"Subject {m.subject}: the {what} at position {m.position} cannot "
+                            "be voided; correct its date with `trialflow correct`"
+                            + (" (or its form version), or take the subject off study."
+                               if found.form == "consent" else "."),
+                            rule="not_voidable", subject=m.subject, field="position")
     resting = dependants(state, found)
     if resting:
         kind, at, day = resting[0]
@@ -120,12 +167,30 @@ def void_record(m: VoidRecord, c: Context) -> Decision:
         events += transition(c, trigger, found.procedure.on)
     after = preview(c, events)
     check_history(state, after, c.today, "position")
+    check_forms_stay_placed(c, state, after, "void")
     return decided(m.subject, events, {
         "subject": m.subject, "voided": m.position, "form": found.form, "phase": after.phase,
         **implied_deviations(c, state, after)})
 
 
 # ---------------------------------------------------------------------- the mend's effects
+def check_forms_stay_placed(c: Context, before: SubjectState, after: SubjectState,
+                            mend: str) -> None:
+    """Refuse a mend that moves a phase's boundary (a procedure's date, a void) so that a form
+    recorded where the protocol places it no longer is (rule `form_not_in_phase`)."""
+    protocol = c.study.protocol_of(after.protocol_version)
+    for form in after.forms.values():
+        day = assessment_date(form.form, form.values, form.recorded_on) or form.recorded_on
+        now = form_place_refusal(after, protocol, form.form, day, form.visit)
+        if now is None or before.forms.get(form.position) is None or form_place_refusal(
+                before, protocol, form.form, day, form.visit) is not None:
+            continue
+        raise RuleViolation(f"Subject {after.subject}: after this {mend} the {form.form} at "
+                            f"position {form.position} (dated {day}) would no longer be where "
+                            "the protocol places it; correct or void that form first.",
+                            rule="form_not_in_phase", subject=after.subject, field="form")
+
+
 def implied_deviations(c: Context, before: SubjectState, after: SubjectState
                        ) -> dict[str, list[str]]:
     """The protocol deviations the mend makes appear (`warnings`, shown at once) and those it
