@@ -50,6 +50,8 @@ def show(env: Env, what: str, outcome: Outcome) -> None:
     if not env.json:
         for warning in warnings:
             env.stderr.write(f"warning: {warning}\n")
+        for resolved in outcome.summary.get("deviations_resolved") or ():
+            env.stderr.write(f"note: no longer a protocol deviation: {resolved}\n")
 
 
 class DateParam(click.ParamType[date]):

@@ -87,8 +87,11 @@ def evaluate_eligibility_on(study: Study, state: SubjectState, day: date) -> Eli
     """The guard's own evaluation (`confirm-eligibility` uses the protocol in force), on the
     forms dated on or before `day`; for a confirmed subject as of its confirmation, with the
     later values against eligibility as post-enrolment findings."""
+    judged = state.forms_at_confirmation
     return evaluate_eligibility(list(state.forms.values()), state.consent, study.protocol,
-                                today=day, confirmed_on=state.eligibility_confirmed_on)
+                                today=day, confirmed_on=state.eligibility_confirmed_on,
+                                confirmed_at=state.confirmation_position,
+                                confirmed_forms=None if judged is None else list(judged.values()))
 
 
 def fold_context(study: Study, subject: str, events: Sequence[RecordedEvent]

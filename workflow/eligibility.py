@@ -953,6 +953,8 @@ def evaluate_eligibility(
     *,
     today: date,
     confirmed_on: date | None = None,
+    confirmed_at: int | None = None,
+    confirmed_forms: Sequence[RecordedForm] | None = None,
 ) -> Eligibility:
     """Evaluate every inclusion criterion (in INCLUSION_CRITERIA order) and the exclusions.
 
@@ -963,12 +965,17 @@ def evaluate_eligibility(
     count against eligibility being listed as post-enrolment findings instead.
     """
     as_of = today if confirmed_on is None else min(today, confirmed_on)
-    data = ScreeningData(tuple(item for item in forms if form_date(item) <= as_of), consent,
+    judged = forms if confirmed_forms is None else confirmed_forms
+    data = ScreeningData(tuple(item for item in judged if form_date(item) <= as_of), consent,
                          protocol, as_of)
     criteria = tuple(CRITERIA[code](data) for code in INCLUSION_CRITERIA)
     exclusions, position = exclusion_answers(data)
-    findings = () if confirmed_on is None else post_enrolment_findings(forms, confirmed_on,
-                                                                       data)
+    findings: tuple[PostEnrolmentFinding, ...] = ()
+    if confirmed_on is not None:
+        now = ScreeningData(tuple(item for item in forms if form_date(item) <= as_of), consent,
+                            protocol, as_of)
+        findings = post_enrolment_findings(forms, confirmed_on, data, confirmed_at) + \
+            criteria_lost(criteria, now, forms, confirmed_on)
     return Eligibility(
         overall=_overall(criteria, exclusions),
         criteria=criteria,
@@ -981,16 +988,47 @@ def evaluate_eligibility(
     )
 
 
+def criteria_lost(criteria: Sequence[CriterionResult], now: ScreeningData,
+                  forms: Sequence[RecordedForm], confirmed_on: date
+                  ) -> tuple[PostEnrolmentFinding, ...]:
+    """Inclusion criteria met at the confirmation that the data as it stands now (forms
+    entered, corrected or voided after it, dated on or before it) no longer meets: each
+    value the criterion now reads, or, with none to point at, the criterion's sentence."""
+    by_position = {item.position: item for item in forms}
+    found: list[PostEnrolmentFinding] = []
+    for then in criteria:
+        if then.status not in PASSING:
+            continue
+        current = CRITERIA[then.code](now)
+        if current.status in PASSING:
+            continue
+        pointed = [e for e in current.evidence if e.position in by_position]
+        for item in pointed:
+            form = by_position[item.position]
+            found.append(PostEnrolmentFinding(form.form, item.position, item.field,
+                                              item.value, form_date(form), then.code))
+        if not pointed:
+            found.append(PostEnrolmentFinding("", 0, "", current.reason, confirmed_on,
+                                              then.code))
+    return tuple(found)
+
+
 def post_enrolment_findings(forms: Iterable[RecordedForm], confirmed_on: date,
-                            data: ScreeningData) -> tuple[PostEnrolmentFinding, ...]:
-    """The values dated after `confirmed_on` that would count against eligibility, by date
-    then log position: each exclusion of the protocol answered yes, a positive pregnancy test
-    (any specimen) and contraception not agreed (the criterion of the subject's sex as judged
-    at screening)."""
+                            data: ScreeningData, confirmed_at: int | None = None
+                            ) -> tuple[PostEnrolmentFinding, ...]:
+    """The values that would count against eligibility and came after the confirmation
+    (dated after `confirmed_on`, or entered or corrected after its log position
+    `confirmed_at`), by date then log position: each exclusion of the protocol answered yes,
+    a positive pregnancy test (any specimen) and contraception not agreed (the criterion of
+    the subject's sex as judged at screening)."""
+    def late(item: RecordedForm) -> bool:
+        return form_date(item) > confirmed_on or (confirmed_at is not None and (
+            item.position > confirmed_at or any(c > confirmed_at for c in item.corrected_by)))
+
     _, sex = _demographic(data, "sex")
     contraception = "contraception_male" if sex == "male" else "pregnancy_contraception_female"
     found: list[PostEnrolmentFinding] = []
-    for item in sorted((item for item in forms if form_date(item) > confirmed_on),
+    for item in sorted((item for item in forms if late(item)),
                        key=lambda item: (form_date(item), item.position)):
         def note(field: str, criterion: str, form: RecordedForm = item) -> None:
             found.append(PostEnrolmentFinding(form.form, form.position, field,

@@ -40,7 +40,9 @@ FOLLOW_UP: Final = "follow_up"
 
 
 def phase_marks(state: SubjectState, protocol: Protocol) -> list[tuple[str, date]]:
-    """The subject's phases in order, each with the clinical date it began."""
+    """The subject's phases in order, each with the clinical date it began, from its records
+    as they stand (corrections applied, voided procedures gone): what the FHIR export and
+    the swimmer plot show, and where forms are placed."""
     if state.consent is None:
         return []
     marks = [("screening", state.consent.consent_date)]
@@ -55,8 +57,11 @@ def phase_marks(state: SubjectState, protocol: Protocol) -> list[tuple[str, date
         marks.append(("infusion", days[-1]))
     if state.infused_on is not None:
         marks.append((FOLLOW_UP, state.infused_on))
-    if state.phase in TERMINAL and state.phase_since is not None:
-        marks.append((state.phase, state.phase_since))
+    if state.phase in TERMINAL:
+        ended = (state.completed_on if state.phase == "completed" else state.exited_on) \
+            or state.phase_since
+        if ended is not None:
+            marks.append((state.phase, ended))
     return marks
 
 

@@ -8,6 +8,7 @@ erased; it is corrected or marked void with a reason, and the original stays rea
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -173,16 +174,22 @@ def already_recorded(subject: str, what: str, record: PhaseRecord | None = None,
                          subject=subject, field=field)
 
 
-def duplicate_adverse_event(state: SubjectState, values: Mapping[str, Any]) -> int | None:
+def duplicate_adverse_event(state: SubjectState, values: Mapping[str, Any], *,
+                            exclude: int | None = None) -> int | None:
     """The position of a standing AE with the same term and onset as `values` (the same
     event entered twice), None when there is none."""
-    term = str(values.get("term", "")).strip().casefold()
-    onset = str(values.get("onset_date", ""))[:10]
+    term, onset = _term(values.get("term")), str(values.get("onset_date", ""))[:10]
     for form in state.forms_of("adverse_event"):
-        if str(form.values.get("term", "")).strip().casefold() == term and \
+        if form.position != exclude and _term(form.values.get("term")) == term and \
                 str(form.values.get("onset_date", ""))[:10] == onset:
             return form.position
     return None
+
+
+def _term(value: object) -> str:
+    """An AE term as compared for duplicates: compatibility-normalised (a no-break space is a
+    space), case-folded, runs of white space as one space."""
+    return " ".join(unicodedata.normalize("NFKC", str(value or "")).casefold().split())
 
 
 def _int(value: object) -> int | None:

@@ -14,12 +14,14 @@ from datetime import date
 
 from workflow.errors import RuleViolation
 from workflow.forms import assessment_date
+from workflow.records import as_date
 from workflow.subject import SubjectState
 
 # The acts in their order; what a refusal calls each, and its date on the state.
 ORDER = ("consent", "eligibility confirmation", "leukapheresis", "product release",
          "lymphodepletion", "infusion", "visit", "completion")
 EXIT = "exit from the study"  # after whatever was recorded before it
+SAFETY_FORMS = ("adverse_event", "causality", "sae_report")  # recorded after the study too
 
 
 def _dates(state: SubjectState) -> dict[str, tuple[str, date | None]]:
@@ -117,11 +119,22 @@ def history_problems(state: SubjectState, today: date) -> list[str]:
         if not in_sequence:
             floor = latest
     consent = state.consent.consent_date
+    ended = [(what, day) for what, day in (("completion", state.completed_on),
+                                            (EXIT, state.exited_on)) if day is not None]
     for form in state.forms.values():
         dated = assessment_date(form.form, form.values, form.recorded_on)
+        if form.form == "adverse_event":
+            dated = as_date(form.values.get("onset_date"))
         if dated is not None and dated < consent:
             found.append(f"Subject {state.subject}: the {form.form} at position {form.position} "
                          f"is dated {dated}, before the consent on {consent} (phase order).")
+        if form.form in SAFETY_FORMS:
+            continue  # safety reporting outlives the study
+        for what, day in ended:
+            if form.recorded_on > day:
+                found.append(f"Subject {state.subject}: the {form.form} at position "
+                             f"{form.position} on {form.recorded_on} is after the {what} on "
+                             f"{day} (phase order).")
     return found
 
 

@@ -126,6 +126,8 @@ class SubjectState:
     visit_records: dict[str, PhaseRecord] = field(default_factory=dict)
     voided: dict[int, VoidedRecord] = field(default_factory=dict)  # position -> its void
     confirmation_position: int | None = None  # the EligibilityConfirmed event
+    # the forms as they stood when eligibility was confirmed (what the investigator judged)
+    forms_at_confirmation: dict[int, RecordedForm] | None = None
     completion_position: int | None = None
     exit_position: int | None = None  # ScreenFailed or SubjectWentOffStudy
     protocol_versions: list[tuple[int, int]] = field(default_factory=list)  # (position, version)
@@ -211,6 +213,7 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
     elif kind == T.ELIGIBILITY_CONFIRMED:
         s.enrolment_order, s.cohort = int(p["order"]), p["cohort"]
         s.confirmation_position = event.position
+        s.forms_at_confirmation = dict(s.forms)
     elif kind in PROCEDURES:
         form = PROCEDURES[kind]
         if kind == T.PRODUCT_RELEASE_FAILED:

@@ -40,10 +40,11 @@ from typing import Any, Final
 
 from events.envelope import RecordedEvent
 from projections.exports.snapshot import Snapshot
-from workflow import event_types as T
 from workflow.eligibility import form_date
+from workflow.form_places import phase_marks
 from workflow.instruments.codes import SLEDAI2K_DESCRIPTORS
 from workflow.instruments.sledai2k import sledai2k_score
+from workflow.protocol import Protocol
 from workflow.safety import adverse_events
 from workflow.subject import SubjectState
 
@@ -164,21 +165,12 @@ def _patient(snapshot: Snapshot, ids: _Ids, state: SubjectState) -> dict[str, An
     return _entry(ids, "Patient", state.subject, resource)
 
 
-def phase_history(events: tuple[RecordedEvent, ...]) -> list[tuple[str, date, str | None]]:
-    """(phase, first day, exit reason) for each phase the subject has been in, in order."""
-    history: list[tuple[str, date, str | None]] = []
-    reason: str | None = None
-    for event in events:
-        payload = event.payload
-        if event.type == T.SUBJECT_CONSENTED:
-            history.append(("screening", date.fromisoformat(payload["consent_date"]), None))
-        elif event.type in (T.SCREEN_FAILED, T.SUBJECT_OFF_STUDY):
-            reason = str(payload["reason"])
-        elif event.type == T.PHASE_CHANGED:
-            phase = str(payload["to"])
-            history.append((phase, date.fromisoformat(payload["on"]),
-                            reason if phase in ("screen_failed", "off_study") else None))
-    return history
+def phase_history(state: SubjectState, protocol: Protocol
+                  ) -> list[tuple[str, date, str | None]]:
+    """(phase, first day, exit reason) for each phase the subject has been in, in order, from
+    the clinical dates of its records as they stand (corrections and voids applied)."""
+    return [(phase, on, state.exit_reason if phase in ("screen_failed", "off_study") else None)
+            for phase, on in phase_marks(state, protocol)]
 
 
 def _progress(history: list[tuple[str, date, str | None]]) -> list[dict[str, Any]]:
@@ -200,7 +192,7 @@ def _progress(history: list[tuple[str, date, str | None]]) -> list[dict[str, Any
 
 
 def _research_subject(snapshot: Snapshot, ids: _Ids, state: SubjectState) -> dict[str, Any]:
-    history = phase_history(snapshot.streams[state.subject])
+    history = phase_history(state, snapshot.study.protocol_of(state.protocol_version))
     period = {"start": history[0][1].isoformat()}
     if history[-1][0] in TERMINAL:
         period["end"] = history[-1][1].isoformat()

@@ -162,7 +162,10 @@ def form_records(study: Study, subject: str, events: tuple[RecordedEvent, ...] |
                 date.fromisoformat(payload["on"]), values, [_entry(event, values, "original")])
         elif event.type in PHASE_EVENTS:
             form, date_field = PHASE_EVENTS[event.type]
-            values = form_values(form, phase_form_fields(event.type, payload))
+            fields = phase_form_fields(event.type, payload)
+            if form == "product_release":  # its clinical date is a field of its form
+                fields = {**fields, "released_on": _clinical_date(event, None, zone).isoformat()}
+            values = form_values(form, fields)
             visit = payload.get("visit") if form == "visit" else None
             study_event = str(visit) if visit else PHASE_FORM_EVENTS[form]
             records[event.position] = FormRecord(

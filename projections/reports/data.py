@@ -25,9 +25,9 @@ from typing import Any, Final
 from events.envelope import RecordedEvent
 from events.store import EventStore
 from projections.views import View
-from workflow import event_types as T
 from workflow.eligibility import form_date
 from workflow.endpoints import persistence_samples, sledai2k_baseline
+from workflow.form_places import phase_marks
 from workflow.instruments.codes import SLEDAI2K_DESCRIPTORS
 from workflow.instruments.sledai2k import sledai2k_score
 from workflow.protocol import Protocol
@@ -62,23 +62,11 @@ class SubjectHistory:
         return self.state.site
 
 
-def phase_entries(state: SubjectState, events: Iterable[RecordedEvent]) -> tuple[PhaseEntry,
-                                                                                   ...]:
-    """Consent opens screening; each PhaseChanged enters its `to` phase on its `on` date. The
-    follow-up starts on the (corrected) infusion date: a correction of the infusion moves D0,
-    and the read models show corrected values."""
-    entries: list[PhaseEntry] = []
-    for event in events:
-        if event.type == T.SUBJECT_CONSENTED:
-            entries.append(PhaseEntry("screening", date.fromisoformat(
-                event.payload["consent_date"])))
-        elif event.type == T.PHASE_CHANGED:
-            to = str(event.payload["to"])
-            on = date.fromisoformat(event.payload["on"])
-            if to == "follow_up" and state.infused_on is not None:
-                on = state.infused_on
-            entries.append(PhaseEntry(to, on))
-    return tuple(entries)
+def phase_entries(state: SubjectState, protocol: Protocol) -> tuple[PhaseEntry, ...]:
+    """Each phase the subject has been in, from the clinical dates of its records as they
+    stand (workflow/form_places.py `phase_marks`): a corrected or voided procedure moves or
+    removes its phase, as in every read model."""
+    return tuple(PhaseEntry(phase, on) for phase, on in phase_marks(state, protocol))
 
 
 def load_histories(view: View, store: EventStore) -> list[SubjectHistory]:
@@ -92,8 +80,8 @@ def load_histories(view: View, store: EventStore) -> list[SubjectHistory]:
 
 def history_of(view: View, subject: str, events: Sequence[RecordedEvent]) -> SubjectHistory:
     state = fold_subject(subject, events)
-    return SubjectHistory(subject, state, phase_entries(state, events),
-                          view.study.protocol_of(state.protocol_version))
+    protocol = view.study.protocol_of(state.protocol_version)
+    return SubjectHistory(subject, state, phase_entries(state, protocol), protocol)
 
 
 # --- swimmer ----------------------------------------------------------------------------------

@@ -410,8 +410,13 @@ def test_a_correction_changes_every_read_model_and_as_of_shows_the_old_values(
         found = query(db, "eligibility", "S-001", *argv)["criteria"]
         return str(next(c["status"] for c in found if c["code"] == "sledai2k_screening"))
 
+    # eligibility stays as the investigator confirmed it; the corrected screening score is a
+    # post-enrolment finding for the investigator and the monitor
     assert criterion("--as-of", old) == "met"
-    assert criterion() == "not_met"
+    assert criterion() == "met"
+    findings = query(db, "eligibility", "S-001")["post_enrolment_findings"]
+    assert {(f["criterion"], f["position"]) for f in findings
+            if f["criterion"] == "sledai2k_screening"} == {("sledai2k_screening", activity)}
 
     trail = audit_positions(db, "S-001")
     original = next(e for e in trail if e["position"] == crs)

@@ -57,6 +57,8 @@ def expected_from_log(db: str) -> dict[str, Any]:
                 payload = {"given_on": payload["given_on"],
                            **{f"{drug}_mg": dose["given"]["value"] for drug, dose in doses}}
             items += sum(1 for k, v in payload.items() if k in fields and v is not None)
+            if event.type == T.PRODUCT_RELEASED:
+                items += 1  # released_on: the release's clinical date (its occurred_at)
             subjects.add(event.stream_id)
         elif event.type == T.FORM_CORRECTED:
             updates += len(payload["changes"])

@@ -378,3 +378,83 @@ def test_a_mend_that_moves_a_phase_boundary_keeps_forms_where_they_belong(
             "form_not_in_phase", f"cart_persistence at position {persistence}")
     refused(flow, M.VoidRecord("S-001", infusion, "x"), "form_not_in_phase",
             f"cart_persistence at position {persistence}")
+
+
+def test_a_later_consent_date_must_keep_every_record_after_it(
+        desk: tuple[Desk, FakeClock]) -> None:
+    """A consent corrected to a later date is refused when an AE began before it, and when
+    the eligibility confirmation would then fall outside the screening window of an earlier
+    one (corrected earlier: 28 days)."""
+    flow, clock = desk
+    enrol(flow, "S-001", START, clock)
+    flow.send(COORDINATOR, M.RecordForm("S-001", "adverse_event", (
+        "term=cough", f"onset_date={START + timedelta(days=1)}", "grade=1"),
+        START + timedelta(days=1)))
+    consent = flow.subject("S-001").consent
+    assert consent is not None
+    refused(flow, M.CorrectRecord("S-001", consent.position,
+                                  (f"consent_date={START + timedelta(days=2)}",), "x"),
+            "phase_order", "before the consent on 2025-03-05")
+    # a subject with only the AE after consent: the AE's onset is what holds the date back
+    flow.send(COORDINATOR, M.ConsentSubject("S-002", START, "2.0"))
+    flow.send(COORDINATOR, M.RecordForm("S-002", "adverse_event", (
+        "term=cough", f"onset_date={START + timedelta(days=1)}", "grade=1"),
+        START + timedelta(days=1)))
+    second = flow.subject("S-002").consent
+    assert second is not None
+    refused(flow, M.CorrectRecord("S-002", second.position,
+                                  (f"consent_date={START + timedelta(days=2)}",), "x"),
+            "phase_order", "adverse_event", "before the consent on 2025-03-05")
+    refused(flow, M.CorrectRecord("S-001", consent.position,
+                                  (f"consent_date={START - timedelta(days=40)}",), "x"),
+            "screening_window_expired")
+
+
+def test_exits_and_completion_come_after_the_forms_before_them(
+        desk: tuple[Desk, FakeClock]) -> None:
+    flow, clock = desk
+    enrol(flow, "S-001", START, clock)
+    on_day(clock, START + timedelta(days=12))
+    flow.send(COORDINATOR, M.RecordForm("S-001", "labs", ("egfr_ml_min=90",),
+                                        START + timedelta(days=10)))
+    refused(flow, M.TakeOffStudy("S-001", "investigator_decision", START + timedelta(days=8)),
+            "phase_order", "labs")
+
+
+def test_the_same_adverse_event_is_found_through_spacing_and_corrections(
+        desk: tuple[Desk, FakeClock]) -> None:
+    flow, clock = desk
+    enrol(flow, "S-001", START, clock)
+    onset = f"onset_date={START + timedelta(days=1)}"
+    flow.send(COORDINATOR, M.RecordForm("S-001", "adverse_event", (
+        "term=Cytokine release syndrome", onset, "grade=1"), START + timedelta(days=1)))
+    first = position_of(flow, "S-001", T.FORM_RECORDED)
+    refused(flow, M.RecordForm("S-001", "adverse_event", (
+        "term=cytokine\u00a0release  syndrome", onset, "grade=1"), START + timedelta(days=1)),
+        "already_recorded", f"position {first}")
+    flow.send(COORDINATOR, M.RecordForm("S-001", "adverse_event", (
+        "term=headache", onset, "grade=1"), START + timedelta(days=1)))
+    other = position_of(flow, "S-001", T.FORM_RECORDED)
+    refused(flow, M.CorrectRecord("S-001", other, ("term=Cytokine release syndrome",), "x"),
+            "already_recorded", f"position {first}")
+    flow.send(COORDINATOR, M.VoidRecord("S-001", other, "entered twice"))
+    refused(flow, M.Sign("S-001", other, "reviewed"), "record_voided", user=INVESTIGATOR)
+
+
+def test_the_phase_history_of_fhir_and_the_swimmer_follows_mends(
+        desk: tuple[Desk, FakeClock]) -> None:
+    from projections.exports.fhir import phase_history
+    from projections.reports.data import phase_entries
+
+    flow, clock = desk
+    d0 = through_infusion(flow, "S-001", START, clock)
+    release = position_of(flow, "S-001", T.PRODUCT_RELEASED)
+    infusion = position_of(flow, "S-001", T.INFUSION_GIVEN)
+    flow.send(COORDINATOR, M.CorrectRecord("S-001", release, ("released_on=2025-03-22",), "CoA"))
+    flow.send(COORDINATOR, M.VoidRecord("S-001", infusion, "wrong bag"))
+    state = flow.subject("S-001")
+    protocol = flow.study().protocol_of(state.protocol_version)
+    expected = [("screening", START), ("cell_collection", START + timedelta(days=3)),
+                ("lymphodepletion", date(2025, 3, 22)), ("infusion", d0 - timedelta(days=3))]
+    assert [(e.phase, e.on) for e in phase_entries(state, protocol)] == expected
+    assert [(phase, on) for phase, on, _ in phase_history(state, protocol)] == expected

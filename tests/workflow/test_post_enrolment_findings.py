@@ -178,18 +178,25 @@ def test_a_later_all_clear_does_not_make_an_earlier_date_eligible(
     assert screen(flow, clock)["post_enrolment_findings"] == []
 
 
-def test_screening_data_entered_late_is_judged_as_screening_data(
+def test_screening_data_entered_after_the_confirmation_is_a_finding_not_a_flip(
         desk: tuple[Desk, FakeClock]) -> None:
-    """A checklist dated in screening but entered after the confirmation is late entry of
-    screening data, not a later finding: eligibility as of the confirmation is judged on it
-    (the enrolment rested on data that now say otherwise)."""
+    """A checklist dated in screening but entered after the confirmation was not what the
+    investigator judged: eligibility as of the confirmation stands on the data as it stood
+    then, and the yes is listed as a post-enrolment finding for the investigator and the
+    monitor; a weight corrected after enrolment likewise."""
     flow, clock = desk
     enrol(flow, "S-001", CONSENT, clock)
     on_day(clock, CONSENT + timedelta(days=9))
     flow.send(COORDINATOR, M.RecordForm("S-001", "exclusion_checklist",
                                         checklist("other_trial_3m"), CONFIRMED))
     document = screen(flow, clock)
-    assert document["overall"] == "ineligible"
-    assert ("other_trial_3m", "yes") in [(e["code"], e["answer"])
-                                         for e in document["exclusions"]]
-    assert document["post_enrolment_findings"] == []
+    assert document["overall"] == "eligible"
+    assert [(f["criterion"], f["field"], f["value"], f["on"])
+            for f in document["post_enrolment_findings"]] == [
+        ("other_trial_3m", "other_trial_3m", True, CONFIRMED.isoformat())]
+    vitals = flow.subject("S-001").forms_of("vitals")[0].position
+    flow.send(COORDINATOR, M.CorrectRecord("S-001", vitals, ("weight_kg=35",), "scale"))
+    document = screen(flow, clock)
+    assert document["overall"] == "eligible"
+    assert ("weight", vitals, 35) in [(f["criterion"], f["position"], f["value"])
+                                      for f in document["post_enrolment_findings"]]

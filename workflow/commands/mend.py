@@ -11,6 +11,7 @@ for the infusion and its regimen, the infusion window. A mend that moves a dose'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
@@ -35,8 +36,10 @@ from workflow.forms import assessment_date, localise_times, parse_form, validate
 from workflow.guards import GUARDS, Facts
 from workflow.mending import (
     Target,
+    already_recorded,
     check_correctable,
     dependants,
+    duplicate_adverse_event,
     procedure_values,
     target,
     void_trigger,
@@ -81,6 +84,11 @@ def correction_events(c: Context, position: int, tokens: Sequence[str], reason: 
             _check_ae_position(state, merged)
         if found.form == "adverse_event":  # onset after consent, grade as the signs give it
             check_adverse_event(state, merged)
+            twin = duplicate_adverse_event(state, merged, exclude=position)
+            if twin is not None:
+                raise already_recorded(subject, f"adverse event {merged['term']} with onset "
+                                       f"{merged['onset_date']}", position=twin, field="term")
+
     for name, value in changes.items():
         if name in ("consent_date", "collected_on", "released_on", "given_on", "visit_date",
                     "infused_at"):
@@ -92,6 +100,8 @@ def correction_events(c: Context, position: int, tokens: Sequence[str], reason: 
     after = preview(c, [event])
     check_history(state, after, c.today, next(iter(changes)))
     _check_infusion_window(c, state, after, found)
+    if found.form == "consent":  # the screening window runs from the consent date
+        recheck_confirmation(c, after, ("screening_window_open",))
     check_forms_stay_placed(c, state, after, "correction")
     return [event], {"form": found.form, "changes": changes, "previous": previous,
                      **implied_deviations(c, state, after)}
@@ -122,15 +132,25 @@ def _act_correction(c: Context, state: SubjectState, found: Target, tokens: Sequ
     after = preview(c, [event])
     check_history(state, after, c.today, field)
     check_forms_stay_placed(c, state, after, "correction")
-    if found.form == "eligibility_confirmation":  # the guards, as of the new date
-        protocol = c.study.protocol_of(state.protocol_version_at(found.position))
-        facts = Facts(after, c.study, protocol, day, {})
-        for guard in ("screening_window_open", "eligible"):
-            refused = GUARDS[guard](facts)
-            if refused is not None:
-                raise refused
+    if found.form == "eligibility_confirmation":
+        recheck_confirmation(c, after, ("screening_window_open", "eligible"))
     return [event], {"form": found.form, "changes": changes, "previous": previous,
                      **implied_deviations(c, state, after)}
+
+
+def recheck_confirmation(c: Context, after: SubjectState, guards: Sequence[str]) -> None:
+    """The confirmation's guards asked again of the subject after a mend of its date or of
+    the consent date, on the forms the investigator judged, as of the confirmation date."""
+    if after.confirmation_position is None or after.eligibility_confirmed_on is None:
+        return
+    judged = after if after.forms_at_confirmation is None else \
+        replace(after, forms=dict(after.forms_at_confirmation))
+    protocol = c.study.protocol_of(after.protocol_version_at(after.confirmation_position))
+    facts = Facts(judged, c.study, protocol, after.eligibility_confirmed_on, {})
+    for guard in guards:
+        refused = GUARDS[guard](facts)
+        if refused is not None:
+            raise refused
 
 
 def _act_date(state: SubjectState, found: Target) -> date:
@@ -155,9 +175,11 @@ def void_record(m: VoidRecord, c: Context) -> Decision:
     resting = dependants(state, found)
     if resting:
         kind, at, day = resting[0]
+        then = ("the completion is not voided: correct the visit's date instead"
+                if kind == "completion" else "void that first")
         raise RuleViolation(f"Subject {m.subject}: the {what} at position {m.position} cannot "
                             f"be voided while the {kind} at position {at} (dated {day}) rests "
-                            "on it; void that first.", rule="record_has_dependants",
+                            f"on it; {then}.", rule="record_has_dependants",
                             subject=m.subject, field="position")
     events = [NewEvent(T.RECORD_VOIDED, {"target_position": m.position, "form": found.form},
                        reason=m.reason.strip())]

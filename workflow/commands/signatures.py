@@ -9,7 +9,7 @@ from events.envelope import NewEvent
 from workflow import event_types as T
 from workflow.commands.decision import Context, Decision, decided
 from workflow.commands.messages import Sign
-from workflow.errors import InvalidInput
+from workflow.errors import InvalidInput, RuleViolation
 
 
 def sign(m: Sign, c: Context) -> Decision:
@@ -20,6 +20,12 @@ def sign(m: Sign, c: Context) -> Decision:
     if target.type == T.SIGNATURE_RECORDED:
         raise InvalidInput(f"Position {m.position} of subject {m.subject} is a signature; sign "
                            "the record itself.", field="position", subject=m.subject)
+    voided = c.require_subject().voided.get(m.position)
+    if voided is not None:
+        raise RuleViolation(f"Subject {m.subject}: the {voided.form} at position {m.position} "
+                            f"was voided at position {voided.void_position}; a voided record "
+                            "is not signed.", rule="record_voided", subject=m.subject,
+                            field="position")
     payload = {"target_position": m.position, "target_hash": target.hash,
                "target_type": target.type, "meaning": m.meaning,
                "printed_name": c.actor.name, "role": c.actor.role,
