@@ -14,7 +14,7 @@ from datetime import date
 
 from workflow.errors import RuleViolation
 from workflow.forms import assessment_date
-from workflow.records import as_date
+from workflow.records import RecordedForm, as_date
 from workflow.subject import SubjectState
 
 # The acts in their order; what a refusal calls each, and its date on the state.
@@ -128,6 +128,7 @@ def history_problems(state: SubjectState, today: date) -> list[str]:
         if dated is not None and dated < consent:
             found.append(f"Subject {state.subject}: the {form.form} at position {form.position} "
                          f"is dated {dated}, before the consent on {consent} (phase order).")
+        found.extend(_safety_time_problems(state, form, consent))
         if form.form in SAFETY_FORMS:
             continue  # safety reporting outlives the study
         for what, day in ended:
@@ -146,3 +147,29 @@ def check_history(before: SubjectState, after: SubjectState, today: date, field:
     if new:
         raise RuleViolation(new[0][:-1] + "; the record is left as it was.",
                             rule="phase_order", subject=after.subject, field=field)
+
+
+def _safety_time_problems(state: SubjectState, form: RecordedForm, consent: date
+                          ) -> list[str]:
+    """An AE's awareness comes on or after its onset and the consent, and the sponsor's on or
+    after the site's; an SAE report is sent on or after the site became aware of its event
+    (dates on the calendar of the offset each time was recorded with)."""
+    found: list[str] = []
+
+    def check(later: str, day: date | None, earlier: str, floor: date | None) -> None:
+        if day is not None and floor is not None and day < floor:
+            found.append(f"Subject {state.subject}: the {form.form} at position {form.position} "
+                         f"has {later} {day}, before {earlier} {floor} (phase order).")
+
+    values = form.values
+    if form.form == "adverse_event":
+        aware = as_date(values.get("awareness_at"))
+        check("awareness_at", aware, "its onset_date", as_date(values.get("onset_date")))
+        check("awareness_at", aware, "the consent on", consent)
+        check("sponsor_aware_at", as_date(values.get("sponsor_aware_at")), "awareness_at",
+              aware)
+    elif form.form == "sae_report":
+        event = state.forms.get(int(str(values.get("ae_position"))))
+        aware = None if event is None else as_date(event.values.get("awareness_at"))
+        check("sent_at", as_date(values.get("sent_at")), "the event's awareness_at", aware)
+    return found

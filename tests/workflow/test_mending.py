@@ -458,3 +458,23 @@ def test_the_phase_history_of_fhir_and_the_swimmer_follows_mends(
                 ("lymphodepletion", date(2025, 3, 22)), ("infusion", d0 - timedelta(days=3))]
     assert [(e.phase, e.on) for e in phase_entries(state, protocol)] == expected
     assert [(phase, on) for phase, on, _ in phase_history(state, protocol)] == expected
+
+
+def test_an_sae_is_known_after_it_began_and_reported_after_it_was_known(
+        desk: tuple[Desk, FakeClock]) -> None:
+    flow, clock = desk
+    d0 = through_infusion(flow, "S-001", START, clock)
+    on_day(clock, d0 + timedelta(days=5))
+    serious = ("term=pneumonia", f"onset_date={d0 + timedelta(days=3)}", "grade=3",
+               "serious_criteria=hospitalisation")
+    refused(flow, M.RecordForm("S-001", "adverse_event", (
+        *serious, f"awareness_at={d0 + timedelta(days=2)}T09:00")),
+        "phase_order", "awareness_at", "before its onset_date")
+    flow.send(COORDINATOR, M.RecordForm("S-001", "adverse_event", (
+        *serious, f"awareness_at={d0 + timedelta(days=3)}T09:00")))
+    ae = position_of(flow, "S-001", T.FORM_RECORDED)
+    refused(flow, M.RecordForm("S-001", "sae_report", (
+        f"ae_position={ae}", "report_kind=initial",
+        f"sent_at={d0 + timedelta(days=2)}T10:00")), "phase_order", "sent_at")
+    refused(flow, M.CorrectRecord("S-001", ae, (f"onset_date={d0 + timedelta(days=4)}",), "x"),
+            "phase_order", "before its onset_date")
