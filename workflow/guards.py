@@ -146,6 +146,19 @@ def visit_recordable(f: Facts) -> RuleViolation | None:
     return None
 
 
+def visit_before_the_end(f: Facts) -> RuleViolation | None:
+    """A visit entered after the subject completed or left: it happened in follow-up, on or
+    after D0 and on or before the end of the study."""
+    s = f.subject
+    end = s.completed_on if s.phase == "completed" else s.exited_on
+    on: date = f.args["visit_date"]
+    if s.infused_on is None or end is None or on > end:
+        return _refuse(f, f"visit {f.args['visit']} on {on} is not a follow-up visit before the "
+                       f"subject's {s.phase} on {end}; only visits that happened between D0 "
+                       "and the end of the study are entered after it.", "phase", "visit")
+    return None
+
+
 def final_visit_recorded(f: Facts) -> RuleViolation | None:
     final = f.protocol.final_visit.code
     if final not in f.subject.visits:
@@ -158,6 +171,7 @@ GUARDS: dict[str, Callable[[Facts], RuleViolation | None]] = {
     g.__name__: g for g in (
         reconsented, screening_window_open, eligible, place_available, collected,
         chain_of_identity_release, chain_of_identity_infusion, dose_on_regimen,
-        infusion_window, cart_dose_within_tolerance, visit_recordable, final_visit_recorded,
+        infusion_window, cart_dose_within_tolerance, visit_recordable, visit_before_the_end,
+        final_visit_recorded,
     )
 }

@@ -43,6 +43,9 @@ TRANSITIONS: Final[list[dict[str, Any]]] = [
                     "cart_dose_within_tolerance"]},
     {"trigger": "record_visit", "source": "follow_up", "dest": None,
      "conditions": ["visit_recordable"]},
+    # retrospective entry: a visit that happened before the subject completed or left
+    {"trigger": "record_past_visit", "source": ["completed", "off_study"], "dest": None,
+     "conditions": ["visit_recordable", "visit_before_the_end"]},
     {"trigger": "complete", "source": "follow_up", "dest": "completed",
      "conditions": ["final_visit_recorded"]},
     {"trigger": "off_study", "source": list(ACTIVE), "dest": "off_study"},
@@ -59,7 +62,8 @@ COMMAND_OF: Final = {
     "collect": "leukapheresis", "release": "release", "release_failed": "release --fail",
     "give_dose": "lymphodepletion", "give_last_dose": "lymphodepletion", "infuse": "infuse",
     "record_visit": "visit", "complete": "complete", "off_study": "off-study",
-    "void_release": "void", "void_last_dose": "void", "void_infusion": "void",
+    "record_past_visit": "visit", "void_release": "void", "void_last_dose": "void",
+    "void_infusion": "void",
 }
 
 

@@ -137,9 +137,14 @@ def dependants(state: SubjectState, found: Target) -> list[tuple[str, int, date]
     if found.form == "infusion":
         return sorted((f"visit {code}", r.position, r.on)
                       for code, r in state.visit_records.items())[:1]
-    if found.form == "visit" and state.completion_position is not None \
-            and state.completed_on is not None:
-        return [("completion", state.completion_position, state.completed_on)]
+    if found.form == "visit" and found.procedure is not None:
+        code = found.procedure.payload.get("visit")
+        tagged = sorted((f"{f.form} recorded at visit {code}", f.position, f.recorded_on)
+                        for f in state.forms.values() if f.visit == code)
+        if tagged:
+            return tagged[:1]
+        if state.completion_position is not None and state.completed_on is not None:
+            return [("completion", state.completion_position, state.completed_on)]
     return []
 
 

@@ -39,6 +39,8 @@ ALLOWED = {
     # a void takes back the phase the voided procedure opened
     ("lymphodepletion", "void_release"), ("infusion", "void_last_dose"),
     ("follow_up", "void_infusion"),
+    # a visit that happened before the end, entered after it
+    ("completed", "record_past_visit"), ("off_study", "record_past_visit"),
 }
 
 

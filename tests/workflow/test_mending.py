@@ -478,3 +478,49 @@ def test_an_sae_is_known_after_it_began_and_reported_after_it_was_known(
         f"sent_at={d0 + timedelta(days=2)}T10:00")), "phase_order", "sent_at")
     refused(flow, M.CorrectRecord("S-001", ae, (f"onset_date={d0 + timedelta(days=4)}",), "x"),
             "phase_order", "before its onset_date")
+
+
+def test_a_visit_before_the_end_is_entered_after_it_and_no_later_one(
+        desk: tuple[Desk, FakeClock]) -> None:
+    """Retrospective entry after an exit: a visit that happened between D0 and the exit is
+    recorded; one dated after the exit is refused; a procedure that opened a phase is not
+    voided after the end (its date is corrected instead)."""
+    flow, clock = desk
+    d0 = through_infusion(flow, "S-001", START, clock)
+    on_day(clock, d0 + timedelta(days=40))
+    flow.send(COORDINATOR, M.TakeOffStudy("S-001", "lost_to_follow_up",
+                                          d0 + timedelta(days=20)))
+    flow.send(COORDINATOR, M.RecordVisit("S-001", "D14", "done", d0 + timedelta(days=14)))
+    assert flow.subject("S-001").visits["D14"] == ("done", d0 + timedelta(days=14))
+    refused(flow, M.RecordVisit("S-001", "D28", "done", d0 + timedelta(days=28)), "phase",
+            "before the subject's off_study")
+    visit = position_of(flow, "S-001", T.VISIT_RECORDED)
+    infusion = position_of(flow, "S-001", T.INFUSION_GIVEN)
+    refused(flow, M.VoidRecord("S-001", infusion, "x"), "record_has_dependants",
+            f"visit D14 at position {visit}")
+    flow.send(COORDINATOR, M.VoidRecord("S-001", visit, "another subject's visit"))
+    refused(flow, M.VoidRecord("S-001", infusion, "x"), "subject_closed", "correct its date")
+
+
+def test_a_visit_with_forms_recorded_at_it_is_not_voided_from_under_them(
+        desk: tuple[Desk, FakeClock]) -> None:
+    flow, clock = desk
+    d0 = through_infusion(flow, "S-001", START, clock)
+    on_day(clock, d0 + timedelta(days=8))
+    flow.send(COORDINATOR, M.RecordVisit("S-001", "D7", "done", d0 + timedelta(days=7)))
+    visit = position_of(flow, "S-001", T.VISIT_RECORDED)
+    flow.send(COORDINATOR, M.RecordForm("S-001", "labs", ("egfr_ml_min=90",),
+                                        d0 + timedelta(days=7), "D7"))
+    labs = position_of(flow, "S-001", T.FORM_RECORDED)
+    refused(flow, M.VoidRecord("S-001", visit, "x"), "record_has_dependants",
+            f"labs recorded at visit D7 at position {labs}")
+
+
+def test_a_weight_entered_late_says_at_once_which_deviation_it_implies(
+        desk: tuple[Desk, FakeClock]) -> None:
+    flow, clock = desk
+    d0 = through_infusion(flow, "S-001", START, clock)
+    on_day(clock, d0 + timedelta(days=2))
+    outcome = flow.send(COORDINATOR, M.RecordForm("S-001", "vitals", ("weight_kg=35",),
+                                                  START + timedelta(days=6)))
+    assert any("dose_out_of_tolerance" in w for w in outcome.summary["warnings"])

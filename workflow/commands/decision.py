@@ -15,6 +15,7 @@ from typing import Any
 
 from events.envelope import NewEvent, RecordedEvent, canonical_json
 from events.upcasting import REGISTRY
+from workflow.deviations import deviations
 from workflow.identity import Secret
 from workflow.monitoring import MonitoringState, fold_monitoring
 from workflow.reminders import Reminder, fold_reminders
@@ -132,3 +133,23 @@ def preview(c: Context, events: Sequence[NewEvent]) -> SubjectState:
         e.occurred_at or now, now, c.actor.name, c.actor.role, c.actor.site, e.reason,
         "preview", "preview", None, "", "") for n, e in enumerate(events, 1)]
     return fold_subject(state.subject, [*c.events, *recorded])
+
+
+def implied_deviations(c: Context, before: SubjectState, after: SubjectState
+                       ) -> dict[str, list[str]]:
+    """The protocol deviations the mend makes appear (`warnings`, shown at once) and those it
+    takes away (`deviations_resolved`)."""
+    def keyed(state: SubjectState) -> dict[tuple[str, int], str]:
+        """A deviation is the same one while its kind and record stay (its detail, which
+        quotes the values, may change with them)."""
+        return {(str(row["kind"]), int(row["position"])): str(row["detail"])
+                for row in deviations(state, c.study.protocol_of)}
+
+    old, new = keyed(before), keyed(after)
+    changed = sorted((key for key in new.keys() & old.keys() if new[key] != old[key]),
+                     key=lambda k: k[1])
+    return {"warnings": [f"This now implies a protocol deviation ({key[0]}): {new[key]}"
+                         for key in sorted(new.keys() - old.keys(), key=lambda k: k[1])]
+            + [f"The protocol deviation ({key[0]}) now reads: {new[key]}" for key in changed],
+            "deviations_resolved": [old[key] for key in
+                                    sorted(old.keys() - new.keys(), key=lambda k: k[1])]}

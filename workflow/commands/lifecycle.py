@@ -16,7 +16,14 @@ from events.streams import STUDY_STREAM
 from workflow import event_types as T
 from workflow.adverse_events import check_adverse_event
 from workflow.clinical_time import site_time
-from workflow.commands.decision import Context, Decision, Write, decided
+from workflow.commands.decision import (
+    Context,
+    Decision,
+    Write,
+    decided,
+    implied_deviations,
+    preview,
+)
 from workflow.commands.messages import (
     CompleteStudy,
     ConfirmEligibility,
@@ -98,10 +105,12 @@ def record_form(m: RecordForm, c: Context) -> Decision:
             raise already_recorded(m.subject, f"adverse event {values['term']} with onset "
                                    f"{values['onset_date']}", position=twin, field="term")
     payload = {"form": m.form, "values": values, "on": day.isoformat(), "visit": m.visit}
-    return decided(m.subject, [NewEvent(T.FORM_RECORDED, payload,
-                                        occurred_at=at_site(c.study, state.site, day))],
-                   {"subject": m.subject, "form": m.form, "values": values,
-                    "on": day.isoformat()})
+    event = NewEvent(T.FORM_RECORDED, payload, occurred_at=at_site(c.study, state.site, day))
+    # a form can move a dose's basis (a weight dated before leukapheresis, entered late)
+    implied = {key: found for key, found in implied_deviations(
+        c, state, preview(c, [event])).items() if found}
+    return decided(m.subject, [event], {"subject": m.subject, "form": m.form,
+                                        "values": values, "on": day.isoformat(), **implied})
 
 
 def confirm_eligibility(m: ConfirmEligibility, c: Context) -> Decision:
@@ -268,7 +277,9 @@ def record_visit(m: RecordVisit, c: Context) -> Decision:
     from workflow.schedule import visit_window
 
     state = consented(c)
-    check_phase(m.subject, state.phase, "record_visit")
+    trigger = "record_past_visit" if state.phase in ("completed", "off_study") \
+        else "record_visit"
+    check_phase(m.subject, state.phase, trigger)
     c.study.protocol.visit(m.visit)
     day = m.on or c.today
     not_future(m.subject, "visit_date", day, c.today)
@@ -285,7 +296,7 @@ def record_visit(m: RecordVisit, c: Context) -> Decision:
                 f"{c.today.isoformat()}; record it missed from "
                 f"{(closing.window_end + timedelta(days=1)).isoformat()}, or done when it "
                 "happens.", rule="visit_window_open", subject=m.subject, field="visit")
-    transition(c, "record_visit", day, visit=m.visit)
+    transition(c, trigger, day, visit=m.visit, visit_date=day)
     summary: dict[str, Any] = {"subject": m.subject, "visit": m.visit, "status": m.status,
                                "visit_date": day.isoformat()}
     warning = (out_of_window_warning(m.subject, window, protocol, day)

@@ -19,7 +19,13 @@ from events.envelope import NewEvent
 from workflow import event_types as T
 from workflow.adverse_events import check_adverse_event
 from workflow.clinical_time import site_time
-from workflow.commands.decision import Context, Decision, decided, preview
+from workflow.commands.decision import (
+    Context,
+    Decision,
+    decided,
+    implied_deviations,
+    preview,
+)
 from workflow.commands.lifecycle import (
     _check_ae_position,
     _check_assessment_date,
@@ -29,11 +35,11 @@ from workflow.commands.lifecycle import (
     transition,
 )
 from workflow.commands.messages import CorrectRecord, VoidRecord
-from workflow.deviations import deviations
 from workflow.errors import InvalidInput, RuleViolation
 from workflow.form_places import check_form_place, form_place_refusal
 from workflow.forms import assessment_date, localise_times, parse_form, validate_values
 from workflow.guards import GUARDS, Facts
+from workflow.machine import TERMINAL
 from workflow.mending import (
     Target,
     already_recorded,
@@ -184,6 +190,11 @@ def void_record(m: VoidRecord, c: Context) -> Decision:
     events = [NewEvent(T.RECORD_VOIDED, {"target_position": m.position, "form": found.form},
                        reason=m.reason.strip())]
     trigger = void_trigger(state, found)
+    if trigger is not None and state.phase in TERMINAL:
+        raise RuleViolation(f"Subject {m.subject} is {state.phase}: the {what} at position "
+                            f"{m.position} opened a phase and cannot be voided after the end "
+                            "of the study; correct its date or values instead.",
+                            rule="subject_closed", subject=m.subject, field="position")
     if trigger is not None and found.procedure is not None:
         # clinically the phase never opened: the change back is dated on the procedure's date
         events += transition(c, trigger, found.procedure.on)
@@ -211,26 +222,6 @@ def check_forms_stay_placed(c: Context, before: SubjectState, after: SubjectStat
                             f"position {form.position} (dated {day}) would no longer be where "
                             "the protocol places it; correct or void that form first.",
                             rule="form_not_in_phase", subject=after.subject, field="form")
-
-
-def implied_deviations(c: Context, before: SubjectState, after: SubjectState
-                       ) -> dict[str, list[str]]:
-    """The protocol deviations the mend makes appear (`warnings`, shown at once) and those it
-    takes away (`deviations_resolved`)."""
-    def keyed(state: SubjectState) -> dict[tuple[str, int], str]:
-        """A deviation is the same one while its kind and record stay (its detail, which
-        quotes the values, may change with them)."""
-        return {(str(row["kind"]), int(row["position"])): str(row["detail"])
-                for row in deviations(state, c.study.protocol_of)}
-
-    old, new = keyed(before), keyed(after)
-    changed = sorted((key for key in new.keys() & old.keys() if new[key] != old[key]),
-                     key=lambda k: k[1])
-    return {"warnings": [f"This now implies a protocol deviation ({key[0]}): {new[key]}"
-                         for key in sorted(new.keys() - old.keys(), key=lambda k: k[1])]
-            + [f"The protocol deviation ({key[0]}) now reads: {new[key]}" for key in changed],
-            "deviations_resolved": [old[key] for key in
-                                    sorted(old.keys() - new.keys(), key=lambda k: k[1])]}
 
 
 def _current_values(state: SubjectState, found: Target) -> dict[str, Any]:
