@@ -121,6 +121,7 @@ def incremental(flow: Any, rounds: int = 200) -> list[float]:
     for i in range(rounds):
         subject = subjects[i % len(subjects)]  # a copy's complete history
         state = load_subject(store, subject)
+        assert state.consent is not None
         day = state.infused_on or state.consent.consent_date
         flow.send(COORDINATOR, RecordForm(subject, "vitals", (f"heart_rate={60 + i % 40}",),
                                           day))

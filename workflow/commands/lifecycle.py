@@ -106,9 +106,10 @@ def record_form(m: RecordForm, c: Context) -> Decision:
                                    f"{values['onset_date']}", position=twin, field="term")
     payload = {"form": m.form, "values": values, "on": day.isoformat(), "visit": m.visit}
     event = NewEvent(T.FORM_RECORDED, payload, occurred_at=at_site(c.study, state.site, day))
-    # a form can move a dose's basis (a weight dated before leukapheresis, entered late)
-    implied = {key: found for key, found in implied_deviations(
-        c, state, preview(c, [event])).items() if found}
+    # vitals can move a dose's basis (a weight dated before leukapheresis, entered late)
+    implied = {} if m.form != "vitals" or state.infusion is None and not state.doses else {
+        key: found for key, found in implied_deviations(
+            c, state, preview(c, [event])).items() if found}
     return decided(m.subject, [event], {"subject": m.subject, "form": m.form,
                                         "values": values, "on": day.isoformat(), **implied})
 
