@@ -34,7 +34,6 @@ Conventions chosen here (written down so the screen, the guard and the docs agre
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -48,6 +47,7 @@ from workflow.instruments.codes import (
     GLUCOCORTICOID_FACTORS,
     INCLUSION_CRITERIA,
     SLEDAI2K_DESCRIPTORS,
+    canonical_drug,
 )
 from workflow.instruments.eular_acr_2019 import classify_eular_acr_2019, parse_ana_titer
 from workflow.instruments.sledai2k import sledai2k_score
@@ -65,15 +65,14 @@ STATUSES: Final[tuple[Status, ...]] = ("met", "not_met", "pending", "not_applica
 PASSING: Final[frozenset[str]] = frozenset({"met", "not_applicable"})
 
 # Drug names of the `refractory` criterion (registry NCT06513429 inclusion 4), compared after
-# lower-casing and turning "_" and "-" into spaces.
+# lower-casing, turning "_" and "-" into spaces and replacing an alias ("MMF", "CYC", "RTX":
+# codes.DRUG_ALIASES) by its generic name (codes.canonical_drug).
 CYTOTOXIC_DRUGS: Final[frozenset[str]] = frozenset(
     {"cyclophosphamide", "mycophenolate mofetil", "mycophenolate"}
 )
 B_CELL_BIOLOGICS: Final[frozenset[str]] = frozenset({"belimumab", "rituximab"})
 REFRACTORY_OUTCOMES: Final[frozenset[str]] = frozenset({"inadequate_response", "relapse"})
 BACKGROUND_CLASSES: Final[tuple[str, ...]] = ("glucocorticoid", "antimalarial", "immunosuppressant")
-
-_SPACES: Final = re.compile(r"[\s_-]+")
 
 
 # --- results ------------------------------------------------------------------------------
@@ -256,7 +255,7 @@ def _num(value: float | Decimal) -> str:
 
 
 def _drug_name(value: object) -> str:
-    return _SPACES.sub(" ", value.strip().lower()) if isinstance(value, str) else ""
+    return canonical_drug(value)
 
 
 def _at(form: RecordedForm) -> str:
@@ -974,8 +973,12 @@ def evaluate_eligibility(
     if confirmed_on is not None:
         now = ScreeningData(tuple(item for item in forms if form_date(item) <= as_of), consent,
                             protocol, as_of)
+        answered_now = dict(exclusion_answers(now)[0])
+        unanswered = tuple(  # an exclusion answered at confirmation, no longer (voided)
+            PostEnrolmentFinding("exclusion_checklist", 0, code, None, confirmed_on, code)
+            for code, answer in exclusions if answer and not answered_now.get(code))
         findings = post_enrolment_findings(forms, confirmed_on, data, confirmed_at) + \
-            criteria_lost(criteria, now, forms, confirmed_on)
+            criteria_lost(criteria, now, forms, confirmed_on) + unanswered
     return Eligibility(
         overall=_overall(criteria, exclusions),
         criteria=criteria,

@@ -111,7 +111,8 @@ def check_correctable(state: SubjectState, found: Target, changes: Mapping[str, 
             rule="chain_of_identity", subject=state.subject, field="coi_id")
 
 
-def dependants(state: SubjectState, found: Target) -> list[tuple[str, int, date]]:
+def dependants(state: SubjectState, found: Target, final_visit: str
+               ) -> list[tuple[str, int, date]]:
     """The records that rest on `found` (what, position, date): a void of it is refused while
     they stand, since they would then follow nothing."""
     p = found.position
@@ -143,7 +144,8 @@ def dependants(state: SubjectState, found: Target) -> list[tuple[str, int, date]
                         for f in state.forms.values() if f.visit == code)
         if tagged:
             return tagged[:1]
-        if state.completion_position is not None and state.completed_on is not None:
+        if code == final_visit and state.completion_position is not None \
+                and state.completed_on is not None:  # only the final visit completes
             return [("completion", state.completion_position, state.completed_on)]
     return []
 

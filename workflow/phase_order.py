@@ -10,7 +10,7 @@ them on D-5 to D-3, the infusion is D0 and the visits are counted from it.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 from workflow.errors import RuleViolation
 from workflow.forms import assessment_date
@@ -119,6 +119,13 @@ def history_problems(state: SubjectState, today: date) -> list[str]:
         if not in_sequence:
             floor = latest
     consent = state.consent.consent_date
+    for day in state.reconsents.values():
+        if day < consent:
+            found.append(f"Subject {state.subject}: the re-consent on {day} is before the "
+                         f"consent on {consent} (phase order).")
+        if day > today:
+            found.append(f"Subject {state.subject}: the re-consent on {day} is in the future "
+                         f"(today is {today} at the site).")
     ended = [(what, day) for what, day in (("completion", state.completed_on),
                                             (EXIT, state.exited_on)) if day is not None]
     for form in state.forms.values():
@@ -152,24 +159,56 @@ def check_history(before: SubjectState, after: SubjectState, today: date, field:
 def _safety_time_problems(state: SubjectState, form: RecordedForm, consent: date
                           ) -> list[str]:
     """An AE's awareness comes on or after its onset and the consent, and the sponsor's on or
-    after the site's; an SAE report is sent on or after the site became aware of its event
-    (dates on the calendar of the offset each time was recorded with)."""
+    after the site's; an SAE report is sent, and a causality assessed, on or after its event
+    began, and the report on or after the site became aware of it (instants compared as
+    instants when both carry a time and an offset, else by calendar date)."""
     found: list[str] = []
 
-    def check(later: str, day: date | None, earlier: str, floor: date | None) -> None:
-        if day is not None and floor is not None and day < floor:
+    def check(later: str, value: object, earlier: str, floor: object) -> None:
+        if value is None or floor is None:
+            return
+        first, second = _moment(value), _moment(floor)
+        if first is None or second is None:
+            return
+        if isinstance(first, datetime) and isinstance(second, datetime):
+            before = first < second
+        else:
+            before = _day(first) < _day(second)
+        if before:
             found.append(f"Subject {state.subject}: the {form.form} at position {form.position} "
-                         f"has {later} {day}, before {earlier} {floor} (phase order).")
+                         f"has {later} {value}, before {earlier} {floor} (phase order).")
 
     values = form.values
     if form.form == "adverse_event":
-        aware = as_date(values.get("awareness_at"))
-        check("awareness_at", aware, "its onset_date", as_date(values.get("onset_date")))
-        check("awareness_at", aware, "the consent on", consent)
-        check("sponsor_aware_at", as_date(values.get("sponsor_aware_at")), "awareness_at",
-              aware)
-    elif form.form == "sae_report":
+        aware = values.get("awareness_at")
+        check("awareness_at", aware, "its onset_date", values.get("onset_date"))
+        check("awareness_at", aware, "the consent on", consent.isoformat())
+        check("sponsor_aware_at", values.get("sponsor_aware_at"), "awareness_at", aware)
+    elif form.form in ("sae_report", "causality"):
         event = state.forms.get(int(str(values.get("ae_position"))))
-        aware = None if event is None else as_date(event.values.get("awareness_at"))
-        check("sent_at", as_date(values.get("sent_at")), "the event's awareness_at", aware)
+        if event is None:
+            return found
+        onset = event.values.get("onset_date")
+        if form.form == "sae_report":
+            check("sent_at", values.get("sent_at"), "the event's awareness_at",
+                  event.values.get("awareness_at"))
+            check("sent_at", values.get("sent_at"), "the event's onset_date", onset)
+        else:
+            check("its date", form.recorded_on.isoformat(), "the event's onset_date", onset)
     return found
+
+
+def _moment(value: object) -> date | datetime | None:
+    """A recorded date or date-time; a date-time without an offset counts as its date."""
+    text = str(value)
+    try:
+        if "T" in text or " " in text.strip():
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return moment if moment.tzinfo is not None else moment.date()
+        return date.fromisoformat(text[:10])
+    except ValueError:
+        return None
+
+
+def _day(value: date | datetime) -> date:
+    return value.date() if isinstance(value, datetime) else value

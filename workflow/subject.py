@@ -61,7 +61,7 @@ DATE_FIELDS: Final[dict[str, str]] = {
 # Acts recorded by their date alone -> the field a correction of that date names.
 DATED_ACTS: Final[dict[str, str]] = {
     "eligibility_confirmation": "confirmed_on", "completion": "completed_on",
-    "exit": "left_on",
+    "exit": "left_on", "reconsent": "consent_date",
 }
 
 
@@ -130,6 +130,7 @@ class SubjectState:
     forms_at_confirmation: dict[int, RecordedForm] | None = None
     completion_position: int | None = None
     exit_position: int | None = None  # ScreenFailed or SubjectWentOffStudy
+    reconsents: dict[int, date] = field(default_factory=dict)  # position -> consent date
     protocol_versions: list[tuple[int, int]] = field(default_factory=list)  # (position, version)
 
     @property
@@ -187,6 +188,27 @@ def misshapen(event: RecordedEvent, error: Exception) -> IntegrityFailure:
 
 
 def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
+    _apply(s, event)
+    s.phase_since = phase_start(s) or s.phase_since
+
+
+def phase_start(s: SubjectState) -> date | None:
+    """The clinical date the subject's current phase began, from its records as they stand
+    (a corrected or voided procedure moves it): consent, eligibility confirmation, product
+    release, the regimen's last dose, D0, completion or exit. None: as the phase change said."""
+    return {
+        "screening": s.consent.consent_date if s.consent else None,
+        "cell_collection": s.eligibility_confirmed_on,
+        "lymphodepletion": s.released_on,
+        "infusion": s.lymphodepletion_days[-1] if s.lymphodepletion_days else None,
+        "follow_up": s.infused_on,
+        "completed": s.completed_on,
+        "screen_failed": s.exited_on,
+        "off_study": s.exited_on,
+    }.get(s.phase or "")
+
+
+def _apply(s: SubjectState, event: RecordedEvent) -> None:
     p = event.payload
     s.version = event.version
     kind = event.type
@@ -199,6 +221,7 @@ def apply_subject(s: SubjectState, event: RecordedEvent) -> None:
         s.protocol_versions.append((event.position, s.protocol_version))
         s.phase, s.phase_since = "screening", s.consent.consent_date
     elif kind == T.SUBJECT_RECONSENTED:
+        s.reconsents[event.position] = to_date(str(p.get("consent_date") or event.occurred_at))
         s.protocol_version = int(p["protocol_version"])
         s.protocol_versions.append((event.position, s.protocol_version))
     elif kind == T.FORM_RECORDED:
@@ -254,6 +277,9 @@ def _apply_correction(s: SubjectState, event: RecordedEvent) -> None:
     dated = DATED_ACTS.get(target_kind(s, target) or "")
     if dated is not None:  # the date of an act that opened a phase or ended the study
         day = date.fromisoformat(str(p["changes"][dated]))
+        if target in s.reconsents:
+            s.reconsents[target] = day
+            return
         if target == s.confirmation_position:
             s.eligibility_confirmed_on = day
             opened = "cell_collection"
@@ -290,6 +316,8 @@ def target_kind(s: SubjectState, position: int) -> str | None:
         return "completion"
     if position == s.exit_position:
         return "exit"
+    if position in s.reconsents:
+        return "reconsent"
     return None
 
 

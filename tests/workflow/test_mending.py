@@ -13,6 +13,7 @@ import pytest
 from events.envelope import RecordedEvent
 from tests.support.clock import FakeClock
 from tests.support.study import (
+    ADMIN,
     COORDINATOR,
     INVESTIGATOR,
     Desk,
@@ -524,3 +525,40 @@ def test_a_weight_entered_late_says_at_once_which_deviation_it_implies(
     outcome = flow.send(COORDINATOR, M.RecordForm("S-001", "vitals", ("weight_kg=35",),
                                                   START + timedelta(days=6)))
     assert any("dose_out_of_tolerance" in w for w in outcome.summary["warnings"])
+
+
+def test_reconsent_dates_hold_and_are_corrected_a_voided_checklist_is_a_finding(
+        desk: tuple[Desk, FakeClock]) -> None:
+    flow, clock = desk
+    enrol(flow, "S-001", START, clock)
+    on_day(clock, START + timedelta(days=10))
+    checklist = next(f.position for f in flow.subject("S-001").forms.values()
+                     if f.form == "exclusion_checklist")
+    flow.send(COORDINATOR, M.VoidRecord("S-001", checklist, "checklist of another subject"))
+    from projections.subject_rows import evaluate_eligibility_on
+    state = flow.subject("S-001")
+    result = evaluate_eligibility_on(flow.study(), state, START + timedelta(days=3))
+    assert result.overall == "eligible"  # as it stood at the confirmation
+    assert {f.criterion for f in result.post_enrolment_findings} >= {"active_infection"}
+
+
+def test_a_reconsent_is_dated_after_consent_and_its_date_is_corrected(
+        desk: tuple[Desk, FakeClock]) -> None:
+    from workflow.protocol import builtin_protocol_text
+
+    flow, clock = desk
+    enrol(flow, "S-001", START, clock)
+    on_day(clock, START + timedelta(days=10))
+    text = builtin_protocol_text(2).replace("version = 2\n", "version = 3\n", 1)
+    flow.send(ADMIN, M.LoadProtocol(text, "im19_sle_v3.toml"))
+    flow.send(ADMIN, M.AmendProtocol(3))
+    refused(flow, M.ReconsentSubject("S-001", "3.0", START - timedelta(days=30)),
+            "phase_order", "re-consent on 2025-02-01", "consent on 2025-03-03")
+    flow.send(COORDINATOR, M.ReconsentSubject("S-001", "3.0", START + timedelta(days=9)))
+    reconsent = position_of(flow, "S-001", T.SUBJECT_RECONSENTED)
+    refused(flow, M.CorrectRecord("S-001", reconsent, ("consent_date=2025-03-01",), "x"),
+            "phase_order", "re-consent on 2025-03-01")
+    flow.send(COORDINATOR, M.CorrectRecord("S-001", reconsent, ("consent_date=2025-03-11",),
+                                           "date on the signed form"))
+    assert flow.subject("S-001").reconsents[reconsent] == date(2025, 3, 11)
+    refused(flow, M.VoidRecord("S-001", reconsent, "x"), "not_voidable")

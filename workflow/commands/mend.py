@@ -161,7 +161,8 @@ def recheck_confirmation(c: Context, after: SubjectState, guards: Sequence[str])
 
 def _act_date(state: SubjectState, found: Target) -> date:
     day = {"eligibility_confirmation": state.eligibility_confirmed_on,
-           "completion": state.completed_on, "exit": state.exited_on}[found.form]
+           "completion": state.completed_on, "exit": state.exited_on,
+           "reconsent": state.reconsents.get(found.position)}[found.form]
     assert day is not None
     return day
 
@@ -178,7 +179,8 @@ def void_record(m: VoidRecord, c: Context) -> Decision:
                             + (" (or its form version), or take the subject off study."
                                if found.form == "consent" else "."),
                             rule="not_voidable", subject=m.subject, field="position")
-    resting = dependants(state, found)
+    resting = dependants(state, found,
+                         c.study.protocol_of(state.protocol_version).final_visit.code)
     if resting:
         kind, at, day = resting[0]
         then = ("the completion is not voided: correct the visit's date instead"

@@ -65,6 +65,9 @@ def answer_query(m: AnswerQuery, c: Context) -> Decision:
         corrections, details = correction_events(c, query.position, m.fields, why)
         events = [replace(e, payload={**e.payload, "query": m.query}) for e in corrections]
         summary["correction"] = details
+        for key in ("warnings", "deviations_resolved"):  # said at once, as `correct` says it
+            if details.get(key):
+                summary[key] = details[key]
     events.append(NewEvent(T.QUERY_ANSWERED, {"query": m.query, "text": m.text,
                                               "corrected": bool(m.fields)}))
     answered = decided(state.subject, events, summary)
