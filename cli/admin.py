@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from cli.completion import complete_form
 from cli.context import Env
 from cli.options import command_id_option
 from cli.render import emit, table
@@ -230,17 +232,61 @@ def protocol_diagram(env: Env) -> None:
     emit(env, {"mermaid": diagram}, diagram)
 
 
-@click.command("forms", help="List the forms (CRFs) and their fields.")
+@click.command("forms", help="List the forms (CRFs) and their fields: type, unit, range and "
+               "allowed codes; with --codes, the code lists the rules use (drugs and their "
+               "aliases, screen-failure reasons, British/American spellings).")
+@click.argument("form_names", metavar="[FORM]...", nargs=-1, shell_complete=complete_form)
+@click.option("--codes", is_flag=True, help="Show the code lists the rules depend on instead.")
 @click.pass_obj
-def forms(env: Env) -> None:
-    from workflow.forms import describe_forms
+def forms(env: Env, form_names: tuple[str, ...], codes: bool) -> None:
+    if codes:
+        from workflow.code_lists import describe_codes
 
-    described = describe_forms()
-    emit(env, described, lambda: "\n".join(_form_line(f) for f in described))
+        described_codes = describe_codes()
+        emit(env, described_codes, lambda: _codes_text(described_codes))
+        return
+    from workflow.forms import describe_forms, form_spec
+
+    wanted = {form_spec(name).code for name in form_names}  # an unknown form: exit 2
+    described = [f for f in describe_forms() if not wanted or f["form"] in wanted]
+    emit(env, described, lambda: "\n\n".join(_form_text(f) for f in described))
 
 
-def _form_line(form: dict[str, object]) -> str:
-    command = f" (via {form['command']})" if form["command"] else ""
-    fields = form["fields"]
-    assert isinstance(fields, list)
-    return f"{form['form']}{command}: " + ", ".join(str(f["field"]) for f in fields)
+def _form_text(form: dict[str, Any]) -> str:
+    """A form's heading and a table of its fields."""
+    via = f"; recorded by {form['command']}" if form["command"] else ""
+    head = f"{form['form']}: {form['title']}{via}"
+    if form["one_of"]:
+        head += f"\n(at least one of: {', '.join(form['one_of'])})"
+    rows = [(f["field"], f["kind"], f["unit"], _range(f), f["required"],
+             ", ".join(f["allowed"]) if f["allowed"] else None) for f in form["fields"]]
+    return head + "\n" + table(("field", "type", "unit", "range", "required", "codes"), rows)
+
+
+def _range(field: dict[str, Any]) -> str | None:
+    low, high = field["minimum"], field["maximum"]
+    if low is None and high is None:
+        return None
+    shown = [f"{value:g}" if isinstance(value, float) else str(value) for value in (low, high)]
+    return f"{'>' if field['minimum_exclusive'] else '>='} {shown[0]}, <= {shown[1]}"
+
+
+def _codes_text(data: dict[str, Any]) -> str:
+    parts = []
+    for group in data["drug_lists"]:
+        rows = [(d["drug"], ", ".join(d["aliases"]) or None) for d in group["drugs"]]
+        parts.append(f"{group['list']} ({group['used_by']})\n" + table(("drug", "aliases"),
+                                                                      rows))
+    parts.append("Drug aliases (any case; \"_\" and \"-\" as spaces)\n" + table(
+        ("alias", "drug"), sorted(data["drug_aliases"].items())))
+    parts.append("Background therapy classes: " + ", ".join(data["background_classes"])
+                 + "\nRefractory outcomes (prior_treatment.outcome): "
+                 + ", ".join(data["refractory_outcomes"]))
+    reasons = data["screen_failure_reasons"]
+    parts.append("Screen-failure reasons (screen-fail --reason CODE; free text in --note)\n"
+                 + table(("kind", "codes"), [(kind, ", ".join(codes))
+                                             for kind, codes in reasons.items()]))
+    parts.append("Accepted in either spelling (stored as the code)\n" + table(
+        ("code", "also accepted", "where"),
+        [(s["code"], s["also"], s["where"]) for s in data["spellings"]]))
+    return "\n\n".join(parts)

@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sites": ("cli.admin:sites", "Sites and their time zones (admin)."),
     "users": ("cli.admin:users", "Users and roles (admin)."),
     "protocol": ("cli.admin:protocol", "Protocol versions: load, amend, show, diagram."),
-    "forms": ("cli.admin:forms", "List the forms (CRFs) and their fields."),
+    "forms": ("cli.admin:forms", "Forms (CRFs) and their fields; --codes: drugs, reasons."),
     "consent": ("cli.subjects:consent", "Register a candidate in screening."),
     "reconsent": ("cli.subjects:reconsent", "Record re-consent after an amendment."),
     "record": ("cli.subjects:record", "Record a form for a subject."),
@@ -50,6 +50,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sdv-status": ("cli.monitoring:sdv_status", "Forms and whether they are source-verified."),
     "study": ("cli.monitoring:study", "Study lock (data manager) and unlock (admin)."),
     "status": ("cli.queries:status", "The study, or a subject's phase and next step."),
+    "todo": ("cli.worklist:todo", "Every open task across subjects, most urgent first."),
+    "subjects": ("cli.worklist:subjects", "One row per subject with its next task."),
     "eligibility": ("cli.queries:eligibility", "Inclusion criteria and exclusions, with "
                     "evidence."),
     "visits": ("cli.queries:visits", "Planned visits, windows, status, reminders due."),
@@ -81,7 +83,9 @@ class LazyGroup(click.Group):
             return None
         module_name, attribute = entry[0].split(":")
         command: click.Command = getattr(importlib.import_module(module_name), attribute)
-        return command
+        from cli.discover import prepare  # global options in --help, shell completion
+
+        return prepare(command)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
@@ -194,8 +198,13 @@ def run(
             environ=environ,
             password_stdin=bool(options.get("--password-stdin")),
             secret_file=options.get("--secret-file"),
+            db_defaulted=db_option is None and not environ.get("TRIALFLOW_DB"),
         )
         json_mode = env.json
+        if "_TRIALFLOW_COMPLETE" in os.environ:  # shell completion: Click knows no globals
+            from cli.completion import strip_global_options
+
+            strip_global_options()
         with _redirected(out, err):
             cli.main(args=rest, prog_name="trialflow", standalone_mode=False, obj=env)
         return ExitStatus.OK

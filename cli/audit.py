@@ -8,7 +8,7 @@ import json
 import os
 import stat
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -72,9 +72,16 @@ def log(env: Env, stream: str | None, whole_log: bool, after: int | None, as_of:
     store = env.app.store
     bound = as_of_position(as_of, store)
     if whole_log:
+        from cli.progress import progress_bar
+
         batches = store.read_batches(after=after or 0, up_to=bound)
+        # progress only while the lines go elsewhere than the terminal the bar is drawn on
+        shown = not env.stdout_is_terminal
         try:
-            _write_lines(env, batches)
+            with progress_bar(env, "audit log (positions)", enabled=shown) as advance:
+                head = (bound if bound is not None else store.last_position()) if advance else 0
+                _write_lines(env, batches, None if advance is None
+                             else lambda done: advance(done, max(head, done)))
         finally:  # a generator: closing it releases its connection now, not when collected
             getattr(batches, "close", lambda: None)()
         return
@@ -95,8 +102,10 @@ def log(env: Env, stream: str | None, whole_log: bool, after: int | None, as_of:
          lambda: _log_text(stream, as_of, entries))
 
 
-def _write_lines(env: Env, batches: Iterable[list[RecordedEvent]]) -> None:
-    """JSON lines, one write per batch as it is read: nothing is collected."""
+def _write_lines(env: Env, batches: Iterable[list[RecordedEvent]],
+                 advance: Callable[[int], None] | None = None) -> None:
+    """JSON lines, one write per batch as it is read: nothing is collected. `advance(position)`
+    after each batch (a progress bar)."""
     from projections.audit_trail import trail_entry
 
     out = env.stdout
@@ -104,6 +113,8 @@ def _write_lines(env: Env, batches: Iterable[list[RecordedEvent]]) -> None:
     try:
         for batch in batches:
             out.write("".join([dumps(trail_entry(event)) + "\n" for event in batch]))
+            if advance is not None and batch:
+                advance(batch[-1].position)
         out.flush()
     except BrokenPipeError:  # the reader stopped (`| head`): stop too, quietly
         _silence(out)
@@ -231,6 +242,7 @@ of --public-key or TRIALFLOW_SEAL_PUBLIC_KEY, or of the private key in TRIALFLOW
 @click.pass_obj
 def verify(env: Env, seal_file: Path | None, public_key: Path | None,
            root_text: str | None) -> None:
+    from cli.progress import progress_bar
     from events.chain import Verification, parse_root, parse_seal, verify_against_seal
     from events.chain import verify as verify_chains
 
@@ -255,11 +267,14 @@ def verify(env: Env, seal_file: Path | None, public_key: Path | None,
                 f"cannot read {seal_file}: {error}", param_hint="--seal"
             ) from error
         sealed = parse_seal(text, str(seal_file), public)
-        result = verify_against_seal(env.app.store, sealed)
+        with progress_bar(env, "verifying (positions)") as advance:
+            result = verify_against_seal(env.app.store, sealed, progress=advance)
         if root is not None:
-            result = verify_chains(env.app.store, root=root)
+            with progress_bar(env, "verifying the root (positions)") as advance:
+                result = verify_chains(env.app.store, root=root, progress=advance)
     else:
-        result = verify_chains(env.app.store, root=root)
+        with progress_bar(env, "verifying (positions)") as advance:
+            result = verify_chains(env.app.store, root=root, progress=advance)
     data = {"ok": True, "events": result.events, "streams": result.streams,
             "position": result.position, "root": f"{result.position}:{result.root}",
             "commands": result.commands, "seal_checked": seal_file is not None,

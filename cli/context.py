@@ -25,6 +25,8 @@ class Env:
     password_stdin: bool = False  # passwords are read from stdin, one per line
     secret_file: str | None = None  # --secret-file: a service account's secret
     command_id: str | None = None  # of the write under way (reported if interrupted)
+    db_defaulted: bool = False  # neither --db nor TRIALFLOW_DB: db_url is the default
+    creates_database: bool = False  # `init`: a missing SQLite file is created, not refused
 
     @property
     def stdout_is_terminal(self) -> bool:
@@ -34,7 +36,7 @@ class Env:
     def app(self) -> App:
         from workflow.bootstrap import build_app
 
-        return build_app(self.db_url)
+        return build_app(self.db_url, create=self.creates_database)
 
     @cached_property
     def executor(self) -> Executor:

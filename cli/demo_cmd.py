@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from projections.demo_story import DemoResult
 
 
+DEMO_DEFAULT_DB = "sqlite:///demo.db"  # without --db or TRIALFLOW_DB
 REPORTS = (("swimmer", "swimmer.png"), ("sledai", "sledai.png"),
            ("persistence", "persistence.png"), ("html", "report.html"))
 
@@ -28,7 +29,9 @@ REPORTS = (("swimmer", "swimmer.png"), ("sledai", "sledai.png"),
                "application's commands: 8 candidates, 6 enrolled, a year of follow-up with "
                "the scheduler ticking every day. Then print the study status, endpoints and "
                "adverse events, and write the reports (swimmer, SLEDAI-2K and persistence "
-               "PNGs, the HTML monitoring page) into --reports.")
+               "PNGs, the HTML monitoring page) into --reports. Without --db (and "
+               "TRIALFLOW_DB) the database is demo.db in the working directory, never the "
+               "default trialflow.db.")
 @click.option("--subjects", type=click.IntRange(8, 100_000), default=8, show_default=True,
               help="Candidates: the story has 8; beyond them the study is amended to a "
               "protocol variant whose cap is N (version 102) and N-8 more subjects are copies "
@@ -51,6 +54,8 @@ def demo(env: Env, subjects: int, seed: int, start: date, replace: bool,
 
     if reports is not None and no_reports:
         raise InvalidInput("--reports and --no-reports exclude each other.", field="reports")
+    if env.db_defaulted:  # never the production default, trialflow.db
+        env.db_url = DEMO_DEFAULT_DB
     folder = None if no_reports else (reports or default_reports_dir(env.db_url))
     if folder is not None:
         _check_folder(folder, create=False)
@@ -74,8 +79,12 @@ def demo(env: Env, subjects: int, seed: int, start: date, replace: bool,
         env.stderr.write(line + "\n")
 
     verbose = env.log_level in ("info", "debug")
-    result = run_demo(env.db_url, seed=seed, start=start, subjects=subjects,
-                      progress=progress if verbose else None)
+    from cli.progress import progress_bar
+
+    with progress_bar(env, "demo: story days") as advance:
+        result = run_demo(env.db_url, seed=seed, start=start, subjects=subjects,
+                          progress=progress if verbose else None,
+                          advance=None if verbose else advance)
     written = [] if folder is None else write_reports(env, folder, result.now)
     _summary(env, result, written)
 
@@ -151,8 +160,16 @@ def database_kind(url: str) -> str:
         if not sqlite:
             return "other"  # PostgreSQL: never replaced, whatever it holds
         return "demo" if load_study(app.store).purpose == "demo" else "other"
-    except (EventStoreError, DBAPIError):  # e.g. a file that is no database
-        return "other"
+    except DBAPIError as error:  # e.g. a file that is no database
+        if sqlite:
+            return "other"
+        from events.translate import translate
+
+        raise translate(error) from error  # a server that is down, a missing database, …
+    except EventStoreError:
+        if sqlite:
+            return "other"
+        raise
     finally:
         app.engine.dispose()
 

@@ -44,6 +44,7 @@ def init(env: Env, admin: str | None, protocol_version: int,
     if roles and not postgres:
         raise click.UsageError("--roles is for PostgreSQL: on SQLite the database file's "
                                "permissions decide who may read and write (docs/audit.md).")
+    env.creates_database = True  # the one command (with `demo`) that makes a SQLite file
     applied = upgrade(env.app.engine)
     data: dict[str, object] = {"database": safe_url(env.db_url), "applied": applied,
                                "schema_version": latest_version()}

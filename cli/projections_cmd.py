@@ -37,28 +37,12 @@ def rebuild(env: Env, name: str | None) -> None:
 
     names = list(registry.NAMES) if name is None else [name]
     runner = Runner(env.app.engine, env.app.store)
-    if _stderr_is_terminal(env) and not env.json:
-        result = _with_progress(env, runner, names)
-    else:
-        result = runner.rebuild(names)
-    data = {"rebuilt": names if name is None else [name], "head": result.head,
+    from cli.progress import progress_bar
+
+    with progress_bar(env, "rebuilding (subjects)") as advance:
+        result = runner.rebuild(names, progress=advance)
+    data: dict[str, Any] = {"rebuilt": names if name is None else [name], "head": result.head,
             "subjects": result.subjects, "events": result.applied}
     emit(env, data, f"Rebuilt {', '.join(data['rebuilt'])} up to position {result.head} "
          f"({result.subjects} subjects).")
 
-
-def _stderr_is_terminal(env: Env) -> bool:
-    return bool(getattr(env.stderr, "isatty", lambda: False)())
-
-
-def _with_progress(env: Env, runner: Any, names: list[str]) -> Any:
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(file=env.stderr), transient=True) as bar:
-        task = bar.add_task("rebuilding", total=None)
-
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return runner.rebuild(names, progress=advance)

@@ -100,10 +100,13 @@ def _subject_status(env: Env, subject: str, now: datetime | None, as_of: str | N
     moment = _utc(now) or env.app.clock()
     if on is not None and state.consented:
         zone = zone_of(study, state.site)
-        state = fold_subject(subject, events_on(events, on, zone))
+        events = events_on(events, on, zone)
+        state = fold_subject(subject, events)
         moment = datetime.combine(on, datetime.max.time(), zone)
-    data = subject_status(study, state, moment)
-    emit(env, data, lambda: "\n".join(f"{k}: {v}" for k, v in data.items()))
+    data = subject_status(study, state, moment, events)
+    emit(env, data, lambda: "\n".join(
+        [f"{k}: {v}" for k, v in data.items() if k != "next_task"]
+        + ([f"next_command: {data['next_task']['command']}"] if data["next_task"] else [])))
 
 
 @click.command("eligibility", help="Each inclusion criterion and exclusion answer of a subject, "

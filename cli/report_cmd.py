@@ -177,7 +177,8 @@ def persistence(env: Env, out: Path, now: datetime | None, as_of: str | None) ->
 
 
 @report.command("html", help="One self-contained page for a monitoring visit: study status, "
-                "subjects, visits due or overdue, adverse events, deviations, endpoints and "
+                "subjects, visits due or overdue, adverse events, deviations, endpoints, "
+                "data queries by state, source-verification progress, signatures pending and "
                 "the three plots (embedded PNGs).")
 @report_options
 @click.pass_obj
@@ -194,7 +195,8 @@ def html(env: Env, out: Path, now: datetime | None, as_of: str | None) -> None:
     check_out(out)
     context = _Context(env, now, as_of)
     view, histories = context.view, context.histories
-    page = monitoring_data(view, context.clock, now=context.now.isoformat(), as_of=as_of)
+    page = monitoring_data(view, context.clock, now=context.now.isoformat(), as_of=as_of,
+                           store=env.app.store)
     swim = d.swimmer_rows(histories, page.adverse_events, context.clock.today)
     scores = d.sledai_series(histories)
     copies = d.persistence_series(histories, view.study.protocol.lloq_copies_per_ug)

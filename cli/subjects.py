@@ -98,15 +98,20 @@ def confirm_eligibility(env: Env, subject: str, on: date | None, command_id: str
 
 @click.command("screen-fail", help="Record a screen failure with the criterion or reason code.")
 @click.argument("subject")
-@click.option("--reason", required=True, help="Criterion code or screening_window_expired.")
+@click.option("--reason", required=True, metavar="CODE",
+              help="The failing inclusion criterion or exclusion, or screening_window_expired, "
+                   "consent_withdrawn, investigator_decision, lost_to_follow_up, other "
+                   "(`trialflow forms --codes` lists them).")
+@click.option("--note", default=None, help="Free text: what the code leaves out.")
 @click.option("--on", "on", type=DATE, default=None,
               help="Clinical date of the screen failure (default today at the site).")
 @command_id_option
 @click.pass_obj
-def screen_fail(env: Env, subject: str, reason: str, on: date | None,
+def screen_fail(env: Env, subject: str, reason: str, note: str | None, on: date | None,
                 command_id: str | None) -> None:
-    show(env, f"Subject {subject} screen-failed ({reason})",
-         send(env, M.RecordScreenFailure(subject, reason, on), command_id))
+    outcome = send(env, M.RecordScreenFailure(subject, reason, on, note), command_id)
+    show(env, f"Subject {subject} screen-failed ({outcome.summary.get('reason', reason)})",
+         outcome)
 
 
 @click.command("leukapheresis", help="Record the cell collection and its chain-of-identity id.")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -97,9 +97,11 @@ class _Findings:
             self.broken = failure
 
 
-def verify(store: EventStore, *, root: Root | None = None) -> Verification:
+def verify(store: EventStore, *, root: Root | None = None,
+           progress: Callable[[int, int], None] | None = None) -> Verification:
     """Check the whole log (see the module's docstring); raise IntegrityFailure naming the
-    first gap, the streams missing and the first broken link, whichever are found."""
+    first gap, the streams missing and the first broken link, whichever are found.
+    `progress(position, head)` is called after each batch read."""
     heads: dict[str, tuple[int, str]] = {}
     commands: dict[str, _Command] = {}
     found = _Findings()
@@ -107,6 +109,7 @@ def verify(store: EventStore, *, root: Root | None = None) -> Verification:
     stored_chain = chain = GENESIS_HASH
     root_seen: Root | None = None
     loads = json.loads
+    head = store.last_position() if progress is not None else 0
     for batch in store.read_chained(batch_size=5000):
         for event, chain_hash in batch:
             position = event.position
@@ -143,6 +146,8 @@ def verify(store: EventStore, *, root: Root | None = None) -> Verification:
             heads[event.stream_id] = (event.version, event.hash)
             last_position, last_recorded = position, max(last_recorded, event.recorded_at)
             count += 1
+        if progress is not None:
+            progress(last_position, max(head, last_position))
     missing, checked = _check_commands(store, commands, heads, found)
     _raise(found, missing)
     if root is not None and root_seen is None:
@@ -315,12 +320,13 @@ def _whole(value: object, minimum: int) -> bool:
             and minimum <= value <= 2**63 - 1)
 
 
-def verify_against_seal(store: EventStore, seal: Mapping[str, Any]) -> Verification:
+def verify_against_seal(store: EventStore, seal: Mapping[str, Any],
+                        progress: Callable[[int, int], None] | None = None) -> Verification:
     """Verify the log, that its chain passes through the sealed root at the sealed position,
     and that every sealed stream still reaches its sealed head."""
     position = int(seal["position"])
     root = Root(str(seal["root"]), position) if position > 0 else None
-    result = verify(store, root=root)
+    result = verify(store, root=root, progress=progress)
     for stream, sealed in seal["streams"].items():
         version, digest = int(sealed["version"]), str(sealed["hash"])
         current = result.heads.get(stream)

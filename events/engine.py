@@ -70,7 +70,10 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def create_store_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engine:
+def create_store_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+                        create: bool = True) -> Engine:
+    """`create=False`: a SQLite file that does not exist is never created (the CLI's every
+    command but `init` and `demo`); connecting raises `missing_sqlite_file` instead."""
     url = normalise_url(url)
     try:
         parsed = make_url(url)
@@ -89,7 +92,7 @@ def create_store_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_
             timeout = parsed.query.get("timeout")  # seconds, as sqlite3 and SQLAlchemy spell it
             if isinstance(timeout, str):
                 busy_timeout_ms = _busy_timeout_ms(timeout)
-            engine = _sqlite_engine(url, busy_timeout_ms)
+            engine = _sqlite_engine(url, busy_timeout_ms, create)
         else:
             engine = _postgres_engine(parsed)
     except (sa_exc.ArgumentError, ImportError, ValueError, OverflowError) as error:
@@ -231,7 +234,7 @@ def _is_file_database(url: str) -> bool:
     )
 
 
-def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
+def _sqlite_engine(url: str, busy_timeout_ms: int, create: bool = True) -> Engine:
     pool_args: dict[str, Any] = {}
     if _is_file_database(url):  # QueuePool, SQLAlchemy's choice for file databases
         pool_args = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": -1}
@@ -247,6 +250,8 @@ def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
 
     @event.listens_for(engine, "do_connect")
     def _do_connect(dialect: Any, record: Any, _cargs: Any, cparams: dict[str, Any]) -> Any:
+        if file is not None and not create and not os.path.exists(file.path):
+            raise missing_sqlite_file(url, file.path)  # never an empty file left behind
         record.info[_READ_ONLY] = file is not None and file.read_only()
         if file is None:
             return None
@@ -273,6 +278,26 @@ def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
     return engine
+
+
+def missing_sqlite_file(url: str, path: str) -> StoreUnavailable:
+    """The one sentence for a SQLite file that is not there: which file, how the URL's path
+    is read (three slashes: relative to the working directory; four: absolute) and how to
+    create it."""
+    shown = hide_passwords(url).replace("sqlite+pysqlite:", "sqlite:", 1)
+    database = make_url(url).database or ""
+    if database.startswith("file:"):
+        database = unquote(urlsplit(database).path)
+    if os.path.isabs(database):
+        how = (f"the URL {shown} gives an absolute path; sqlite:///NAME, with three "
+               "slashes, is relative to the working directory")
+    else:
+        how = (f"the URL {shown} gives a path relative to the working directory "
+               f"{os.getcwd()}; an absolute path takes four slashes, sqlite:////path/NAME.db")
+    return StoreUnavailable(
+        f"There is no database file {path} ({how}): create it with `trialflow init --db "
+        f"{shown}`, or give the URL of an existing one; nothing was read or written.",
+        retryable=False, rule="database_unreachable")
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -103,6 +103,25 @@ _LOGIN_REFUSED = ("password authentication failed", "no password supplied",
                   "authentication failed for user")
 
 
+def missing_database(text: str) -> StoreUnavailable:
+    """A PostgreSQL database that does not exist: its name and how to create it (exit 1,
+    not retryable: waiting does not make it)."""
+    import re
+    import shlex
+
+    found = re.search(r'database "(.*)" does not exist', text)
+    if found is None:
+        return StoreUnavailable(
+            "The database server has no database of the name the URL gives: create it "
+            "(createdb NAME) and run `trialflow init` on it; nothing was written.",
+            retryable=False, rule="database_unreachable")
+    name = found.group(1)
+    return StoreUnavailable(
+        f'The database server has no database "{name}": create it (`createdb '
+        f'{shlex.quote(name)}`, or CREATE DATABASE in psql) and run `trialflow init` on it; '
+        "nothing was written.", retryable=False, rule="database_unreachable")
+
+
 def translate(error: sa_exc.DBAPIError, engine: Engine | None = None) -> EventStoreError:
     """The store's own error for a driver error. `engine`, when the caller knows it, is the
     one whose database failed (for a SQLite I/O error: is its filesystem full?)."""
@@ -160,9 +179,7 @@ def translate(error: sa_exc.DBAPIError, engine: Engine | None = None) -> EventSt
             rule="database_login_failed",
         )
     if 'database "' in text and "does not exist" in text:
-        return StoreUnavailable(
-            "The database server has no database of the name the URL gives; nothing was "
-            "written.", retryable=False, rule="database_unreachable")
+        return missing_database(str(error.orig) if error.orig is not None else str(error))
     if "permission denied" in text or "insufficient_privilege" in text:
         return StoreUnavailable(
             "The database login is not allowed to do this; nothing was written.",

@@ -198,7 +198,8 @@ STATUS_KEYS: Final = ("phase", "days_in_phase", "study_day", "cohort", "enrolmen
 
 
 def replay_document(view: View, clock: Clock, states: Mapping[str, SubjectState],
-                    moment: Moment) -> Entry:
+                    moment: Moment,
+                    streams: Mapping[str, Sequence[RecordedEvent]] | None = None) -> Entry:
     """Every subject (phase, eligibility, safety window and open SAE clocks, AEs, visits with
     their status) and the study's summary, as the query commands computed them at `moment`:
     the view is the log folded up to the moment's position, the clock is set to its time."""
@@ -210,7 +211,8 @@ def replay_document(view: View, clock: Clock, states: Mapping[str, SubjectState]
     for row in view.subjects():
         name = row["subject"]
         state = states[name]
-        status = subject_status(view.study, state, clock.now(row["site"]))
+        status = subject_status(view.study, state, clock.now(row["site"]),
+                                None if streams is None else streams[name])
         eligibility = eligibility_of(view, clock, name, states.__getitem__)
         windows = ae_windows(view, clock, name)
         window = windows["windows"][0] if windows["windows"] else None
@@ -245,9 +247,11 @@ def replay_at(store: EventStore, moment: Moment) -> Entry:
 
     view = memory_view(store, moment.position)
     clock = Clock(view, moment.at or datetime(1970, 1, 1, tzinfo=UTC))
-    states = {row["subject"]: fold_subject(row["subject"], store.read_stream(
-        row["subject"], up_to_position=moment.position)) for row in view.subjects()}
-    return replay_document(view, clock, states, moment)
+    streams = {row["subject"]: store.read_stream(row["subject"],
+                                                 up_to_position=moment.position)
+               for row in view.subjects()}
+    states = {name: fold_subject(name, events) for name, events in streams.items()}
+    return replay_document(view, clock, states, moment, streams)
 
 
 # --- diff ----------------------------------------------------------------------------------

@@ -117,7 +117,10 @@ class DemoResult:
 
 def run_demo(url: str, *, seed: int = 7, start: date = DEFAULT_START, subjects: int = 8,
              notifiers: Sequence[Notifier] = (),
-             progress: Callable[[str], None] | None = None) -> DemoResult:
+             progress: Callable[[str], None] | None = None,
+             advance: Callable[[int, int, str], None] | None = None) -> DemoResult:
+    """`progress(line)`: one line per story step; `advance(done, total, what)`: the story's
+    days played (then the copies made) of all, for a progress bar."""
     clock = SimulatedClock(start)
     ids = random.Random(f"command ids {seed}")  # same seed, same ids, same hashes
     app = build_app(url, clock=clock, store_clock=clock, kdf=DEMO_KDF,
@@ -139,9 +142,9 @@ def run_demo(url: str, *, seed: int = 7, start: date = DEFAULT_START, subjects: 
         plan.at(amend_on + timedelta(days=1), f"{subject} re-consents",
                 partial(flow.send, COORDINATOR, M.ReconsentSubject(subject, "2.0")))
     try:
-        result = _play(flow, clock, plan, story, notifiers, progress)
+        result = _play(flow, clock, plan, story, notifiers, progress, advance)
         if subjects > STORY_SUBJECTS:
-            _scale(flow, result, subjects, progress)
+            _scale(flow, result, subjects, progress, advance)
     finally:
         flow.logout_all()
     return result
@@ -164,11 +167,13 @@ def _setup(flow: Actors) -> None:
 
 
 def _play(flow: Actors, clock: SimulatedClock, plan: Plan, subjects: list[str],
-          notifiers: Sequence[Notifier], progress: Callable[[str], None] | None) -> DemoResult:
+          notifiers: Sequence[Notifier], progress: Callable[[str], None] | None,
+          advance: Callable[[int, int, str], None] | None = None) -> DemoResult:
     from projections.scheduler import tick
 
     actions = sorted(plan.actions, key=lambda a: (a[0], a[1]))
     day, end = actions[0][0], actions[-1][0]
+    first, days = day, (end - day).days + 1
     ticks = issued = 0
     pending = list(actions)
     channels = list(notifiers) or [_QuietLog()]
@@ -183,6 +188,8 @@ def _play(flow: Actors, clock: SimulatedClock, plan: Plan, subjects: list[str],
         ticks += 1
         issued += len(report.issued)
         day += timedelta(days=1)
+        if advance is not None:
+            advance((day - first).days, days, "demo: story days")
     return DemoResult(subjects, flow.executor.store.last_position(), ticks, issued, end,
                       clock.now)
 
@@ -241,7 +248,8 @@ def _sub(text: str, pattern: str, new: str) -> str:
 
 
 def _scale(flow: Actors, result: DemoResult, subjects: int,
-           progress: Callable[[str], None] | None) -> None:
+           progress: Callable[[str], None] | None,
+           advance: Callable[[int, int, str], None] | None = None) -> None:
     """Load and amend to the variant with cap `subjects`, then copy story subjects into the
     places 7.. (`subjects` - 2 enrolled: the story's two screen failures are not copied), with
     `CopySubjects` messages through the executor (accepted in a demo study only)."""
@@ -270,6 +278,8 @@ def _scale(flow: Actors, result: DemoResult, subjects: int,
             flow.send(ADMIN, M.CopySubjects(TEMPLATES[code], tuple(extra[chunk:last]),
                                             orders[chunk], version,
                                             spread_days=365, offset=chunk - start))
+            if advance is not None:
+                advance(last, len(extra), "demo: copied subjects")
         if progress is not None:
             progress(f"{result.end}  {extra[start]}..{extra[end - 1]}: copies of "
                      f"{TEMPLATES[code]} in cohort {code}")
@@ -309,8 +319,10 @@ def _candidate(plan: Plan, flow: Actors, rng: random.Random, subject: str, conse
             subject, form, tuple(values), consent)))
     if fails is not None:
         reason = "weight" if fails == "weight" else "active_infection"
+        note = (f"Weight {weight} kg at screening, below the protocol minimum."
+                if fails == "weight" else "Active infection on the exclusion checklist.")
         plan.at(consent + timedelta(days=5), f"{subject} fails screening ({reason})",
-                partial(send, c, M.RecordScreenFailure(subject, reason)))
+                partial(send, c, M.RecordScreenFailure(subject, reason, note=note)))
         return
     plan.at(consent + timedelta(days=3), f"{subject} eligibility confirmed",
             partial(send, inv, M.ConfirmEligibility(subject)))

@@ -2,42 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from events.envelope import RecordedEvent
 from workflow.errors import InvalidInput
-from workflow.machine import TERMINAL
 from workflow.study import Study
 from workflow.subject import SubjectState
-
-NEXT_STEPS = {
-    "screening": "record screening forms, then an investigator runs confirm-eligibility",
-    "cell_collection": "record leukapheresis, then release the product",
-    "lymphodepletion": "record the lymphodepletion doses of the regimen",
-    "infusion": "infuse within the window after the last lymphodepletion dose",
-    "follow_up": "record the follow-up visits",
-}
+from workflow.tasks import first_task, subject_tasks
 
 
-def subject_status(study: Study, s: SubjectState, now: datetime) -> dict[str, Any]:
+def subject_status(study: Study, s: SubjectState, now: datetime,
+                   events: Sequence[RecordedEvent] | None = None) -> dict[str, Any]:
+    """The subject's phase and its next step: the first of its open tasks (workflow/tasks.py,
+    the source `trialflow todo` lists), `next_task` being that task in full. With the
+    stream's `events` the data review tasks (queries, source verification, signatures) count
+    too."""
     if not s.consented:
         raise InvalidInput(f"Subject {s.subject} is not known: it has no consent recorded.",
                            field="subject", subject=s.subject)
     today = now.astimezone(study.zone(s.site)).date()
     assert s.phase is not None
-    next_step: str | None = NEXT_STEPS.get(s.phase)
-    if s.phase == "cell_collection" and s.collection_coi is not None:
-        next_step = ("record a new leukapheresis or take the subject off study "
-                     "(manufacturing_failure)" if s.product_failed else "release the product")
-    if s.phase == "follow_up":
-        codes = study.protocol_of(s.protocol_version).visit_codes
-        recorded = [i for i, code in enumerate(codes) if code in s.visits]
-        # visits before the last recorded one are done or missed (the next one was done)
-        pending = [c for c in codes[(recorded[-1] + 1) if recorded else 0:]
-                   if c not in s.visits]
-        next_step = f"record visit {pending[0]}" if pending else "complete the study"
-    if s.phase in TERMINAL:
-        next_step = None
+    first = first_task(subject_tasks(study, s, now, events))
+    next_step = None if first is None else first.action
     return {
         "subject": s.subject,
         "phase": s.phase,
@@ -49,4 +37,5 @@ def subject_status(study: Study, s: SubjectState, now: datetime) -> dict[str, An
         "protocol_version": s.protocol_version,
         "exit_reason": s.exit_reason,
         "next_step": next_step,
+        "next_task": None if first is None else first.to_json(),
     }

@@ -33,10 +33,12 @@ def build_app(
     store_clock: Callable[[], datetime] | None = None,
     new_id: Callable[[], str] | None = None,
     kdf: Kdf = DEFAULT_KDF,
+    create: bool = True,
 ) -> App:
     """`clock` is the application's "now"; `store_clock` overrides the recorded time (tests and
-    simulations only: by default `recorded_at` is the database's own clock)."""
-    engine = create_store_engine(db_url)
+    simulations only: by default `recorded_at` is the database's own clock). `create=False`:
+    a missing SQLite file is refused, never created (events/engine.py)."""
+    engine = create_store_engine(db_url, create=create)
     store = (EventStore(engine, clock=store_clock) if new_id is None
              else EventStore(engine, clock=store_clock, new_id=new_id))
     return App(engine=engine, store=store, clock=clock, kdf=kdf)

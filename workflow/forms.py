@@ -57,6 +57,9 @@ from workflow.instruments.codes import (
     SERIOUS_CRITERIA,
     SLEDAI2K_DESCRIPTORS,
     VISITS,
+    canonical_code,
+    canonical_drug,
+    spelling_key,
 )
 
 SEXES: Final[tuple[str, ...]] = ("female", "male")
@@ -175,6 +178,16 @@ class FormSpec:
     def field(self, code: str) -> FieldSpec | None:
         return next((spec for spec in self.fields if spec.code == code), None)
 
+    def find(self, code: str) -> FieldSpec | None:
+        """The field named `code`, in British or American spelling (`cerebral_oedema` is
+        `cerebral_edema`, `haemoglobin_g_l` is `hemoglobin_g_l`): its `code` is the canonical
+        one. What is typed (`record`, `correct`) is read with this; stored codes with `field`."""
+        found = self.field(code)
+        if found is None and isinstance(code, str):
+            canonical = canonical_code(code, self.field_codes)
+            found = self.field(canonical) if canonical is not None else None
+        return found
+
 
 # --- field constructors -------------------------------------------------------------------
 
@@ -257,7 +270,7 @@ def _known_glucocorticoid(form: str, values: Mapping[str, object]) -> None:
     drug = values.get("drug")
     if values.get("drug_class") != "glucocorticoid" or not isinstance(drug, str):
         return
-    if drug.lower() not in GLUCOCORTICOID_FACTORS:
+    if canonical_drug(drug) not in GLUCOCORTICOID_FACTORS:
         known = ", ".join(GLUCOCORTICOID_FACTORS)
         raise InvalidInput(
             f"{form}: field drug must name a glucocorticoid with a prednisone equivalent "
@@ -561,14 +574,17 @@ def validate_values(
     spec = form_spec(form)
     result: dict[str, object] = {}
     for code, value in values.items():
-        field = spec.field(code)
+        field = spec.find(code)
         if field is None:
             raise InvalidInput(
                 f"{form}: field {_show(code)} is not a field of this form"
                 f"{_suggestion(code, spec.field_codes)}.",
                 field=str(code),
             )
-        result[code] = _coerce_field(form, field, value, today)
+        if field.code in result:
+            raise InvalidInput(f"{form}: field {field.code} is given more than once.",
+                               field=field.code)
+        result[field.code] = _coerce_field(form, field, value, today)
     if not partial:
         _check_complete(spec, result)
         if spec.absent_flags_are_no:
@@ -637,13 +653,14 @@ def describe_forms() -> list[dict[str, object]]:
 def _split_token(spec: FormSpec, token: str) -> tuple[str, object]:
     code, sep, value = token.partition("=")
     code = code.strip()
-    field = spec.field(code)
+    field = spec.find(code)
     if field is None:
         raise InvalidInput(
             f"{spec.code}: field {_show(code)} is not a field of this form"
             f"{_suggestion(code, spec.field_codes)}.",
             field=code,
         )
+    code = field.code  # the canonical spelling
     if sep:
         return code, value
     if field.kind is Kind.FLAG:
@@ -758,14 +775,15 @@ def _coerce_titer(field: FieldSpec, value: object, today: date) -> int:
 
 
 def _coerce_enum(field: FieldSpec, value: object, today: date) -> str:
+    """A code of the field, in any case and in British or American spelling
+    (`hospitalization` is stored as `hospitalisation`)."""
     expected = f"one of {', '.join(field.allowed)}"
     if not isinstance(value, str):
         raise _BadValue(expected)
-    wanted = value.strip().lower()
-    for code in field.allowed:
-        if code.lower() == wanted:
-            return code
-    raise _BadValue(expected)
+    code = canonical_code(value, field.allowed)
+    if code is None:
+        raise _BadValue(expected + _suggestion(value, field.allowed))
+    return code
 
 
 def _coerce_enum_list(field: FieldSpec, value: object, today: date) -> list[str]:
@@ -778,10 +796,13 @@ def _coerce_enum_list(field: FieldSpec, value: object, today: date) -> list[str]
         items = list(value)
     else:
         raise _BadValue(expected)
-    try:
-        codes = [_coerce_enum(field, item, today) for item in items]
-    except _BadValue:
-        raise _BadValue(expected) from None
+    codes = []
+    for item in items:
+        try:
+            codes.append(_coerce_enum(field, item, today))
+        except _BadValue:
+            hint = _suggestion(item, field.allowed) if isinstance(item, str) else ""
+            raise _BadValue(expected + hint) from None
     if len(set(codes)) != len(codes):
         raise _BadValue(f"{expected}, each named once")
     return [code for code in field.allowed if code in codes]
@@ -870,5 +891,8 @@ def _show(value: object) -> str:
 
 
 def _suggestion(word: str, known: Sequence[str] | Mapping[str, object]) -> str:
-    matches = difflib.get_close_matches(str(word), list(known), n=1)
-    return f" (did you mean {matches[0]}?)" if matches else ""
+    """" (did you mean CODE?)": the closest of `known`, compared in one spelling."""
+    codes = [str(code) for code in known]
+    keys = {spelling_key(code): code for code in codes}
+    matches = difflib.get_close_matches(spelling_key(str(word)), list(keys), n=1)
+    return f" (did you mean {keys[matches[0]]}?)" if matches else ""

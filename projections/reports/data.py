@@ -212,6 +212,7 @@ class SledaiSeries:
 class SledaiChart:
     series: tuple[SledaiSeries, ...]
     not_plotted: dict[str, str]  # subject -> why it has no line
+    thresholds: tuple[int, ...] = ()  # the eligibility minimum of the subjects' protocols
 
 
 NOT_INFUSED: Final = "not infused: no D0, so no study day"
@@ -221,6 +222,7 @@ def sledai_series(histories: Sequence[SubjectHistory]) -> SledaiChart:
     """The SLEDAI-2K of every disease_activity form (its own date) on the study-day axis; the
     baseline is the form the endpoints use (workflow.endpoints.sledai2k_baseline)."""
     series, skipped = [], {}
+    thresholds = {h.protocol.sledai2k_min for h in histories}
     for h in histories:
         d0 = h.state.infused_on
         if d0 is None:
@@ -238,7 +240,7 @@ def sledai_series(histories: Sequence[SubjectHistory]) -> SledaiChart:
             continue
         series.append(SledaiSeries(h.subject, tuple(sorted(points, key=lambda p: (p.day,
                                                                                   p.position)))))
-    return SledaiChart(tuple(series), skipped)
+    return SledaiChart(tuple(series), skipped, tuple(sorted(thresholds)))
 
 
 # --- CAR-T persistence -------------------------------------------------------------------------
@@ -320,7 +322,9 @@ def swimmer_caption(chart: SwimmerChart) -> str:
 def sledai_caption(chart: SledaiChart) -> str:
     text = ("SLEDAI-2K of every disease_activity form, at the form's own date; the large "
             "hollow circle is the baseline the endpoints use (last assessment before the "
-            "first lymphodepletion dose).")
+            "first lymphodepletion dose). Lines sharing a score are drawn a fixed fraction of a "
+            "point apart (never more than 0.3 from the exact score, whatever the number of "
+            "subjects); the dashed grey line is the eligibility minimum.")
     return text + _skipped(chart.not_plotted)
 
 
@@ -328,7 +332,9 @@ def persistence_caption(chart: PersistenceChart) -> str:
     text = (f"qPCR CAR transgene copies/µg genomic DNA, log scale; dashed line: LLOQ "
             f"{chart.lloq:g} copies/µg of the protocol in force. A value below the LLOQ (not "
             f"detected, 0 included) is drawn at the axis floor, LLOQ/10 = {chart.floor:g}, as "
-            "a hollow down-triangle.")
+            "a hollow down-triangle. Each subject has its own colour, line style and marker "
+            "(lines are slightly transparent) so overlapping lines stay distinguishable; the "
+            "values are drawn exactly.")
     return text + _skipped(chart.not_plotted)
 
 

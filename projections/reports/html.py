@@ -1,9 +1,11 @@
 """The monitoring-visit page: one self-contained HTML file (no external resource: inline CSS,
 the plots as base64 data URIs). Every text that comes from data is escaped.
 
-`monitoring_data(view, clock)` gathers the documents the query commands print (`status`,
-`visits`, `ae list`, `deviations`, `endpoints`, the post-enrolment findings of `eligibility`:
-the same functions, never a second code path);
+`monitoring_data(view, clock, store=...)` gathers the documents the query commands print
+(`status`, `visits`, `ae list`, `deviations`, `endpoints`, the post-enrolment findings of
+`eligibility`; with the event store, the data review: `queries`, `sdv-status` and
+`signatures`, folded by workflow/monitoring.py and workflow/signing.py from each subject's
+stream up to the view's position: the same functions, never a second code path);
 `render_html(data, images)` is a pure function of them and of the images' bytes.
 """
 
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Final
 
+from events.envelope import RecordedEvent
+from events.store import EventStore
 from projections.queries import (
     Clock,
     ae_list,
@@ -25,9 +29,15 @@ from projections.queries import (
     visit_list,
 )
 from projections.views import View
+from workflow import event_types as T
+from workflow.monitoring import QUERY_STATES, fold_monitoring
+from workflow.signing import record_of, signatures
 
 SECTIONS: Final = ("status", "subjects", "visits", "adverse-events", "deviations",
-                   "post-enrolment-findings", "endpoints", "swimmer", "sledai", "persistence")
+                   "post-enrolment-findings", "endpoints", "queries", "source-verification",
+                   "signatures", "swimmer", "sledai", "persistence")
+# The records that close a subject's casebook: each awaits the investigator's signature.
+SIGNED_RECORDS: Final = {T.SUBJECT_COMPLETED: "completion", T.SUBJECT_OFF_STUDY: "off study"}
 PLOTS: Final = {
     "swimmer": "Swimmer plot: subjects through the phases",
     "sledai": "SLEDAI-2K over study days",
@@ -48,10 +58,100 @@ class MonitoringData:
     endpoints: list[dict[str, Any]]
     notes: dict[str, str] = field(default_factory=dict)  # plot -> caption
     findings: list[dict[str, Any]] = field(default_factory=list)  # post-enrolment findings
+    review: Review | None = None  # queries, source verification, signatures (None: not read)
+
+
+@dataclass
+class Review:
+    """The data review at the view's position: every query (`queries`), every form's source
+    verification (`sdv-status`), every signature checked (`signatures`) and what still awaits
+    a signature."""
+
+    queries: list[dict[str, Any]] = field(default_factory=list)
+    forms: list[dict[str, Any]] = field(default_factory=list)
+    signatures: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+    def queries_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys(QUERY_STATES, 0)
+        for query in self.queries:
+            counts[query["state"]] = counts.get(query["state"], 0) + 1
+        return counts
+
+    def sdv_progress(self) -> list[dict[str, Any]]:
+        """Per subject and form: forms recorded, verified, and cleared by a correction."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for form in self.forms:
+            row = rows.setdefault((form["subject"], form["form"]), {
+                "subject": form["subject"], "form": form["form"], "forms": 0, "verified": 0,
+                "cleared": 0})
+            row["forms"] += 1
+            row["verified"] += bool(form["verified"])
+            row["cleared"] += form["cleared_by"] is not None
+        for row in rows.values():
+            row["percent"] = round(100 * row["verified"] / row["forms"])
+        return [rows[key] for key in sorted(rows)]
+
+
+def read_review(view: View, store: EventStore) -> Review:
+    """Each subject's stream up to the view's position, folded by the functions `queries`,
+    `sdv-status` and `signatures` use."""
+    review = Review()
+    for row in view.subjects():
+        subject = row["subject"]
+        events = store.read_stream(subject, up_to_position=view.position)
+        folded = fold_monitoring(subject, events)
+        review.queries += [q.to_json() for _, q in sorted(folded.queries.items())]
+        review.forms += [f.to_json() for _, f in sorted(folded.forms.items())]
+        checked = signatures(list(events))
+        review.signatures += checked
+        review.pending += pending_signatures(events, checked)
+    order = {state: index for index, state in enumerate(QUERY_STATES)}
+    review.queries.sort(key=lambda q: (order.get(q["state"], len(order)), q["subject"],
+                                       q["id"]))
+    return review
+
+
+def pending_signatures(events: Sequence[RecordedEvent], checked: Sequence[Mapping[str, Any]]
+                       ) -> list[dict[str, Any]]:
+    """What awaits the investigator's signature in one stream: a record closing the casebook
+    (completion, off study) with no valid signature, and a signed record whose signature no
+    longer holds (a later correction or void: `earlier_version`; `broken`) and that has no
+    valid signature since."""
+    by_position = {e.position: e for e in events}
+
+    def record(position: Any) -> int | None:
+        try:
+            return record_of(int(position), by_position)
+        except (TypeError, ValueError):
+            return None
+
+    valid = {record(s["target_position"]) for s in checked if s["state"] == "valid"}
+    pending: dict[int, dict[str, Any]] = {}
+    for event in events:
+        if event.type in SIGNED_RECORDS and event.position not in valid:
+            pending[event.position] = {
+                "subject": event.stream_id, "position": event.position,
+                "record": SIGNED_RECORDS[event.type], "recorded_at": event.recorded_at,
+                "why": "not signed"}
+    for signature in checked:
+        target = record(signature["target_position"])
+        if signature["state"] == "valid" or target is None or target in valid:
+            continue
+        signed = by_position.get(target)
+        pending[target] = {
+            "subject": signature["subject"], "position": target,
+            "record": SIGNED_RECORDS.get(signed.type, signed.type) if signed else "?",
+            "recorded_at": signed.recorded_at if signed else None,
+            "why": (f"signature at position {signature['position']} is "
+                    f"{signature['state'].replace('_', ' ')}: "
+                    f"{signature['manifestation']}")}
+    return [pending[key] for key in sorted(pending)]
 
 
 def monitoring_data(view: View, clock: Clock, *, now: str, as_of: str | None,
-                    title: str = "IM19-SLE monitoring report") -> MonitoringData:
+                    title: str = "IM19-SLE monitoring report",
+                    store: EventStore | None = None) -> MonitoringData:
     return MonitoringData(
         title=title,
         generated={"position": view.position, "now": now, "as_of": as_of,
@@ -63,6 +163,7 @@ def monitoring_data(view: View, clock: Clock, *, now: str, as_of: str | None,
         deviations=deviation_list(view, None),
         endpoints=endpoint_list(view, None),
         findings=post_enrolment_findings(view),
+        review=None if store is None else read_review(view, store),
     )
 
 
@@ -219,6 +320,93 @@ def _endpoints_body(endpoints: Sequence[Mapping[str, Any]]) -> str:
     return note + _table(columns, endpoints, "No subject yet.", why)
 
 
+QUERY_COLUMNS: Final[tuple[Column, ...]] = (
+    ("id", _key("id")), ("state", _key("state")), ("subject", _key("subject")),
+    ("position", _key("position")), ("form", _key("form")), ("field", _key("field")),
+    ("value when opened", _key("value")), ("question", _key("text")),
+    ("opened by", _key("opened_by")), ("opened", _key("opened_at")),
+    ("answer", _key("answer")), ("answered by", _key("answered_by")),
+    ("correction at", _key("correction_position")), ("closed by", _key("closed_by")),
+)
+SDV_COLUMNS: Final[tuple[Column, ...]] = (
+    ("subject", _key("subject")), ("form", _key("form")), ("forms recorded", _key("forms")),
+    ("source-verified", _key("verified")), ("progress", lambda r: f"{r['percent']}%"),
+    ("verification cleared by a correction", _key("cleared")),
+)
+PENDING_COLUMNS: Final[tuple[Column, ...]] = (
+    ("subject", _key("subject")), ("position", _key("position")), ("record", _key("record")),
+    ("recorded", _key("recorded_at")), ("why", _key("why")),
+)
+SIGNATURE_COLUMNS: Final[tuple[Column, ...]] = (
+    ("subject", _key("subject")), ("position", _key("position")),
+    ("signs position", _key("target_position")), ("record", _key("target_type")),
+    ("meaning", _key("meaning")), ("signed by", _key("printed_name")), ("role", _key("role")),
+    ("signed", _key("signed_at")), ("state", _key("state")),
+)
+_NOT_READ: Final = '<p class="empty">Not read (the page was made without the event log).</p>'
+
+
+def _facts(facts: Sequence[tuple[str, Any]], ident: str) -> str:
+    rows = "".join(f"<tr><th>{escape(k)}</th>{_cell(v)}</tr>" for k, v in facts)
+    return f'<table class="facts" id="{escape(ident)}"><tbody>{rows}</tbody></table>'
+
+
+def _queries_body(review: Review | None) -> str:
+    if review is None:
+        return _NOT_READ
+    counts = review.queries_by_state()
+    summary = _facts([(f"{state}", count) for state, count in counts.items()]
+                     + [("total", len(review.queries))], "queries-by-state")
+    note = ('<p class="note">Every data query, open first, then answered (awaiting the '
+            "monitor), then closed (<code>queries</code>).</p>")
+    return summary + note + _table(QUERY_COLUMNS, review.queries, "No query has been opened.")
+
+
+def _sdv_body(review: Review | None) -> str:
+    if review is None:
+        return _NOT_READ
+    progress = review.sdv_progress()
+    total = sum(r["forms"] for r in progress)
+    verified = sum(r["verified"] for r in progress)
+    subjects: dict[str, list[int]] = {}
+    for row in progress:
+        counts = subjects.setdefault(row["subject"], [0, 0])
+        counts[0] += row["verified"]
+        counts[1] += row["forms"]
+    facts: list[tuple[str, Any]] = [
+        ("Forms source-verified", f"{verified} of {total}"
+         + (f" ({round(100 * verified / total)}%)" if total else "")),
+        ("Per subject", ", ".join(f"{s} {v}/{n}" for s, (v, n) in subjects.items()) or None),
+    ]
+    note = ('<p class="note">Per subject and form: the forms recorded (voided ones left out; '
+            "the infusion counts as a form), how many are source-verified now, and how many "
+            "lost their verification to a later correction (<code>sdv-status</code>).</p>")
+    return (_facts(facts, "sdv-summary") + note
+            + _table(SDV_COLUMNS, progress, "No form recorded yet."))
+
+
+def _signatures_body(review: Review | None) -> str:
+    if review is None:
+        return _NOT_READ
+    states: dict[str, int] = {}
+    for signature in review.signatures:
+        states[signature["state"]] = states.get(signature["state"], 0) + 1
+    facts: list[tuple[str, Any]] = [
+        ("Signatures pending", len(review.pending)),
+        ("Signatures recorded", ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+         or "none"),
+    ]
+    note = ('<p class="note">Pending: a record that closes a casebook (completion, off '
+            "study) without a valid signature, and a signed record corrected or voided since "
+            "(its signature applies to the earlier version) with no valid signature after it "
+            "(<code>sign SUBJECT POSITION</code>, <code>signatures SUBJECT</code>).</p>")
+    return (_facts(facts, "signature-summary") + note
+            + "<h3>Awaiting a signature</h3>"
+            + _table(PENDING_COLUMNS, review.pending, "No signature pending.")
+            + "<h3>Signatures recorded</h3>"
+            + _table(SIGNATURE_COLUMNS, review.signatures, "No signature recorded."))
+
+
 def _image(name: str, data: bytes, fmt: str, caption: str | None) -> str:
     uri = f"data:{MIME[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
     text = f'<p class="note">{escape(caption)}</p>' if caption else ""
@@ -230,7 +418,7 @@ CSS: Final = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem;
 color:#222;max-width:1400px}
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;border-bottom:1px solid #ccc;
-padding-bottom:.2rem;margin-top:2rem}
+padding-bottom:.2rem;margin-top:2rem}h3{font-size:1rem;margin-bottom:.2rem}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
 thead th{background:#f3f3f3}table.facts th{background:#f8f8f8;font-weight:600}
@@ -259,6 +447,9 @@ def render_html(data: MonitoringData, images: Mapping[str, tuple[bytes, str]]) -
         _section("post-enrolment-findings", "Post-enrolment findings", _FINDINGS_NOTE + _table(
             FINDING_COLUMNS, data.findings, "No post-enrolment finding.")),
         _section("endpoints", "Endpoints", _endpoints_body(data.endpoints)),
+        _section("queries", "Data queries by state", _queries_body(data.review)),
+        _section("source-verification", "Source data verification", _sdv_body(data.review)),
+        _section("signatures", "Electronic signatures", _signatures_body(data.review)),
     ]
     for name, heading in PLOTS.items():
         found = images.get(name)

@@ -9,7 +9,8 @@ the CLI's start-up stays light without it.
 Artist ids (`gid`) the tests rely on:
 - swimmer: `bar:SUBJECT:PHASE`, `infusion:SUBJECT`, `ae:SUBJECT:POSITION`, `exit:SUBJECT:KIND`,
   `ongoing:SUBJECT`, `d0`;
-- sledai: `sledai:SUBJECT` (one line per subject), `baseline:SUBJECT`, `d0`;
+- sledai: `sledai:SUBJECT` (one line per subject), `baseline:SUBJECT`, `threshold`
+  (and `threshold:VALUE` when the subjects' protocol versions differ), `d0`;
 - persistence: `persistence:SUBJECT` (one line per subject), `below-lloq:SUBJECT`,
   `lloq` (and `lloq:VALUE` for another protocol version's LLOQ), `d0`.
 """
@@ -17,6 +18,8 @@ Artist ids (`gid`) the tests rely on:
 from __future__ import annotations
 
 import io
+import textwrap
+from collections.abc import Mapping
 from typing import Any, Final
 
 from matplotlib import colormaps
@@ -49,7 +52,14 @@ EXIT_STYLE: Final = {  # kind -> (marker, colour, legend)
     "screen_failed": ("x", "black", "screen failure"),
     "off_study": ("P", "#a50f15", "off study"),
 }
-SLEDAI_DODGE: Final = 0.08  # points between neighbouring subjects' lines (drawing only)
+SLEDAI_STEP: Final = 0.1  # points between neighbouring subjects' lines (drawing only) ...
+SLEDAI_SPREAD: Final = 0.3  # ... never farther than this from the score, whatever the count
+PERSISTENCE_STYLES: Final = ("-", "--", "-.", ":")  # line style by subject (index % 4)
+PERSISTENCE_MARKERS: Final = ("o", "s", "D", "^", "P", "X", "h")  # by subject (index % 7)
+PERSISTENCE_ALPHA: Final = 0.8  # a line under another still shows through
+NOTE_WIDTH: Final = 150  # characters per line of the "not plotted" note under a plot
+NOTE_LINES: Final = 3  # lines of it at most (the HTML caption lists every subject)
+LEGEND_ROW_INCHES: Final = 0.2  # height of a legend entry at font size 8 (and spacing)
 LEGEND_MAX: Final = 20  # subjects named in a line plot's legend
 FORMATS: Final = ("png", "svg", "pdf")
 _METADATA: Final[dict[str, dict[str, Any]]] = {  # no timestamps: same data, same bytes
@@ -63,6 +73,16 @@ def colours(count: int) -> list[Any]:
     palette = colormaps["tab10" if count <= 10 else "tab20"]
     size = 10 if count <= 10 else 20
     return [palette(index % size) for index in range(count)]
+
+
+def sledai_offsets(count: int) -> list[float]:
+    """The drawing offset of each subject's SLEDAI-2K line, in score points: SLEDAI_STEP apart,
+    centred on 0 and squeezed to stay within ±SLEDAI_SPREAD, so a drawn value is never more
+    than a fraction of a point from the score, however many subjects there are."""
+    if count <= 1:
+        return [0.0] * count
+    step = min(SLEDAI_STEP, 2 * SLEDAI_SPREAD / (count - 1))
+    return [(index - (count - 1) / 2) * step for index in range(count)]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -85,7 +105,11 @@ def render(figure: Figure, fmt: str = "png") -> bytes:
 
 def swimmer_figure(chart: SwimmerChart) -> Figure:
     rows = chart.rows
-    figure = _figure(11, min(60.0, 2.2 + 0.45 * max(len(rows), 1)))
+    legend = _swimmer_legend(chart)
+    # tall enough for the bars and for the legend beside them (one subject: the legend)
+    entries = sum(1 + str(h.get_label()).count("\n") for h in legend)
+    height = max(2.2 + 0.45 * max(len(rows), 1), 1.4 + LEGEND_ROW_INCHES * entries)
+    figure = _figure(11, min(60.0, height))
     ax = figure.add_subplot()
     for y, row in enumerate(rows):
         hatch = "//" if row.axis == "consent" else None
@@ -116,7 +140,7 @@ def swimmer_figure(chart: SwimmerChart) -> Figure:
     ax.set_xlabel("Study day (day 0 = CAR-T infusion; negative days before it)")
     ax.set_title("Subjects through the study phases")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(handles=_swimmer_legend(chart), loc="upper left", bbox_to_anchor=(1.01, 1.0),
+    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0),
               fontsize=8, frameon=False)
     return figure
 
@@ -149,8 +173,8 @@ def sledai_figure(chart: SledaiChart) -> Figure:
     figure = _figure(10, 5.5)
     ax = figure.add_subplot()
     count = len(chart.series)
-    for index, (series, colour) in enumerate(zip(chart.series, colours(count), strict=True)):
-        dodge = (index - (count - 1) / 2) * SLEDAI_DODGE
+    offsets = sledai_offsets(count)
+    for series, colour, dodge in zip(chart.series, colours(count), offsets, strict=True):
         days = [p.day for p in series.points]
         ax.plot(days, [p.score + dodge for p in series.points], marker="o", markersize=4,
                 linewidth=1.4, color=colour, label=series.subject,
@@ -160,13 +184,18 @@ def sledai_figure(chart: SledaiChart) -> Figure:
             ax.plot([base.day], [base.score + dodge], marker="o", markersize=11,
                     linestyle="none", markerfacecolor="none", markeredgecolor=colour,
                     markeredgewidth=1.5, gid=f"baseline:{series.subject}")
+    for value in chart.thresholds:
+        ax.axhline(value, color="#777777", linestyle="--", linewidth=1,
+                   gid="threshold" if len(chart.thresholds) == 1 else f"threshold:{value}",
+                   label=f"eligibility: SLEDAI-2K ≥ {value}")
     ax.axvline(0, color="black", linewidth=0.8, linestyle=":", gid="d0")
     ax.set_xlabel("Study day (day 0 = CAR-T infusion)")
     ax.set_ylabel("SLEDAI-2K score")
     ax.set_ylim(bottom=-0.5)
-    ax.set_title("SLEDAI-2K per subject (large hollow circle: baseline; lines offset by "
-                 f"up to ±{SLEDAI_DODGE * (count - 1) / 2:.2g} so equal scores stay visible)",
-                 fontsize=10)
+    spread = max((abs(o) for o in offsets), default=0.0)
+    ax.set_title("SLEDAI-2K per subject (large hollow circle: baseline"
+                 + (f"; lines offset by at most ±{spread:.2g} point so equal scores stay "
+                    "visible)" if spread else ")"), fontsize=10)
     ax.grid(alpha=0.3)
     _subject_legend(ax, len(chart.series))
     _note(ax, chart.not_plotted)
@@ -187,11 +216,26 @@ def _subject_legend(ax: Any, subjects: int) -> None:
               title=f"{subjects} subjects (not named above {LEGEND_MAX})", title_fontsize=8)
 
 
+def note_text(skipped: Mapping[str, str]) -> str:
+    """The subjects not plotted, grouped by reason, wrapped to NOTE_WIDTH characters and cut
+    after NOTE_LINES lines (a long list would squeeze the axes to nothing)."""
+    by_reason: dict[str, list[str]] = {}
+    for subject, why in sorted(skipped.items()):
+        by_reason.setdefault(why, []).append(subject)
+    text = "Not plotted " + "; ".join(f"({why}): {', '.join(subjects)}"
+                                      for why, subjects in by_reason.items())
+    lines = textwrap.wrap(text, NOTE_WIDTH, break_on_hyphens=False)
+    if len(lines) > NOTE_LINES:
+        lines = [*lines[:NOTE_LINES - 1], textwrap.shorten(
+            lines[NOTE_LINES - 1] + " " + " ".join(lines[NOTE_LINES:]), NOTE_WIDTH - 30,
+            placeholder="") + f" … ({len(skipped)} subjects in all)"]
+    return "\n".join(lines)
+
+
 def _note(ax: Any, skipped: dict[str, str]) -> None:
     if skipped:
-        text = "Not plotted: " + "; ".join(f"{s} ({why})" for s, why in sorted(skipped.items()))
-        ax.annotate(text, xy=(0, -0.16), xycoords="axes fraction", fontsize=7, color="#555555",
-                    va="top")
+        ax.annotate(note_text(skipped), xy=(0, -0.16), xycoords="axes fraction", fontsize=7,
+                    color="#555555", va="top")
 
 
 # --- persistence -------------------------------------------------------------------------------
@@ -203,10 +247,13 @@ def persistence_figure(chart: PersistenceChart) -> Figure:
     ax.set_yscale("log")
     floor = chart.floor
     top = max((p.copies_per_ug for s in chart.series for p in s.points), default=chart.lloq)
-    for series, colour in zip(chart.series, colours(len(chart.series)), strict=True):
+    for index, (series, colour) in enumerate(zip(chart.series, colours(len(chart.series)),
+                                                 strict=True)):
         days = [p.day for p in series.points]
         ax.plot(days, [chart.plotted(p) for p in series.points], linewidth=1.4, color=colour,
-                marker="o", markersize=4, markevery=[p.detected for p in series.points],
+                linestyle=PERSISTENCE_STYLES[index % len(PERSISTENCE_STYLES)],
+                marker=PERSISTENCE_MARKERS[index % len(PERSISTENCE_MARKERS)], markersize=5,
+                markevery=[p.detected for p in series.points], alpha=PERSISTENCE_ALPHA,
                 label=series.subject, gid=f"persistence:{series.subject}", clip_on=False)
         below = [p for p in series.points if not p.detected]
         if below:
@@ -223,7 +270,8 @@ def persistence_figure(chart: PersistenceChart) -> Figure:
     ax.set_xlabel("Study day (day 0 = CAR-T infusion)")
     ax.set_ylabel("CAR transgene copies/µg genomic DNA (log)")
     ax.set_title(f"CAR-T persistence (hollow ▽ at the floor, LLOQ/10 = {floor:g}: "
-                 "below LLOQ, not detected)", fontsize=10)
+                 "below LLOQ, not detected; each subject its own colour, line style and "
+                 "marker)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     _subject_legend(ax, len(chart.series))
     _note(ax, chart.not_plotted)

@@ -86,8 +86,16 @@ def test_exit_2_usage(sqlite_url: str) -> None:
 
 
 def test_exit_2_on_an_uninitialised_database(sqlite_url: str) -> None:
+    Path(sqlite_url.removeprefix("sqlite:///")).touch()  # a file with no schema: exit 2
     status, _, err = call("--db", sqlite_url, "audit", "verify")
     assert status == ExitStatus.BAD_INPUT and "trialflow init" in err
+
+
+def test_exit_1_on_a_missing_database_file(sqlite_url: str) -> None:
+    """No file at all: exit 1, naming it (tests/cli/test_opening_errors.py), none created."""
+    status, _, err = call("--db", sqlite_url, "audit", "verify")
+    assert status == ExitStatus.REFUSED and "trialflow init --db" in err
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
 
 
 def test_exit_4_integrity_failure(seeded: str) -> None:
@@ -176,6 +184,7 @@ def test_logs_are_json_lines_on_stderr_at_the_chosen_level(sqlite_url: str) -> N
 
 
 def test_no_traceback_without_debug(sqlite_url: str) -> None:
+    Path(sqlite_url.removeprefix("sqlite:///")).touch()  # no schema: exit 2
     done = subprocess.run([sys.executable, "-m", "cli", "--db", sqlite_url, "audit", "log",
                            "S-1"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr

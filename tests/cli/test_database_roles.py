@@ -319,7 +319,8 @@ def test_the_database_hashes_text_as_trialflow_does(trial: dict[str, str]) -> No
     status, data, err = call(trial["cora"], "consent", "S-004", "--on", trial["on"],
                              "--consent-form-version", "2.0")
     assert status == 0, (data, err)
-    status, data, err = call(trial["cora"], "screen-fail", "S-004", "--reason", text)
+    status, data, err = call(trial["cora"], "screen-fail", "S-004", "--reason", "other",
+                             "--note", text)
     assert status == 0, (data, err)
     events = build_app(trial["owner"]).store.read_stream("S-004")
     carrying = [e for e in events if text in e.payload.values()]

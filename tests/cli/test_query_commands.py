@@ -168,7 +168,11 @@ def test_json_contracts_of_every_query(db_url: str) -> None:
     assert set(subject) >= SUBJECT_KEYS
     assert {k: subject[k] for k in SUBJECT_KEYS} == {
         "subject": "S-001", "phase": "follow_up", "days_in_phase": 5, "study_day": 5,
-        "cohort": "1e6_per_kg", "next_step": "record visit D1"}
+        "cohort": "1e6_per_kg", "next_step": (  # the first task (workflow/tasks.py)
+            f"send the initial report of the serious AE at position {s.aes['crs']} "
+            "(sae_report clock due 2025-02-07T20:00:00+08:00, overdue by 64.0 hours) and "
+            "record it")}
+    assert subject["next_task"]["kind"] == "sae_report"
     screening = query(db, "status", "S-002", "--now", NOON_D5)
     assert (screening["phase"], screening["days_in_phase"], screening["study_day"],
             screening["cohort"]) == ("screening", 4, None, None)
@@ -526,7 +530,7 @@ def test_next_step_skips_visits_missed_because_a_later_one_is_done(sqlite_url: s
     visits = by_visit(query(s.db, "visits", "S-001", "--now", "2025-02-13T04:00:00Z"))
     assert visits["D1"]["status"] == "missed"
     step = query(s.db, "status", "S-001", "--now", "2025-02-13T04:00:00Z")["next_step"]
-    assert step == "record visit D10"
+    assert step.startswith("record visit D10 (target 2025-02-15, window 2025-02-14..")
 
 
 def test_ae_list_flags_and_grades(sqlite_url: str) -> None:

@@ -69,6 +69,8 @@ def test_the_story_happens(demo: Run) -> None:
     types = Counter(e.type for e in events)
     fails = sorted(e.payload["reason"] for e in events if e.type == "ScreenFailed")
     assert fails == ["active_infection", "weight"]  # two different criteria
+    notes = [e.payload.get("note") for e in events if e.type == "ScreenFailed"]
+    assert all(notes), notes  # each with a code and a free-text note
     assert types["ProtocolAmended"] == 1 and types["SubjectReconsented"] == 2
     assert types["InfusionGiven"] == 6 and types["SubjectCompleted"] == 6
     aes = {a["subject"]: a for a in data["adverse_events"]}

@@ -3,7 +3,7 @@
 a leading `'`, while numbers stay numbers (projections/exports/cells.py).
 
 Formula-like values go into every free-text field a user can type (drug names, AE terms,
-correction, screen-failure, failed-release, query and lock reasons, query texts) through the
+correction, screen-failure note, failed-release, query and lock reasons, query texts) through the
 real commands on a real SQLite study; then no cell of any CSV produced may start with one of
 those characters, the values are there with their `'`, and `events.csv` still lets every hash
 be recomputed (the `'` undone by `cells.restore`)."""
@@ -111,9 +111,9 @@ def _feed_formulas(db: str) -> None:
     _write(db, "cora", "query", "answer", query_id, "--text", "=1+2", f"drug={MINUS}9",
            "--reason", "+fixed")
     _write(db, "mona", "query", "close", query_id, "--reason", "-closed")
-    _write(db, "cora", "screen-fail", "S-003", "--reason", TAB_REASON)
+    _write(db, "cora", "screen-fail", "S-003", "--reason", "other", "--note", TAB_REASON)
     _write(db, "cora", "consent", "S-004", "--on", day, "--consent-form-version", "2.0")
-    _write(db, "cora", "screen-fail", "S-004", "--reason", CR_REASON)
+    _write(db, "cora", "screen-fail", "S-004", "--reason", "other", "--note", CR_REASON)
     _write(db, "dora", "study", "lock", "--reason", "=lock()")
     _write(db, "ada", "study", "unlock", "--reason", "@unlock")
     # a failed product release keeps its reason as it was typed (the envelope's `reason`)

@@ -261,7 +261,7 @@ def _subject_actions(number: int, n: int, day: date) -> list[Action]:
     if not enrolled:
         if n == 24:  # after the scheduler's screening_expiring reminder (from day 22)
             add("screen-fail", lambda f, cid: f.send(c, M.RecordScreenFailure(
-                s, "Not eligible after review of the screening results."), cid))
+                s, "other", note="Not eligible after review of the screening results."), cid))
         elif n < 24:
             add(f"vitals-{n}", _record(s, "vitals", ["weight_kg=58", "height_cm=162"], day))
         return out

@@ -226,8 +226,10 @@ def test_a_missing_password_is_refused(server: PrivateServer, database: str,
     env["TRIALFLOW_DB"] = url(server, f"{database}_missing")
     done = trialflow(["audit", "verify"], env)
     assert done.returncode == 1, shown(done)
-    assert error_line(done.stderr) == ("The database server has no database of the name the "
-                                       "URL gives; nothing was written.")
+    assert error_line(done.stderr) == (
+        f'The database server has no database "{database}_missing": create it (`createdb '
+        f'{database}_missing`, or CREATE DATABASE in psql) and run `trialflow init` on it; '
+        "nothing was written.")
 
 
 def test_an_unreachable_server_never_shows_the_password(tmp_path: Path) -> None:

@@ -248,7 +248,7 @@ def test_the_study_lock_refuses_every_subject_write() -> None:
         ("S-001", COORDINATOR, M.CorrectRecord("S-001", vitals, ("weight_kg=60",), "typo")),
         ("S-001", COORDINATOR, M.RecordLeukapheresis("S-001", day, "COI-1")),
         ("S-002", INVESTIGATOR, M.ConfirmEligibility("S-002")),
-        ("S-002", COORDINATOR, M.RecordScreenFailure("S-002", "inclusion_2")),
+        ("S-002", COORDINATOR, M.RecordScreenFailure("S-002", "age")),
         ("S-001", COORDINATOR, M.TakeOffStudy("S-001", "consent_withdrawn")),
         ("S-001", COORDINATOR, M.AnswerQuery(qid, "fixed", ("weight_kg=60",))),
         ("S-001", COORDINATOR, M.AnswerQuery(qid, "fine")),

@@ -37,6 +37,7 @@ from workflow.commands.messages import (
     RecordVisit,
     ReleaseProduct,
     TakeOffStudy,
+    screen_failure_code,
 )
 from workflow.deviations import beyond_tolerance
 from workflow.dose_basis import cart_target, dosing_bsa, dosing_weight, expected_doses
@@ -107,7 +108,7 @@ def record_form(m: RecordForm, c: Context) -> Decision:
     payload = {"form": m.form, "values": values, "on": day.isoformat(), "visit": m.visit}
     event = NewEvent(T.FORM_RECORDED, payload, occurred_at=at_site(c.study, state.site, day))
     # vitals can move a dose's basis (a weight dated before leukapheresis, entered late)
-    implied = {} if m.form != "vitals" or state.infusion is None and not state.doses else {
+    implied = {} if m.form != "vitals" or (state.infusion is None and not state.doses) else {
         key: found for key, found in implied_deviations(
             c, state, preview(c, [event])).items() if found}
     return decided(m.subject, [event], {"subject": m.subject, "form": m.form,
@@ -141,9 +142,11 @@ def screen_fail(m: RecordScreenFailure, c: Context) -> Decision:
     not_future(m.subject, "failed_on", day, c.today)
     check_order(state, EXIT, "failed_on", day)
     change = transition(c, "screen_fail", day)
-    return decided(m.subject, [NewEvent(T.SCREEN_FAILED, {"reason": m.reason}, occurred_at=at_site(
+    reason = screen_failure_code(m.reason)  # the canonical code; free text in `note`
+    payload = {"reason": reason, **({"note": m.note.strip()} if m.note is not None else {})}
+    return decided(m.subject, [NewEvent(T.SCREEN_FAILED, payload, occurred_at=at_site(
         c.study, state.site, day)), *change],
-                   {"subject": m.subject, "phase": "screen_failed", "reason": m.reason})
+                   {"subject": m.subject, "phase": "screen_failed", **payload})
 
 
 def leukapheresis(m: RecordLeukapheresis, c: Context) -> Decision:

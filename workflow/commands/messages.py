@@ -427,13 +427,39 @@ class ConfirmEligibility(SubjectMessage):
 
 @dataclass(frozen=True)
 class RecordScreenFailure(SubjectMessage):
-    reason: str
+    reason: str  # a code of codes.SCREEN_FAILURE_REASONS (`screen_failure_code`)
     on: date | None = None  # the clinical date of the screen failure (default today)
+    note: str | None = None  # free text: what the code leaves out
     command: ClassVar[str] = "screen-fail"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_text(self.reason, "reason")
+        code = screen_failure_code(self.reason)
+        if self.note is not None:
+            check_text(self.note, "note", limit=1000)
+        elif code == "other":
+            raise InvalidInput("--reason other needs --note saying what the reason is.",
+                               field="note")
+
+
+def screen_failure_code(value: str) -> str:
+    """The code of codes.SCREEN_FAILURE_REASONS that `value` names (any case, `-` or `_`,
+    British or American spelling); refused (exit 2) with the codes, the closest first."""
+    import difflib
+
+    from workflow.instruments.codes import SCREEN_FAILURE_REASONS, canonical_code
+
+    typed = re.sub(r"[\s-]+", "_", value.strip())
+    code = canonical_code(typed, SCREEN_FAILURE_REASONS)
+    if code is not None:
+        return code
+    close = difflib.get_close_matches(typed.lower(), SCREEN_FAILURE_REASONS, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise InvalidInput(
+        f"--reason must be a screen-failure code ({hint}one of "
+        f"{', '.join(SCREEN_FAILURE_REASONS)}; `trialflow forms --codes` lists them), got "
+        f"{_shown_text(value)[:60]!r}; free text goes in --note.", field="reason")
 
 
 @dataclass(frozen=True)

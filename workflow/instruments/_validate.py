@@ -13,6 +13,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from workflow.errors import InvalidInput
+from workflow.instruments.codes import canonical_code
 
 
 def shown(value: object) -> str:
@@ -92,13 +93,25 @@ def boolean(value: object, field: str) -> bool:
     return value
 
 
+def _canonical(value: object, allowed: Collection[str]) -> str | None:
+    """`value` if it is a code of `allowed`, else the code it spells the other way (British or
+    American, in lower case: `hospitalization` -> `hospitalisation`); None otherwise."""
+    if not isinstance(value, str):
+        return None
+    if value in allowed:
+        return value
+    return canonical_code(value, allowed) if value == value.lower() else None
+
+
 def choice(value: object, field: str, allowed: Collection[str]) -> str:
-    """One of the canonical codes in `allowed`."""
-    if not isinstance(value, str) or value not in allowed:
+    """One of the canonical codes in `allowed`, given in British or American spelling
+    (codes.spelling_key): returned as the canonical code."""
+    code = _canonical(value, allowed)
+    if code is None:
         raise InvalidInput(
             f"{field} must be one of {', '.join(allowed)}, got {shown(value)}.", field=field
         )
-    return value
+    return code
 
 
 def codes(values: Iterable[str], field: str, allowed: Collection[str], what: str) -> frozenset[str]:
@@ -116,11 +129,12 @@ def codes(values: Iterable[str], field: str, allowed: Collection[str], what: str
         ) from error
     found: set[str] = set()
     for value in items:
-        if not isinstance(value, str) or value not in allowed:
+        code = _canonical(value, allowed)
+        if code is None:
             raise InvalidInput(
                 f"{field} contains {shown(value)}, which is not a {what} code.", field=field
             )
-        found.add(value)
+        found.add(code)
     return frozenset(found)
 
 

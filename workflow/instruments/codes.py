@@ -5,6 +5,8 @@ Every other module takes its code lists from here, so a code is spelled in one p
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Final
 
 # SLEDAI-2K descriptors and weights (Gladman et al., J Rheumatol 2002).
@@ -129,3 +131,78 @@ INCLUSION_CRITERIA: Final[tuple[str, ...]] = (
 VISITS: Final[tuple[str, ...]] = (
     "D1", "D4", "D7", "D10", "D14", "D21", "D28", "D60", "D90", "D180", "D270", "D360",
 )
+
+# Reasons `trialflow screen-fail --reason` takes (stored as the event's `reason`): the failing
+# inclusion criterion or exclusion, or why screening ended otherwise; free text goes in `note`.
+SCREEN_FAILURE_OTHER_REASONS: Final[tuple[str, ...]] = (
+    "screening_window_expired", "consent_withdrawn", "investigator_decision", "lost_to_follow_up",
+    "other",
+)
+SCREEN_FAILURE_REASONS: Final[tuple[str, ...]] = (
+    *INCLUSION_CRITERIA, *EXCLUSION_CHECKLIST, *SCREEN_FAILURE_OTHER_REASONS,
+)
+
+# Drug names the rules compare (after lower-casing and turning "_", "-" and runs of spaces into
+# one space): abbreviations and brand names -> the generic name the rules use. The one place
+# aliases are kept; docs/clinical-rules.md ("Drug names and aliases") lists them.
+DRUG_ALIASES: Final[dict[str, str]] = {
+    "mmf": "mycophenolate mofetil",
+    "cellcept": "mycophenolate mofetil",
+    "mpa": "mycophenolate",
+    "mycophenolic acid": "mycophenolate",
+    "mycophenolate sodium": "mycophenolate",
+    "myfortic": "mycophenolate",
+    "cyc": "cyclophosphamide",
+    "ctx": "cyclophosphamide",
+    "endoxan": "cyclophosphamide",
+    "cytoxan": "cyclophosphamide",
+    "hcq": "hydroxychloroquine",
+    "plaquenil": "hydroxychloroquine",
+    "rtx": "rituximab",
+    "rituxan": "rituximab",
+    "mabthera": "rituximab",
+    "benlysta": "belimumab",
+    "aza": "azathioprine",
+    "mtx": "methotrexate",
+    "tac": "tacrolimus",
+    "pred": "prednisone",
+    "mp": "methylprednisolone",
+    "medrol": "methylprednisolone",
+    "dex": "dexamethasone",
+}
+_DRUG_SEPARATORS: Final = re.compile(r"[\s_-]+")
+
+
+def canonical_drug(name: object) -> str:
+    """The generic name the rules compare: lower case, "_"/"-"/spaces as one space, an alias
+    of DRUG_ALIASES replaced by its drug ("MMF" -> "mycophenolate mofetil"); "" for no name."""
+    if not isinstance(name, str):
+        return ""
+    key = _DRUG_SEPARATORS.sub(" ", name.strip().lower())
+    return DRUG_ALIASES.get(key, key)
+
+
+# British and American spellings of codes and field names: both are accepted and stored as the
+# canonical code above (which keeps whichever spelling it has: `hospitalisation`, `hematuria`).
+# Each pair is (British fragment, American fragment); codes are compared by their American key.
+SPELLING_VARIANTS: Final[tuple[tuple[str, str], ...]] = (
+    ("isation", "ization"), ("ised", "ized"), ("ising", "izing"),
+    ("haem", "hem"), ("anaem", "anem"), ("oedem", "edem"), ("oesoph", "esoph"),
+    ("oestr", "estr"), ("leucop", "leukop"), ("leucocyt", "leukocyt"),
+    ("titre", "titer"), ("tumour", "tumor"), ("colour", "color"), ("behaviour", "behavior"),
+    ("favour", "favor"), ("labour", "labor"), ("centre", "center"), ("fibre", "fiber"),
+)
+_SPELLING_RE: Final = re.compile("|".join(british for british, _ in SPELLING_VARIANTS))
+_AMERICAN: Final[dict[str, str]] = dict(SPELLING_VARIANTS)
+
+
+def spelling_key(code: str) -> str:
+    """`code` lower-cased in American spelling, so that `hospitalization` and `hospitalisation`
+    (or `cerebral_oedema` and `cerebral_edema`) compare equal."""
+    return _SPELLING_RE.sub(lambda match: _AMERICAN[match.group(0)], code.strip().lower())
+
+
+def canonical_code(value: str, allowed: Iterable[str]) -> str | None:
+    """The code of `allowed` that `value` names, in either spelling and any case; None if none."""
+    wanted = spelling_key(value)
+    return next((code for code in allowed if spelling_key(code) == wanted), None)

@@ -161,7 +161,7 @@ BAD = [
     ("ctcae", "grade=", "grade"),
     ("seriousness", "serious_criteria=hospitalisation grade=5", "serious_criteria"),
     ("seriousness", "serious_criteria=death grade=3", "grade"),
-    ("seriousness", "serious_criteria=death,hospitalization", "serious_criteria"),
+    ("seriousness", "serious_criteria=death,admission", "serious_criteria"),
     ("prednisone-equivalent", "drug=cortisol dose_mg=5", "drug"),
     ("prednisone-equivalent", "drug=prednisone dose_mg=-5", "dose_mg"),
     ("prednisone-equivalent", "drug=prednisone", "dose_mg"),

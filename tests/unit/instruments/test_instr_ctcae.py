@@ -86,7 +86,7 @@ def test_without_grade_only_seriousness_is_assessed() -> None:
 
 
 @pytest.mark.parametrize(("criteria", "grade", "field"), [
-    (["hospitalization"], None, "serious_criteria"),
+    (["admission"], None, "serious_criteria"),
     ("death", None, "serious_criteria"),
     ([], 7, "grade"),
 ])
