@@ -10,7 +10,7 @@ import click
 from cli.completion import complete_form
 from cli.context import Env
 from cli.options import command_id_option
-from cli.render import emit, table
+from cli.render import emit, prose, table
 from cli.writes import send, show
 from workflow.commands import messages as M
 from workflow.identity import Secret
@@ -214,13 +214,13 @@ def protocol_show(env: Env) -> None:
         "visits": [{"visit": v.code, "target_day": v.target_day, "window_days": v.window_days}
                    for v in p.visits],
     }
-    emit(env, data, lambda: (
+    emit(env, data, lambda: "\n".join(prose(line, "  ") for line in (
         f"Protocol version {p.version} in force: {p.title} ({p.registry_id})\n"
         f"Enrolment cap {p.enrolment_cap}; cohorts: "
         + "; ".join(f"{c.code} places {c.first}-{c.last}" for c in p.cohorts)
         + f"\nScreening window {p.screening_window_days} days; visits: "
         + ", ".join(f"{v.code}±{v.window_days}" for v in p.visits)
-    ))
+    ).split("\n")))
 
 
 @protocol.command("diagram", help="Print the subject state diagram (Mermaid), from the machine.")
@@ -255,9 +255,9 @@ def forms(env: Env, form_names: tuple[str, ...], codes: bool) -> None:
 def _form_text(form: dict[str, Any]) -> str:
     """A form's heading and a table of its fields."""
     via = f"; recorded by {form['command']}" if form["command"] else ""
-    head = f"{form['form']}: {form['title']}{via}"
+    head = prose(f"{form['form']}: {form['title']}{via}")
     if form["one_of"]:
-        head += f"\n(at least one of: {', '.join(form['one_of'])})"
+        head += "\n" + prose(f"(at least one of: {', '.join(form['one_of'])})", " ")
     rows = [(f["field"], f["kind"], f["unit"], _range(f), f["required"],
              ", ".join(f["allowed"]) if f["allowed"] else None) for f in form["fields"]]
     return head + "\n" + table(("field", "type", "unit", "range", "required", "codes"), rows)

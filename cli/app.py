@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sdv-status": ("cli.monitoring:sdv_status", "Forms and whether they are source-verified."),
     "study": ("cli.monitoring:study", "Study lock (data manager) and unlock (admin)."),
     "status": ("cli.queries:status", "The study, or a subject's phase and next step."),
+    "casebook": ("cli.casebook_cmd:casebook", "A subject's record, form by form, with history."),
     "todo": ("cli.worklist:todo", "Every open task across subjects, most urgent first."),
     "subjects": ("cli.worklist:subjects", "One row per subject with its next task."),
     "eligibility": ("cli.queries:eligibility", "Inclusion criteria and exclusions, with "
@@ -201,6 +202,9 @@ def run(
             db_defaulted=db_option is None and not environ.get("TRIALFLOW_DB"),
         )
         json_mode = env.json
+        from cli.render import configure as configure_output
+
+        configure_output(env)  # width and colour of human output
         if "_TRIALFLOW_COMPLETE" in os.environ:  # shell completion: Click knows no globals
             from cli.completion import strip_global_options
 

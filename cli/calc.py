@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from cli.context import Env
-from cli.render import emit
+from cli.render import emit, human
 
 
 @click.command(
@@ -35,7 +35,7 @@ def calc(env: Env, name: str | None, inputs: tuple[str, ...], list_all: bool) ->
 
 def _result_text(result: dict[str, Any]) -> str:
     lines = [
-        f"{key}: {value}"
+        f"{key}: {_value(value)}"
         for key, value in result.items()
         if key != "explanation" and not isinstance(value, dict | list)
     ]
@@ -43,6 +43,15 @@ def _result_text(result: dict[str, Any]) -> str:
     if explanation:
         lines.append(f"explanation: {explanation}")
     return "\n".join(lines)
+
+
+def _value(value: Any) -> str:
+    """A result as the instrument rounded it (1570.0 as 1570), never a Python repr."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return str(value)
+    return human(value)
 
 
 def _list_text(described: list[dict[str, Any]]) -> str:

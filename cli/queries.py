@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cli.context import Env
-from cli.render import emit, table
+from cli.render import emit, human, prose, table
 from cli.writes import DATE, DATETIME
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def _subject_status(env: Env, subject: str, now: datetime | None, as_of: str | N
         moment = datetime.combine(on, datetime.max.time(), zone)
     data = subject_status(study, state, moment, events)
     emit(env, data, lambda: "\n".join(
-        [f"{k}: {v}" for k, v in data.items() if k != "next_task"]
+        [f"{k}: {human(v)}" for k, v in data.items() if k != "next_task"]
         + ([f"next_command: {data['next_task']['command']}"] if data["next_task"] else [])))
 
 
@@ -240,7 +240,7 @@ def _study_text(data: dict[str, Any]) -> str:
         "Overdue reports: " + (", ".join(f"{r['subject']} {r['clock']} (AE {r['ae_position']})"
                                          for r in data["overdue_reports"]) or "none"),
         "Screening windows closing: " + (", ".join(
-            f"{s['subject']} ({s['days_left']} days left)" for s in data["screening_expiring"])
+            f"{s['subject']} ({_days_left(s['days_left'])})" for s in data["screening_expiring"])
             or "none"),
         f"Failed sign-in attempts: {data['failed_authentications']}; locked accounts: "
         + (", ".join(data["locked_accounts"]) or "none"),
@@ -252,13 +252,19 @@ def _eligibility_text(data: dict[str, Any]) -> str:
     criteria = data["criteria"]
     exclusions = data["exclusions"]
     confirmed = data.get("confirmed_on")
-    when = f"as of its confirmation on {confirmed}; " if confirmed else ""
-    lines = [f"Subject {data['subject']}: {data['overall']} ({when}screening window ends "
-             f"{data['screening_window_ends']}, {data['days_left']} days left)", ""]
+    if confirmed:  # enrolled: the screening window no longer matters
+        when = f"as of its confirmation on {human(confirmed)}"
+    else:
+        when = f"screening window ends {human(data['screening_window_ends'])}"
+        if data.get("days_left") is not None:
+            when += f", {_days_left(data['days_left'])}"
+    lines = [f"Subject {data['subject']}: {human(data['overall'])} ({when})", ""]
     lines.append(table(["criterion", "status", "reason"],
                        [[c["code"], c["status"], c["reason"]] for c in criteria]))
-    answers = ", ".join(f"{e['code']}={e['answer'] or '?'}" for e in exclusions)
-    lines += ["", f"exclusions: {answers}"]
+    answers = ", ".join(
+        f"{e['code']}={'?' if e['answer'] is None else human(_answer(e['answer']))}"
+        for e in exclusions)
+    lines += ["", prose(f"exclusions: {answers}", "  ")]
     if confirmed:
         findings = data.get("post_enrolment_findings") or []
         lines += ["", f"post-enrolment findings (dated after the confirmation on {confirmed}; "
@@ -270,6 +276,12 @@ def _eligibility_text(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _days_left(days: int) -> str:
+    if days < 0:
+        return f"closed {-days} day{'s' if days != -1 else ''} ago"
+    return f"{days} day{'s' if days != 1 else ''} left"
+
+
 def _answer(value: Any) -> Any:
     """A recorded yes/no as the word typed."""
     return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
@@ -279,15 +291,17 @@ def _endpoint_text(data: dict[str, Any]) -> str:
     s, p = data["sledai2k"], data["persistence"]
     lines = [
         f"Subject {data['subject']}",
-        f"  SLEDAI-2K: baseline {s['baseline']}, D90 {s['D90']}, D180 {s['D180']}, "
-        f"D360 {s['D360']} (change {s['change_D360']}, improved {s['improved_D360']})",
-        f"  LLDAS: D180 {data['lldas']['D180']}, D360 {data['lldas']['D360']}",
-        f"  Renal response: D180 {data['renal_response']['D180']}, "
-        f"D360 {data['renal_response']['D360']}",
-        f"  CAR-T persistence: peak {p['peak_copies_per_ug']} copies/µg on day {p['peak_day']}, "
-        f"last detectable day {p['last_detectable_day']}",
+        f"  SLEDAI-2K: baseline {human(s['baseline'])}, D90 {human(s['D90'])}, "
+        f"D180 {human(s['D180'])}, D360 {human(s['D360'])} (change {human(s['change_D360'])}, "
+        f"improved {human(s['improved_D360'])})",
+        f"  LLDAS: D180 {human(data['lldas']['D180'])}, D360 {human(data['lldas']['D360'])}",
+        f"  Renal response: D180 {human(data['renal_response']['D180'])}, "
+        f"D360 {human(data['renal_response']['D360'])}",
+        f"  CAR-T persistence: peak {human(p['peak_copies_per_ug'])} copies/µg on day "
+        f"{human(p['peak_day'])}, last detectable day {human(p['last_detectable_day'])}",
     ]
-    lines += [f"  missing {key}: {why}" for key, why in data.get("missing", {}).items()
+    lines += [prose(f"  missing {key}: {human(why)}", "    ")
+              for key, why in data.get("missing", {}).items()
               if ".change_" not in key and ".improved_" not in key]  # follow from the visit
     return "\n".join(lines)
 

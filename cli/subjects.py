@@ -8,6 +8,7 @@ import click
 
 from cli.context import Env
 from cli.options import FINITE_FLOAT, POSITION, command_id_option
+from cli.render import human, number
 from cli.writes import CLINICAL_TIME, DATE, send, show
 from workflow.commands import messages as M
 
@@ -159,9 +160,21 @@ def lymphodepletion(env: Env, subject: str, doses: tuple[str, ...], on: date, de
     outcome = send(env, M.GiveLymphodepletion(
         subject, on, values.get("fludarabine_mg", 0.0), values.get("cyclophosphamide_mg", 0.0),
         deviation, reason), command_id)
-    show(env, f"Lymphodepletion day {outcome.summary.get('regimen_day')} of {subject} recorded "
-         f"(expected {outcome.summary.get('expected_mg')}); phase {outcome.summary.get('phase')}",
+    summary = outcome.summary
+    expected = _expected_text(summary.get("expected_mg"), summary.get("bsa_m2"))
+    show(env, f"Lymphodepletion day {human(summary.get('regimen_day'))} of {subject} recorded"
+         f"{f' ({expected})' if expected else ''}; phase {human(summary.get('phase'))}",
          outcome)
+
+
+def _expected_text(expected: object, bsa: object) -> str:
+    """`expected fludarabine 39.25 mg (BSA 1.57 m²)`, the drugs due that day, numbers as
+    `trialflow calc` shows them."""
+    if not isinstance(expected, dict):
+        return ""
+    due = {drug: mg for drug, mg in expected.items() if mg}
+    doses = ", ".join(f"{drug} {number(mg)} mg" for drug, mg in due.items()) or "no dose"
+    return f"expected {doses}" + ("" if bsa is None else f", BSA {human(bsa)} m²")
 
 
 def _doses(tokens: tuple[str, ...]) -> dict[str, float]:

@@ -181,6 +181,8 @@ def _passwords(argv: list[str], changed: set[str]) -> list[str]:
 def main() -> None:
     filled: dict[str, str] = {}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("COLUMNS", "TRIALFLOW_COLOR"):  # tables at their natural width, no colour
+        env.pop(name, None)
     for name in ("TRIALFLOW_DB", "TRIALFLOW_USER", "TRIALFLOW_SESSION"):
         env.pop(name, None)
     changed: set[str] = set()

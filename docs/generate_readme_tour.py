@@ -60,6 +60,8 @@ def _run(folder: str, command: str) -> str:
     argv = shlex.split(first)
     env = {**os.environ, "TRIALFLOW_DB": "sqlite:///demo.db"}
     env.pop("TRIALFLOW_USER", None)
+    for name in ("COLUMNS", "TRIALFLOW_COLOR"):  # tables at their natural width, no colour
+        env.pop(name, None)
     done = subprocess.run([sys.executable, "-m", "cli", *argv[1:]], cwd=folder, env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -10,9 +10,13 @@ BSA by Mosteller (N Engl J Med 1987;317:1098); fludarabine and cyclophosphamide 
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
+
 from workflow.instruments.dosing import body_surface_area
 from workflow.protocol import Lymphodepletion, Protocol
 from workflow.subject import SubjectState
+
+_CENT = Decimal("0.01")
 
 
 def dosing_weight(state: SubjectState) -> float | None:
@@ -32,9 +36,11 @@ def dosing_bsa(state: SubjectState) -> float | None:
 
 def expected_doses(regimen: Lymphodepletion, regimen_day: int, bsa_m2: float
                    ) -> dict[str, float]:
-    """mg of each regimen drug due on `regimen_day` (0 for a drug not due that day)."""
-    return {d.drug: round(d.mg_per_m2 * bsa_m2, 1) if regimen_day in d.days else 0.0
-            for d in regimen.drugs}
+    """mg of each regimen drug due on `regimen_day` (0 for a drug not due that day): mg/m² x
+    BSA rounded half up to 0.01 mg, as `trialflow calc lymphodepletion-dose` rounds it."""
+    return {d.drug: float((Decimal(str(d.mg_per_m2)) * Decimal(str(bsa_m2))).quantize(
+        _CENT, rounding=ROUND_HALF_UP)) if regimen_day in d.days else 0.0
+        for d in regimen.drugs}
 
 
 def cart_target(state: SubjectState, protocol: Protocol) -> float | None:

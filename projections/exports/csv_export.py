@@ -36,7 +36,8 @@ from workflow.forms import FORMS
 
 MANIFEST: Final = "SHA256SUMS"
 EVENTS_FILE: Final = "events.csv"
-LEADING_COLUMNS: Final = ("subject", "position", "study_event", "visit", "recorded_on")
+# `study_visit`: the visit the record belongs to (not `visit`, the visit form's own field).
+LEADING_COLUMNS: Final = ("subject", "position", "study_event", "study_visit", "recorded_on")
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:

@@ -93,7 +93,7 @@ def test_an_exclusion_found_in_follow_up_is_listed_never_judged(
     assert status == 0 and json.loads(out)["post_enrolment_findings"] == expected
     status, text = cli(db_url, "eligibility", "S-001", "--now", now)
     assert status == 0
-    assert text.startswith("Subject S-001: eligible (as of its confirmation on 2025-03-06; ")
+    assert text.startswith("Subject S-001: eligible (as of its confirmation on 2025-03-06)\n")
     assert "post-enrolment findings (dated after the confirmation on 2025-03-06; listed, not " \
            "judged): 1" in text
     line = next(row for row in text.splitlines() if row.startswith(found_on.isoformat()))
