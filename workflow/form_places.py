@@ -57,11 +57,8 @@ def phase_marks(state: SubjectState, protocol: Protocol) -> list[tuple[str, date
         marks.append(("infusion", days[-1]))
     if state.infused_on is not None:
         marks.append((FOLLOW_UP, state.infused_on))
-    if state.phase in TERMINAL:
-        ended = (state.completed_on if state.phase == "completed" else state.exited_on) \
-            or state.phase_since
-        if ended is not None:
-            marks.append((state.phase, ended))
+    if state.phase in TERMINAL and state.phase_since is not None:  # completion or exit date
+        marks.append((state.phase, state.phase_since))
     return marks
 
 

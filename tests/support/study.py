@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from events.schema import upgrade
 from events.store import EventStore
 from tests.support.clock import FakeClock
@@ -14,6 +16,7 @@ from workflow.bootstrap import build_app
 from workflow.commands import messages as M
 from workflow.commands.actors import Actors
 from workflow.commands.executor import Executor, Outcome
+from workflow.errors import RuleViolation
 from workflow.identity import Kdf, Password, Secret
 from workflow.study import Study, load_study
 from workflow.subject import SubjectState, load_subject
@@ -188,3 +191,17 @@ def through_infusion(flow: Desk, subject: str, start: date, clock: FakeClock) ->
     flow.send(COORDINATOR, M.Infuse(subject, datetime.fromisoformat(
         f"{d0.isoformat()}T10:00:00+08:00"), cells, coi))
     return d0
+
+
+def refused(flow: Desk, user: str, message: M.Message, rule: str, *words: str
+            ) -> RuleViolation:
+    """`message` sent by `user` is refused with `rule`, its sentence holds every one of
+    `words`, and nothing is written."""
+    before = flow.store.last_position()
+    with pytest.raises(RuleViolation) as caught:
+        flow.send(user, message)
+    assert caught.value.rule == rule, caught.value
+    for word in words:
+        assert word in str(caught.value), (word, str(caught.value))
+    assert flow.store.last_position() == before  # nothing written
+    return caught.value

@@ -26,8 +26,11 @@ from tests.support.study import (
     screen_eligible,
     through_infusion,
 )
+from tests.support.study import (
+    refused as refused_by,
+)
 from workflow.commands import messages as M
-from workflow.errors import InvalidInput, RuleViolation
+from workflow.errors import InvalidInput
 from workflow.form_places import phases_on
 from workflow.protocol import (
     RECORD_FORMS,
@@ -50,15 +53,7 @@ def desk(db_url: str) -> tuple[Desk, FakeClock]:
 def refused(flow: Desk, message: M.Message, *words: str) -> str:
     """The message is refused with rule form_not_in_phase, its sentence holds `words`, and
     nothing is written."""
-    before = flow.store.last_position()
-    with pytest.raises(RuleViolation) as caught:
-        flow.send(COORDINATOR, message)
-    assert caught.value.rule == "form_not_in_phase", caught.value
-    sentence = str(caught.value)
-    for word in words:
-        assert word in sentence, (word, sentence)
-    assert flow.store.last_position() == before  # nothing written
-    return sentence
+    return str(refused_by(flow, COORDINATOR, message, "form_not_in_phase", *words))
 
 
 def record(subject: str, form: str, *tokens: str, on: date | None = None,

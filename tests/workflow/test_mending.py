@@ -23,6 +23,9 @@ from tests.support.study import (
     through_infusion,
     to_lymphodepletion,
 )
+from tests.support.study import (
+    refused as refused_by,
+)
 from workflow import event_types as T
 from workflow.commands import messages as M
 from workflow.deviations import deviations
@@ -41,14 +44,7 @@ def desk(db_url: str) -> tuple[Desk, FakeClock]:
 
 def refused(flow: Desk, message: M.Message, rule: str, *words: str,
             user: str = COORDINATOR) -> RuleViolation:
-    before = flow.store.last_position()
-    with pytest.raises(RuleViolation) as caught:
-        flow.send(user, message)
-    assert caught.value.rule == rule, caught.value
-    for word in words:
-        assert word in str(caught.value), (word, str(caught.value))
-    assert flow.store.last_position() == before  # nothing written
-    return caught.value
+    return refused_by(flow, user, message, rule, *words)
 
 
 def written(flow: Desk, user: str, message: M.Message) -> list[RecordedEvent]:

@@ -15,10 +15,11 @@ from tests.support.study import (
     Desk,
     new_study,
     on_day,
+    refused,
     screen_eligible,
 )
 from workflow.commands import messages as M
-from workflow.errors import InvalidInput, RuleViolation
+from workflow.errors import InvalidInput
 
 CONSENT = date(2025, 3, 3)
 
@@ -29,16 +30,6 @@ def desk(db_url: str) -> tuple[Desk, FakeClock]:
     flow = new_study(db_url, clock)
     screen_eligible(flow, "S-001", CONSENT, clock=clock)
     return flow, clock
-
-
-def refused(flow: Desk, user: str, message: M.Message, rule: str, *words: str) -> None:
-    before = flow.store.last_position()
-    with pytest.raises(RuleViolation) as caught:
-        flow.send(user, message)
-    assert caught.value.rule == rule, caught.value
-    for word in words:
-        assert word in str(caught.value), (word, str(caught.value))
-    assert flow.store.last_position() == before  # nothing written
 
 
 def test_a_retrospective_confirmation_is_judged_on_its_own_date(
