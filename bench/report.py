@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sqlite3
@@ -177,3 +178,27 @@ def write_section(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def bench_arguments(prog: str, doc: str | None, doc_name: str, profile_help: str
+                    ) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --scale, --backend, --no-docs, --profile, --check
+    (parsed by `parse_bench_arguments`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="shrink every count by this factor (figures are then not written)")
+    parser.add_argument("--backend", choices=("all", "sqlite", "postgres"), default="all")
+    parser.add_argument("--no-docs", action="store_true", help=f"do not rewrite {doc_name}")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help=profile_help)
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a ratio misses its target")
+    return parser
+
+
+def parse_bench_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None
+                          ) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if not 0 < args.scale <= 1:
+        parser.error("--scale must be in (0, 1]")
+    return args

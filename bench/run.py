@@ -32,20 +32,10 @@ def _progress(message: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="shrink every count by this factor (figures are then not written)")
-    parser.add_argument("--backend", choices=("all", "sqlite", "postgres"), default="all")
-    parser.add_argument("--no-docs", action="store_true", help=f"do not rewrite {DOC.name}")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="dump cProfile stats of our side per workload (slows it; no docs)")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when a ratio misses its target")
-    args = parser.parse_args(argv)
-    if not 0 < args.scale <= 1:
-        parser.error("--scale must be in (0, 1]")
-    return args
+    parser = report.bench_arguments("python -m bench.run", __doc__, DOC.name,
+                                    "dump cProfile stats of our side per workload (slows it; "
+                                    "no docs)")
+    return report.parse_bench_arguments(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,11 +22,13 @@ import click
 
 from cli.context import Env
 from cli.options import command_id_option
+from cli.progress import progress_bar
 from cli.render import emit
 from workflow.errors import RuleViolation
 
 if TYPE_CHECKING:
     from projections.exports.snapshot import Snapshot
+    from projections.progress import Progress
 
 OUT_FILE = click.Path(dir_okay=False, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
@@ -78,7 +80,8 @@ def csv(env: Env, out: Path, command_id: str | None) -> None:
     _check_out(out)
     _prove(env)
     snapshot = _snapshot(env)
-    files = build_csv(snapshot)
+    with progress_bar(env, "export csv") as advance:
+        files = build_csv(snapshot, advance)
     write_files(out, files, "--out", PRIVATE)
     digest = hashlib.sha256(files[MANIFEST]).hexdigest()
     _finish(env, "csv", out, digest, snapshot.position, command_id,
@@ -153,10 +156,12 @@ def _snapshot(env: Env) -> Snapshot:
     return take_snapshot(env.app.store)
 
 
-def _single_file(env: Env, kind: str, out: Path, build: Callable[[Snapshot], bytes],
+def _single_file(env: Env, kind: str, out: Path,
+                 build: Callable[[Snapshot, Progress | None], bytes],
                  command_id: str | None) -> None:
     snapshot = _snapshot(env)
-    data = build(snapshot)
+    with progress_bar(env, f"export {kind}") as advance:
+        data = build(snapshot, advance)
     _write(out, data)
     _finish(env, kind, out, hashlib.sha256(data).hexdigest(), snapshot.position, command_id,
             {})

@@ -1,7 +1,7 @@
 """Progress on stderr for work that can take a while (`demo`, `projections rebuild`, `audit
-verify`, `audit log --all` into a file or pipe): a rich progress bar when stderr is a
-terminal, erased when the work ends; nothing when stderr is piped or redirected, nothing with
---json. stdout is never touched.
+verify`, `audit log --all` into a file or pipe, exports and reports): a rich progress bar when
+stderr is a terminal, erased when the work ends; nothing when stderr is piped or redirected,
+nothing with --json. stdout is never touched.
 
 `TRIALFLOW_PROGRESS=1` shows it on any stderr (as on a terminal: for tests and for a terminal
 that does not say it is one), `TRIALFLOW_PROGRESS=0` never shows it."""

@@ -20,12 +20,23 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from cli.context import Env
 
 BOLD = "\x1b[1m"
 RESET = "\x1b[0m"
+RED, YELLOW, GREEN = "\x1b[31m", "\x1b[33m", "\x1b[32m"
+# A cell whose whole text is one of these words is coloured (with colour on): what needs acting
+# on now red, what is due or no longer holds yellow, what is done and holds green.
+STATE_COLOURS: Final = {
+    **dict.fromkeys(("overdue", "missed", "broken", "failed", "refused", "ineligible",
+                     "not met", "deviation", "off_study"), RED),
+    **dict.fromkeys(("due", "out of window", "out_of_window", "pending", "earlier_version",
+                     "answered"), YELLOW),
+    **dict.fromkeys(("valid", "met", "eligible", "completed", "done", "verified", "closed",
+                     "passed"), GREEN),
+}
 
 
 @dataclass(frozen=True)
@@ -140,11 +151,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return _records(headers, cells, style)
     widths = _fit(headers, cells, natural, style.width)
 
-    def lines(values: Sequence[str]) -> list[str]:
+    def lines(values: Sequence[str], painted: bool = False) -> list[str]:
         wrapped = [_wrap(v, w) for v, w in zip(values, widths, strict=True)]
         height = max((len(w) for w in wrapped), default=1)
-        return ["  ".join((w[k] if k < len(w) else "").ljust(width)
-                          for w, width in zip(wrapped, widths, strict=True)).rstrip()
+        paint = [STATE_COLOURS.get(v) if painted else None for v in values]
+        return ["  ".join(_painted((w[k] if k < len(w) else "").ljust(width), colour)
+                          for w, width, colour in zip(wrapped, widths, paint, strict=True)
+                          ).rstrip()
                 for k in range(height)]
 
     head = lines(list(headers))
@@ -152,8 +165,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         head = [f"{BOLD}{line}{RESET}" for line in head]
     out = [*head, "  ".join("-" * w for w in widths)]
     for row in cells:
-        out.extend(lines(row))
+        out.extend(lines(row, style.colour))
     return "\n".join(out)
+
+
+def _painted(text: str, colour: str | None) -> str:
+    """`text` (already padded to its column) in `colour`, the padding left plain."""
+    if colour is None or not text.strip():
+        return text
+    word = text.rstrip()
+    return f"{colour}{word}{RESET}{text[len(word):]}"
 
 
 _BREAK = re.compile(r"(?<=\s)|(?<=\.\.)|(?<=,)|(?<=;)|(?<=/)")
@@ -193,8 +214,10 @@ def _records(headers: Sequence[str], cells: list[list[str]], style: Style) -> st
             label = header.ljust(key)
             if style.colour:
                 label = f"{BOLD}{label}{RESET}"
+            colour = STATE_COLOURS.get(value) if style.colour else None
             for k, part in enumerate(_wrap(value, room)):
-                lines.append(f"{label if k == 0 else ' ' * key}  {part}".rstrip())
+                lines.append(f"{label if k == 0 else ' ' * key}  {_painted(part, colour)}"
+                             .rstrip())
         blocks.append("\n".join(lines))
     rule = "-" * min(style.width, key + 2 + room)
     return "\n".join(f"{rule}\n{block}" for block in blocks) if blocks else rule

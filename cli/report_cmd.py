@@ -25,6 +25,7 @@ from cli.writes import DATETIME
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from projections.progress import Progress, Tick
     from projections.queries import Clock
     from projections.reports.data import SubjectHistory
     from projections.views import View
@@ -55,8 +56,12 @@ def report() -> None:
 class _Context:
     """The view, the clock and the subjects' histories one report reads."""
 
-    def __init__(self, env: Env, now: datetime | None, as_of: str | None) -> None:
+    def __init__(self, env: Env, now: datetime | None, as_of: str | None,
+                 advance: Progress | None = None, units: int = 1, extra: int = 1) -> None:
+        """`advance`: a progress bar, moved `units` times per subject and `extra` times for
+        the rest (the caller ticks `self.tick` for those)."""
         from projections.audit_trail import resolve_moment
+        from projections.progress import ticker
         from projections.queries import Clock
         from projections.reports.data import load_histories
         from projections.views import open_view
@@ -69,7 +74,8 @@ class _Context:
             moment = resolve_moment(as_of, app.store).at
         self.now: datetime = moment or app.clock()
         self.clock: Clock = Clock(self.view, self.now)
-        self.histories: list[SubjectHistory] = load_histories(self.view, app.store)
+        self.tick: Tick = ticker(advance, units * len(self.view.subjects()) + extra)
+        self.histories: list[SubjectHistory] = load_histories(self.view, app.store, self.tick)
 
     def swimmer(self) -> Figure:
         from projections.queries import ae_list
@@ -143,11 +149,17 @@ def write_output(env: Env, out: Path, data: bytes) -> None:
 def _plot(env: Env, out: Path, now: datetime | None, as_of: str | None, which: str) -> None:
     fmt = _plot_format(out)
     check_out(out)
-    context = _Context(env, now, as_of)
-    figure: Figure = getattr(context, which)()
-    from projections.reports.plots import render
+    from cli.progress import progress_bar
 
-    write_output(env, out, render(figure, fmt))
+    with progress_bar(env, f"report {which}") as advance:
+        context = _Context(env, now, as_of, advance)
+        context.tick(f"report: drawing {which}", 0)
+        figure: Figure = getattr(context, which)()
+        from projections.reports.plots import render
+
+        data = render(figure, fmt)
+        context.tick(f"report: {which} drawn")
+    write_output(env, out, data)
 
 
 @report.command("swimmer", help="One bar per subject through its phases on the study-day axis "
@@ -183,6 +195,7 @@ def persistence(env: Env, out: Path, now: datetime | None, as_of: str | None) ->
 @report_options
 @click.pass_obj
 def html(env: Env, out: Path, now: datetime | None, as_of: str | None) -> None:
+    from cli.progress import progress_bar
     from projections.reports import data as d
     from projections.reports.html import monitoring_data, render_html
     from projections.reports.plots import (
@@ -193,18 +206,23 @@ def html(env: Env, out: Path, now: datetime | None, as_of: str | None) -> None:
     )
 
     check_out(out)
-    context = _Context(env, now, as_of)
-    view, histories = context.view, context.histories
-    page = monitoring_data(view, context.clock, now=context.now.isoformat(), as_of=as_of,
-                           store=env.app.store)
-    swim = d.swimmer_rows(histories, page.adverse_events, context.clock.today)
-    scores = d.sledai_series(histories)
-    copies = d.persistence_series(histories, view.study.protocol.lloq_copies_per_ug)
-    page.notes = {"swimmer": d.swimmer_caption(swim), "sledai": d.sledai_caption(scores),
-                  "persistence": d.persistence_caption(copies)}
-    images = {
-        "swimmer": (render(swimmer_figure(swim)), "png"),
-        "sledai": (render(sledai_figure(scores)), "png"),
-        "persistence": (render(persistence_figure(copies)), "png"),
-    }
+    with progress_bar(env, "report html") as advance:
+        # per subject: its history, its data review; then the overdue tasks and three plots
+        context = _Context(env, now, as_of, advance, units=2, extra=4)
+        view, histories, tick = context.view, context.histories, context.tick
+        page = monitoring_data(view, context.clock, now=context.now.isoformat(), as_of=as_of,
+                               store=env.app.store, tick=tick)
+        swim = d.swimmer_rows(histories, page.adverse_events, context.clock.today)
+        scores = d.sledai_series(histories)
+        copies = d.persistence_series(histories, view.study.protocol.lloq_copies_per_ug)
+        page.notes = {"swimmer": d.swimmer_caption(swim), "sledai": d.sledai_caption(scores),
+                      "persistence": d.persistence_caption(copies)}
+        figures: dict[str, Callable[[], Figure]] = {
+            "swimmer": lambda: swimmer_figure(swim), "sledai": lambda: sledai_figure(scores),
+            "persistence": lambda: persistence_figure(copies)}
+        images = {}
+        for name, figure in figures.items():
+            tick(f"report: drawing {name}", 0)
+            images[name] = (render(figure()), "png")
+            tick(f"report: {name} drawn")
     write_output(env, out, render_html(page, images).encode("utf-8"))

@@ -217,10 +217,15 @@ class EventStore:
         *,
         also: Sequence[Statement] = (),
         expected_last_position: int | None = None,
+        unchanged: Mapping[str, int] | None = None,
     ) -> AppendResult:
         """Append to one or more streams atomically: all or nothing. `also` runs in the same
         transaction; `expected_last_position` refuses the append (ConcurrencyConflict on the
-        pseudo-stream `log`) when anything was appended since the caller read that head."""
+        pseudo-stream `log`) when anything was appended since the caller read that head;
+        `unchanged` (stream -> version) refuses it (ConcurrencyConflict on that stream) when a
+        stream the decision read but does not write has moved on: checked under the append
+        lock, in the append's transaction, so state a caller cached is never trusted
+        unchecked."""
         for item in appends:
             check_stream_id(item.stream_id)
         command_id = context.command_id or self.new_id()
@@ -228,7 +233,7 @@ class EventStore:
         texts = _payload_texts(appends, strict=context.request_hash is None)
         request_hash = context.request_hash or _request_hash(appends, context, texts)
         args = (appends, context, command_id, request_hash, texts, tuple(also),
-                expected_last_position)
+                expected_last_position, dict(unchanged or {}))
         if self._sqlite:
             with driver_connection(self.engine) as driver:  # translates the driver's errors
                 result, rows = self._append_sqlite(driver, *args)
@@ -309,12 +314,15 @@ class EventStore:
         texts: _Texts,
         also: tuple[Statement, ...] = (),
         expected_last_position: int | None = None,
+        unchanged: dict[str, int] | None = None,
     ) -> tuple[AppendResult, list[tuple[Any, ...]]]:
         """Under the append lock: read the log's state, then either return the command's first
         result (a repeat), or check the expected versions, the writer's clock and the log's
         head, and insert the events, the command and the `also` statements. Returns the result
         and the inserted rows (none for a repeat)."""
         streams = list(dict.fromkeys(item.stream_id for item in appends))
+        read_only = [name for name in unchanged or {} if name not in streams]
+        streams += read_only
         row = cursor.execute(self._state_query(len(streams)), (command_id, *streams)).fetchone()
         _answered()  # the connection is alive: from here on a lost one is not retried
         last_position = 0 if row[0] is None else int(row[0])
@@ -349,6 +357,9 @@ class EventStore:
                 else _Head(int(version_value), str(hash_value))
             )
             column += 2
+        for name, seen in (unchanged or {}).items():
+            if heads[name].version != seen:
+                raise ConcurrencyConflict(name, seen, heads[name].version)
         correlation_id = context.correlation_id or command_id
         actor, role, site = context.actor, context.role, context.site
         rows: list[tuple[Any, ...]] = []
@@ -553,9 +564,13 @@ class EventStore:
         return int(rows[0][0]) if rows else 0
 
     def read_stream(self, stream_id: str, *, up_to_version: int | None = None,
-                    up_to_position: int | None = None) -> list[RecordedEvent]:
+                    up_to_position: int | None = None,
+                    after_version: int | None = None) -> list[RecordedEvent]:
         sql = f"SELECT {_COLUMNS} FROM events WHERE stream_id = {self._mark}"
         params: list[Any] = [stream_id]
+        if after_version is not None:
+            sql += f" AND version > {self._mark}"
+            params.append(after_version)
         if up_to_version is not None:
             sql += f" AND version <= {self._mark}"
             params.append(up_to_version)

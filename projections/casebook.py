@@ -109,6 +109,7 @@ def _fields(record: FormRecord) -> list[dict[str, Any]]:
 
 # --- text ------------------------------------------------------------------------------------
 
+NOWRAP_MAX: Final = 32  # characters: a value this short and without spaces is never broken
 _KIND_WORDS: Final = {"original": "entered", "correction": "corrected to", "void": "voided"}
 
 
@@ -247,13 +248,15 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #333;margin-top
 h3{margin:1.2em 0 .3em}.meta{color:#444;font-size:.9em}
 table{border-collapse:collapse;width:100%;margin:.3em 0 .6em}
 th,td{border:1px solid #999;padding:.2em .4em;text-align:left;vertical-align:top;
-font-size:.9em}th{background:#eee}
+font-size:.9em}th{background:#eee;white-space:nowrap}
 .form{border:1px solid #ccc;padding:.2em .8em .6em;margin:.8em 0;page-break-inside:avoid;
 break-inside:avoid}
 .voided{background:#fbeaea}.voided h3{text-decoration:line-through}
 .badge{font-family:sans-serif;font-size:.75em;padding:0 .4em;border-radius:3px;
 background:#b00;color:#fff;text-decoration:none;display:inline-block}
 .history{margin:0;padding-left:1.2em}.note{font-size:.85em;color:#333}
+.nw{white-space:nowrap}code{overflow-wrap:anywhere}
+@media (max-width:40em){body{margin:.5em}.nw{white-space:normal}td{overflow-wrap:anywhere}}
 .state-valid{color:#060}.state-earlier_version{color:#a60}.state-broken{color:#b00}
 @media print{body{margin:0;max-width:none;font-size:10pt}h2{page-break-after:avoid;
 break-after:avoid}.form{border-color:#999}a{color:inherit;text-decoration:none}}
@@ -266,7 +269,18 @@ def _e(value: Any) -> str:
 
 
 def _who_html(item: Mapping[str, Any]) -> str:
-    return html.escape(_who(item))
+    where = f", {item['site']}" if item.get("site") else ""
+    return (f"{html.escape(str(item['actor']))} ({html.escape(str(item['role']) + where)}) at "
+            f'<span class="nw">{html.escape(str(item["recorded_at"]))}</span>')
+
+
+def _value_html(value: Any, tag: str = "span") -> str:
+    """A value escaped in `tag`; a short one without spaces (a date, a code, a number) is never
+    broken across lines at its hyphens."""
+    text = shown(value)
+    if len(text) <= NOWRAP_MAX and not any(c.isspace() for c in text):
+        return f'<{tag} class="nw">{html.escape(text)}</{tag}>'
+    return f"<{tag}>{html.escape(text)}</{tag}>"
 
 
 def _form_html(form: Mapping[str, Any], queries: Mapping[str, Mapping[str, Any]],
@@ -276,13 +290,13 @@ def _form_html(form: Mapping[str, Any], queries: Mapping[str, Mapping[str, Any]]
     rows = []
     for field in form["fields"]:
         history = "".join(
-            (f"<li>voided (value then <b>{_e(item['value'])}</b>)" if item["kind"] == "void"
+            (f"<li>voided (value then {_value_html(item['value'], 'b')})" if item["kind"] == "void"
              else f"<li>{html.escape(_KIND_WORDS.get(item['kind'], item['kind']))} "
-             f"<b>{_e(item['value'])}</b>")
+             f"{_value_html(item['value'], 'b')}")
             + f" by {_who_html(item)}, position {item['position']}"
             + (f"; reason: <i>{_e(item['reason'])}</i>" if item.get("reason") else "")
             + "</li>" for item in field["history"])
-        rows.append(f"<tr><td>{_e(field['field'])}</td><td>{_e(field['value'])}</td>"
+        rows.append(f"<tr><td>{_e(field['field'])}</td><td>{_value_html(field['value'])}</td>"
                     f'<td><ul class="history">{history}</ul></td></tr>')
     body = ("<table><tr><th>field</th><th>value now</th><th>history</th></tr>"
             + "".join(rows) + "</table>") if rows else "<p>No values.</p>"
@@ -297,7 +311,7 @@ def _form_html(form: Mapping[str, Any], queries: Mapping[str, Mapping[str, Any]]
         body += _signature_html(signed[position])
     classes = "form voided" if form["voided"] else "form"
     return (f'<div class="{classes}" id="p{form["position"]}"><h3>{_e(form["form"])} '
-            f"<small>(position {form['position']}{visit}, for {_e(form['recorded_on'])})"
+            f"<small>(position {form['position']}{visit}, for {_value_html(form['recorded_on'])})"
             f"</small>{badge}</h3>{body}</div>")
 
 

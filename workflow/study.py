@@ -4,7 +4,7 @@ the state of accounts (temporary passwords, failed attempts, lockouts)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property, lru_cache
 from typing import Final
@@ -130,6 +130,16 @@ class Study:
 @lru_cache(maxsize=16)
 def _parsed(text: str, version: int) -> Protocol:
     return load_protocol_text(text, f"protocol version {version}")
+
+
+def copy_study(study: Study) -> Study:
+    """A copy whose collections `apply_study` may change without touching `study`'s (their
+    items, users and places, are immutable)."""
+    return replace(study, sites=dict(study.sites), users=dict(study.users),
+                   protocol_texts=dict(study.protocol_texts), places=list(study.places),
+                   temporary_passwords=set(study.temporary_passwords),
+                   failed_attempts=dict(study.failed_attempts),
+                   locked_accounts=dict(study.locked_accounts), locks=dict(study.locks))
 
 
 def fold_study(events: Iterable[RecordedEvent]) -> Study:

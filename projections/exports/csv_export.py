@@ -32,6 +32,7 @@ from projections.exports.cells import cell
 from projections.exports.records import FormRecord, form_records
 from projections.exports.snapshot import Snapshot
 from projections.exports.values import value_text
+from projections.progress import Progress, ticker
 from workflow.forms import FORMS
 
 MANIFEST: Final = "SHA256SUMS"
@@ -64,18 +65,23 @@ def _event_row(values: dict[str, Any]) -> list[str]:
     return [cell(values[name]) for name in ENVELOPE_FIELDS]
 
 
-def build_csv(snapshot: Snapshot) -> dict[str, bytes]:
-    """File name -> bytes, the manifest included; names sorted, the manifest last."""
+def build_csv(snapshot: Snapshot, progress: Progress | None = None) -> dict[str, bytes]:
+    """File name -> bytes, the manifest included; names sorted, the manifest last.
+    `progress`: per subject, then the files written (one unit)."""
+    tick = ticker(progress, len(snapshot.subjects) + 1)
     records: dict[str, list[FormRecord]] = {form: [] for form in FORMS}
     for subject in snapshot.subjects:
         for record in form_records(snapshot.study, subject, snapshot.streams[subject]):
             records[record.form].append(record)
+        tick("CSV: forms (subjects)", 1)
+    tick("CSV: writing the files", 0)
     files = {f"{form}.csv": _table(form_header(form), (_form_row(r) for r in rows))
              for form, rows in records.items()}
     files[EVENTS_FILE] = _table(ENVELOPE_FIELDS,
                                 (_event_row(event.envelope()) for event in snapshot.events))
     ordered = {name: files[name] for name in sorted(files)}
     ordered[MANIFEST] = manifest(ordered)
+    tick("CSV: files written", 1)
     return ordered
 
 

@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from events.envelope import RecordedEvent
 from projections.exports.snapshot import Snapshot
+from projections.progress import Progress, ticker
 from workflow.eligibility import form_date
 from workflow.form_places import phase_marks
 from workflow.instruments.codes import SLEDAI2K_DESCRIPTORS
@@ -287,8 +288,9 @@ def _sledai_observations(snapshot: Snapshot, ids: _Ids, state: SubjectState
 # --- the bundle ---------------------------------------------------------------------------
 
 
-def build_bundle(snapshot: Snapshot) -> dict[str, Any]:
-    """The Bundle as a JSON-ready dict."""
+def build_bundle(snapshot: Snapshot, progress: Progress | None = None) -> dict[str, Any]:
+    """The Bundle as a JSON-ready dict (`progress`: per subject)."""
+    tick = ticker(progress, len(snapshot.subjects))
     ids = _Ids(snapshot.registry_id)
     entries = [_research_study(snapshot, ids)]
     for subject, state in snapshot.subjects.items():
@@ -299,6 +301,7 @@ def build_bundle(snapshot: Snapshot) -> dict[str, Any]:
         entries.extend(_adverse_event(snapshot, ids, state, row, recorded)
                        for row in adverse_events(state, protocol))
         entries.extend(_sledai_observations(snapshot, ids, state))
+        tick("FHIR: resources (subjects)")
     return {
         "resourceType": "Bundle",
         "id": ids.id("Bundle", f"position-{snapshot.position}"),
@@ -310,7 +313,8 @@ def build_bundle(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-def build_fhir(snapshot: Snapshot) -> bytes:
+def build_fhir(snapshot: Snapshot, progress: Progress | None = None) -> bytes:
     """The Bundle as UTF-8 JSON, indented, ending in a newline."""
-    text = json.dumps(build_bundle(snapshot), indent=2, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(build_bundle(snapshot, progress), indent=2, ensure_ascii=False,
+                      allow_nan=False)
     return (text + "\n").encode("utf-8")

@@ -49,6 +49,7 @@ from projections.exports.records import (
 )
 from projections.exports.snapshot import EPOCH, Snapshot
 from projections.exports.values import value_text
+from projections.progress import Progress, Tick, ticker
 from workflow import event_types as T
 from workflow import signing
 from workflow.forms import FORMS, FieldSpec, Kind
@@ -419,7 +420,7 @@ def _signatures(streams: Iterable[list[RecordedEvent]]) -> dict[int, RecordedEve
 
 
 def _clinical(root: ET.Element, snapshot: Snapshot, mdv_oid: str,
-              records: Mapping[str, list[FormRecord]]) -> None:
+              records: Mapping[str, list[FormRecord]], tick: Tick) -> None:
     study = snapshot.study
     signatures = _signatures(list(events) for events in snapshot.streams.values())
     order = {spec.key: index for index, spec in enumerate(study_event_specs(study))}
@@ -447,6 +448,7 @@ def _clinical(root: ET.Element, snapshot: Snapshot, mdv_oid: str,
                             "ItemOID": f"I.{record.form}.{code}",
                             "TransactionType": transaction, "Value": value_text(value)})
                         _audit(item, entry, study)
+        tick("ODM: clinical data (subjects)")
 
 
 def _version() -> str:
@@ -456,12 +458,16 @@ def _version() -> str:
         return "unknown"
 
 
-def build_odm(snapshot: Snapshot) -> bytes:
-    """The ODM 1.3.2 document of `snapshot`, UTF-8, indented, ending in a newline."""
+def build_odm(snapshot: Snapshot, progress: Progress | None = None) -> bytes:
+    """The ODM 1.3.2 document of `snapshot`, UTF-8, indented, ending in a newline.
+    `progress`: forms and clinical data per subject, then the XML written (one unit)."""
     protocol: Protocol = snapshot.protocol
     mdv_oid = f"MDV.v{protocol.version}"
-    records = {subject: form_records(snapshot.study, subject, snapshot.streams[subject])
-               for subject in snapshot.subjects}
+    tick = ticker(progress, 2 * len(snapshot.subjects) + 1)
+    records = {}
+    for subject in snapshot.subjects:
+        records[subject] = form_records(snapshot.study, subject, snapshot.streams[subject])
+        tick("ODM: forms (subjects)")
     root = ET.Element(_tag("ODM"), {
         "xmlns": ODM_NS,
         "Description": f"{protocol.title} ({protocol.registry_id}): trialflow export",
@@ -477,7 +483,9 @@ def build_odm(snapshot: Snapshot) -> bytes:
     })
     _study(root, snapshot, mdv_oid)
     _admin(root, snapshot, mdv_oid, [r for rows in records.values() for r in rows])
-    _clinical(root, snapshot, mdv_oid, records)
+    _clinical(root, snapshot, mdv_oid, records, tick)
+    tick("ODM: writing the XML", 0)
     ET.indent(root, space="  ")
     body = ET.tostring(root, encoding="unicode")
+    tick("ODM: XML written", 1)
     return ('<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n").encode("utf-8")

@@ -19,24 +19,31 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from statistics import median
+from statistics import median, quantiles
 from typing import Any, Final
 
 from events.envelope import RecordedEvent
 from events.store import EventStore
+from projections.progress import Tick
 from projections.views import View
 from workflow.eligibility import form_date
 from workflow.endpoints import persistence_samples, sledai2k_baseline
 from workflow.form_places import phase_marks
 from workflow.instruments.codes import SLEDAI2K_DESCRIPTORS
 from workflow.instruments.sledai2k import sledai2k_score
-from workflow.protocol import Protocol
+from workflow.protocol import Protocol, VisitWindow
 from workflow.subject import SubjectState, fold_subject
 
 PHASES: Final = ("screening", "cell_collection", "lymphodepletion", "infusion", "follow_up")
 EXITS: Final = ("completed", "screen_failed", "off_study")
 DEFAULT_CONSENT_DAY: Final = -30  # where a never-infused subject's consent goes, nobody infused
 FLOOR_FACTOR: Final = 10.0  # persistence: the axis floor is LLOQ / 10
+# SLEDAI-2K summary: a median of one value is that subject's own line, so the median is drawn
+# from 2 subjects; quartiles of two values only interpolate between them, so the interquartile
+# band is drawn from 3 subjects.
+SUMMARY_MEDIAN_MIN: Final = 2
+SUMMARY_IQR_MIN: Final = 3
+BASELINE_LABEL: Final = "baseline"
 
 
 # --- the subjects' histories (the only reader) ----------------------------------------------
@@ -69,12 +76,16 @@ def phase_entries(state: SubjectState, protocol: Protocol) -> tuple[PhaseEntry, 
     return tuple(PhaseEntry(phase, on) for phase, on in phase_marks(state, protocol))
 
 
-def load_histories(view: View, store: EventStore) -> list[SubjectHistory]:
-    """Every subject of the view, folded from its stream up to the view's position."""
+def load_histories(view: View, store: EventStore, tick: Tick | None = None
+                   ) -> list[SubjectHistory]:
+    """Every subject of the view, folded from its stream up to the view's position (`tick`:
+    one unit per subject, for a progress bar)."""
     out = []
     for row in view.subjects():
         events = store.read_stream(row["subject"], up_to_position=view.position)
         out.append(history_of(view, row["subject"], events))
+        if tick is not None:
+            tick("report: subjects read")
     return out
 
 
@@ -209,20 +220,88 @@ class SledaiSeries:
 
 
 @dataclass(frozen=True)
+class SledaiSummary:
+    """The subjects' SLEDAI-2K at one time point: the baseline, or a protocol visit.
+
+    `n` subjects contribute one score each; `median` is None below SUMMARY_MEDIAN_MIN
+    subjects, `q1`/`q3` (statistics.quantiles, method="inclusive") below SUMMARY_IQR_MIN."""
+
+    label: str  # "baseline" or the visit code
+    day: float  # the visit's target study day; baseline: the median of the baseline days
+    n: int
+    median: float | None
+    q1: float | None
+    q3: float | None
+
+
+@dataclass(frozen=True)
 class SledaiChart:
     series: tuple[SledaiSeries, ...]
     not_plotted: dict[str, str]  # subject -> why it has no line
     thresholds: tuple[int, ...] = ()  # the eligibility minimum of the subjects' protocols
+    summary: tuple[SledaiSummary, ...] = ()  # by day: baseline, then each visit with data
 
 
 NOT_INFUSED: Final = "not infused: no D0, so no study day"
 
 
+def sledai_visits(protocol: Protocol) -> tuple[VisitWindow, ...]:
+    """The visits the SLEDAI-2K summary is computed at: every follow-up visit where the
+    protocol places a disease_activity form (`[forms.disease_activity] visits`; every visit when
+    the protocol does not restrict forms), and always the SLEDAI-2K endpoint visits. In IM19-SLE
+    that is the whole schedule (D1 ... D360), so the median follows the subjects' lines rather
+    than jumping from the baseline to D90."""
+    place = protocol.form_place("disease_activity")
+    codes = set(protocol.sledai2k_visits)
+    codes |= {v.code for v in protocol.visits} if place is None else set(place.visits)
+    return tuple(v for v in protocol.visits if v.code in codes)
+
+
+def _summary(label: str, day: float, scores: Sequence[int]) -> SledaiSummary:
+    n = len(scores)
+    middle = float(median(scores)) if n >= SUMMARY_MEDIAN_MIN else None
+    q1 = q3 = None
+    if n >= SUMMARY_IQR_MIN:
+        q1, _, q3 = quantiles(scores, n=4, method="inclusive")
+    return SledaiSummary(label, day, n, middle, q1, q3)
+
+
+def sledai_summary(series: Sequence[SledaiSeries],
+                   visits: Mapping[str, Sequence[VisitWindow]]) -> tuple[SledaiSummary, ...]:
+    """The median and quartiles of the subjects' scores at the baseline and at each visit.
+
+    Baseline: each subject's baseline point (the endpoints' baseline), drawn at the median of
+    the subjects' baseline days. A visit: `visits[subject]` are the windows of that subject's
+    protocol; a subject contributes the latest point inside the window [earliest_day,
+    latest_day] (by day, then log position: the rule of the endpoints, workflow/endpoints.py
+    `sledai2k_at`, so a median here is the median of the endpoint values), and nothing when no
+    point falls inside. A visit is keyed by (code, target day),
+    so two protocol versions scheduling the same code on another day give two points. Points
+    nobody contributes to are left out."""
+    out = []
+    baselines = [b for b in (s.baseline for s in series) if b is not None]
+    if baselines:
+        out.append(_summary(BASELINE_LABEL, float(median(b.day for b in baselines)),
+                            [b.score for b in baselines]))
+    by_visit: dict[tuple[int, str], list[int]] = {}
+    for s in series:
+        for visit in visits.get(s.subject, ()):
+            inside = [p for p in s.points if visit.earliest_day <= p.day <= visit.latest_day]
+            if inside:
+                latest = max(inside, key=lambda p: (p.day, p.position))
+                by_visit.setdefault((visit.target_day, visit.code), []).append(latest.score)
+    for (day, code), scores in sorted(by_visit.items()):
+        out.append(_summary(code, float(day), scores))
+    return tuple(sorted(out, key=lambda m: m.day))
+
+
 def sledai_series(histories: Sequence[SubjectHistory]) -> SledaiChart:
     """The SLEDAI-2K of every disease_activity form (its own date) on the study-day axis; the
-    baseline is the form the endpoints use (workflow.endpoints.sledai2k_baseline)."""
+    baseline is the form the endpoints use (workflow.endpoints.sledai2k_baseline); the summary
+    is `sledai_summary` at each subject's own protocol's `sledai_visits`."""
     series, skipped = [], {}
     thresholds = {h.protocol.sledai2k_min for h in histories}
+    visits = {h.subject: sledai_visits(h.protocol) for h in histories}
     for h in histories:
         d0 = h.state.infused_on
         if d0 is None:
@@ -240,7 +319,8 @@ def sledai_series(histories: Sequence[SubjectHistory]) -> SledaiChart:
             continue
         series.append(SledaiSeries(h.subject, tuple(sorted(points, key=lambda p: (p.day,
                                                                                   p.position)))))
-    return SledaiChart(tuple(series), skipped, tuple(sorted(thresholds)))
+    return SledaiChart(tuple(series), skipped, tuple(sorted(thresholds)),
+                       sledai_summary(series, visits))
 
 
 # --- CAR-T persistence -------------------------------------------------------------------------
@@ -325,6 +405,13 @@ def sledai_caption(chart: SledaiChart) -> str:
             "first lymphodepletion dose). Lines sharing a score are drawn a fixed fraction of a "
             "point apart (never more than 0.3 from the exact score, whatever the number of "
             "subjects); the dashed grey line is the eligibility minimum.")
+    if chart.summary:
+        text += (" The thick black line is the median of the subjects' scores at the baseline "
+                 "and at each protocol visit (each subject's latest form inside the visit "
+                 "window, as the endpoints take it; drawn from 2 subjects), the grey band the "
+                 "interquartile range Q1–Q3 (drawn from 3 subjects); both are drawn exactly, "
+                 "without offset. Subjects per point (n): " + ", ".join(
+                     f"{m.label} {m.n}" for m in chart.summary) + ".")
     return text + _skipped(chart.not_plotted)
 
 

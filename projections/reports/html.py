@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from events.envelope import RecordedEvent
 from events.store import EventStore
+from projections.progress import Tick
 from projections.queries import (
     Clock,
     ae_list,
@@ -28,12 +29,13 @@ from projections.queries import (
     study_status,
     visit_list,
 )
+from projections.todo import todo_list
 from projections.views import View
 from workflow import event_types as T
 from workflow.monitoring import QUERY_STATES, fold_monitoring
 from workflow.signing import record_of, signatures
 
-SECTIONS: Final = ("status", "subjects", "visits", "adverse-events", "deviations",
+SECTIONS: Final = ("status", "overdue", "subjects", "visits", "adverse-events", "deviations",
                    "post-enrolment-findings", "endpoints", "queries", "source-verification",
                    "signatures", "swimmer", "sledai", "persistence")
 # The records that close a subject's casebook: each awaits the investigator's signature.
@@ -59,6 +61,7 @@ class MonitoringData:
     notes: dict[str, str] = field(default_factory=dict)  # plot -> caption
     findings: list[dict[str, Any]] = field(default_factory=list)  # post-enrolment findings
     review: Review | None = None  # queries, source verification, signatures (None: not read)
+    overdue: list[dict[str, Any]] | None = None  # the overdue part of `todo` (None: not read)
 
 
 @dataclass
@@ -93,9 +96,9 @@ class Review:
         return [rows[key] for key in sorted(rows)]
 
 
-def read_review(view: View, store: EventStore) -> Review:
+def read_review(view: View, store: EventStore, tick: Tick | None = None) -> Review:
     """Each subject's stream up to the view's position, folded by the functions `queries`,
-    `sdv-status` and `signatures` use."""
+    `sdv-status` and `signatures` use (`tick`: one unit per subject)."""
     review = Review()
     for row in view.subjects():
         subject = row["subject"]
@@ -106,6 +109,8 @@ def read_review(view: View, store: EventStore) -> Review:
         checked = signatures(list(events))
         review.signatures += checked
         review.pending += pending_signatures(events, checked)
+        if tick is not None:
+            tick("report: data review (subjects)")
     order = {state: index for index, state in enumerate(QUERY_STATES)}
     review.queries.sort(key=lambda q: (order.get(q["state"], len(order)), q["subject"],
                                        q["id"]))
@@ -151,7 +156,14 @@ def pending_signatures(events: Sequence[RecordedEvent], checked: Sequence[Mappin
 
 def monitoring_data(view: View, clock: Clock, *, now: str, as_of: str | None,
                     title: str = "IM19-SLE monitoring report",
-                    store: EventStore | None = None) -> MonitoringData:
+                    store: EventStore | None = None, tick: Tick | None = None
+                    ) -> MonitoringData:
+    """`tick`: one unit per subject reviewed, one for the overdue tasks."""
+    overdue = None
+    if store is not None:
+        overdue = overdue_tasks(view, store, clock)
+        if tick is not None:
+            tick("report: overdue tasks")
     return MonitoringData(
         title=title,
         generated={"position": view.position, "now": now, "as_of": as_of,
@@ -163,8 +175,16 @@ def monitoring_data(view: View, clock: Clock, *, now: str, as_of: str | None,
         deviations=deviation_list(view, None),
         endpoints=endpoint_list(view, None),
         findings=post_enrolment_findings(view),
-        review=None if store is None else read_review(view, store),
+        review=None if store is None else read_review(view, store, tick),
+        overdue=overdue,
     )
+
+
+def overdue_tasks(view: View, store: EventStore, clock: Clock) -> list[dict[str, Any]]:
+    """The overdue part of `todo` at the page's clock, most urgent first (the same tasks, from
+    workflow/tasks.py: reporting clocks past due, overdue visits, procedures, answers...)."""
+    return [task for task in todo_list(view, store, clock.now(None))
+            if task["state"] == "overdue"]
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -320,6 +340,11 @@ def _endpoints_body(endpoints: Sequence[Mapping[str, Any]]) -> str:
     return note + _table(columns, endpoints, "No subject yet.", why)
 
 
+OVERDUE_COLUMNS: Final[tuple[Column, ...]] = (
+    ("subject", _key("subject")), ("site", _key("site")), ("task", _key("kind")),
+    ("due", _key("due")), ("who acts", _key("role")), ("what", _key("action")),
+    ("command", _key("command")),
+)
 QUERY_COLUMNS: Final[tuple[Column, ...]] = (
     ("id", _key("id")), ("state", _key("state")), ("subject", _key("subject")),
     ("position", _key("position")), ("form", _key("form")), ("field", _key("field")),
@@ -344,6 +369,15 @@ SIGNATURE_COLUMNS: Final[tuple[Column, ...]] = (
     ("signed", _key("signed_at")), ("state", _key("state")),
 )
 _NOT_READ: Final = '<p class="empty">Not read (the page was made without the event log).</p>'
+
+
+def _overdue_body(tasks: list[dict[str, Any]] | None) -> str:
+    if tasks is None:
+        return _NOT_READ
+    note = ('<p class="note">Every task past its due date or clock, most urgent first: the '
+            "overdue part of <code>trialflow todo</code>, with who must act and the command "
+            "that does it.</p>")
+    return note + _table(OVERDUE_COLUMNS, tasks, "Nothing is overdue.")
 
 
 def _facts(facts: Sequence[tuple[str, Any]], ident: str) -> str:
@@ -436,6 +470,7 @@ def render_html(data: MonitoringData, images: Mapping[str, tuple[bytes, str]]) -
     nav = "".join(f'<a href="#{escape(s)}">{escape(s)}</a>' for s in SECTIONS)
     body = [
         _section("status", "Study status", _status_body(data.status)),
+        _section("overdue", "Overdue tasks", _overdue_body(data.overdue)),
         _section("subjects", "Subjects", _table(SUBJECT_COLUMNS, data.subjects,
                                                 "No subject has consented yet.")),
         _section("visits", "Visits due or overdue", _table(

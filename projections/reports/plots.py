@@ -10,7 +10,9 @@ Artist ids (`gid`) the tests rely on:
 - swimmer: `bar:SUBJECT:PHASE`, `infusion:SUBJECT`, `ae:SUBJECT:POSITION`, `exit:SUBJECT:KIND`,
   `ongoing:SUBJECT`, `d0`;
 - sledai: `sledai:SUBJECT` (one line per subject), `baseline:SUBJECT`, `threshold`
-  (and `threshold:VALUE` when the subjects' protocol versions differ), `d0`;
+  (and `threshold:VALUE` when the subjects' protocol versions differ), `d0`, `sledai-median`
+  (a Line2D through the summary points with a median) and `sledai-iqr` (a fill_between
+  PolyCollection, Q1 to Q3, in `ax.collections`);
 - persistence: `persistence:SUBJECT` (one line per subject), `below-lloq:SUBJECT`,
   `lloq` (and `lloq:VALUE` for another protocol version's LLOQ), `d0`.
 """
@@ -30,8 +32,11 @@ from matplotlib.patches import Patch
 
 from projections.reports.data import (
     PHASES,
+    SUMMARY_IQR_MIN,
+    SUMMARY_MEDIAN_MIN,
     PersistenceChart,
     SledaiChart,
+    SledaiSummary,
     SwimmerChart,
 )
 
@@ -59,6 +64,10 @@ PERSISTENCE_MARKERS: Final = ("o", "s", "D", "^", "P", "X", "h")  # by subject (
 PERSISTENCE_ALPHA: Final = 0.8  # a line under another still shows through
 NOTE_WIDTH: Final = 150  # characters per line of the "not plotted" note under a plot
 NOTE_LINES: Final = 3  # lines of it at most (the HTML caption lists every subject)
+MEDIAN_STYLE: Final[dict[str, Any]] = {  # the SLEDAI-2K median: above every subject line
+    "color": "black", "linewidth": 3.0, "marker": "s", "markersize": 6, "zorder": 4}
+IQR_STYLE: Final[dict[str, Any]] = {  # the interquartile band: behind every subject line
+    "facecolor": "#808080", "alpha": 0.25, "edgecolor": "none", "zorder": 1}
 LEGEND_ROW_INCHES: Final = 0.2  # height of a legend entry at font size 8 (and spacing)
 LEGEND_MAX: Final = 20  # subjects named in a line plot's legend
 FORMATS: Final = ("png", "svg", "pdf")
@@ -188,32 +197,60 @@ def sledai_figure(chart: SledaiChart) -> Figure:
         ax.axhline(value, color="#777777", linestyle="--", linewidth=1,
                    gid="threshold" if len(chart.thresholds) == 1 else f"threshold:{value}",
                    label=f"eligibility: SLEDAI-2K ≥ {value}")
+    summary = _sledai_summary(ax, chart.summary)
     ax.axvline(0, color="black", linewidth=0.8, linestyle=":", gid="d0")
     ax.set_xlabel("Study day (day 0 = CAR-T infusion)")
     ax.set_ylabel("SLEDAI-2K score")
     ax.set_ylim(bottom=-0.5)
     spread = max((abs(o) for o in offsets), default=0.0)
-    ax.set_title("SLEDAI-2K per subject (large hollow circle: baseline"
-                 + (f"; lines offset by at most ±{spread:.2g} point so equal scores stay "
-                    "visible)" if spread else ")"), fontsize=10)
+    title = "SLEDAI-2K per subject" + (f" with the {summary}" if summary else "")
+    ax.set_title(title + "\n(large hollow circle: baseline"
+                 + (f"; subject lines offset by at most ±{spread:.2g} point so equal scores "
+                    "stay visible" if spread else "") + ")", fontsize=10)
     ax.grid(alpha=0.3)
-    _subject_legend(ax, len(chart.series))
+    _subject_legend(ax, len(chart.series), outside=True)
     _note(ax, chart.not_plotted)
     return figure
 
 
-def _subject_legend(ax: Any, subjects: int) -> None:
+def _sledai_summary(ax: Any, summary: tuple[SledaiSummary, ...]) -> str:
+    """The median (thick black line, drawn exactly, above the subject lines) and the Q1-Q3
+    band (translucent grey, behind them) of the summary points; what was drawn, for the title."""
+    drawn = []
+    with_iqr = [m for m in summary if m.q1 is not None and m.q3 is not None]
+    if with_iqr:
+        # one fill over the points with quartiles; `where` leaves a gap over a point without
+        days = [m.day for m in summary]
+        q1 = [m.q1 if m.q1 is not None else float("nan") for m in summary]
+        q3 = [m.q3 if m.q3 is not None else float("nan") for m in summary]
+        ax.fill_between(days, q1, q3, where=[m.q1 is not None for m in summary],
+                        interpolate=False, gid="sledai-iqr",
+                        label=f"interquartile range Q1–Q3 (n ≥ {SUMMARY_IQR_MIN})", **IQR_STYLE)
+        drawn.append("interquartile band (grey)")
+    with_median = [m for m in summary if m.median is not None]
+    if with_median:
+        ax.plot([m.day for m in with_median], [m.median for m in with_median],
+                gid="sledai-median", label=f"median (n ≥ {SUMMARY_MEDIAN_MIN})", **MEDIAN_STYLE)
+        drawn.insert(0, "median (black)")
+    return " and ".join(drawn) + (" by visit" if drawn else "")
+
+
+def _subject_legend(ax: Any, subjects: int, outside: bool = False) -> None:
     """A legend naming each subject, up to LEGEND_MAX subjects (beyond, it would hide the plot:
-    only the lines not named per subject, such as the LLOQ, stay in it)."""
-    labelled = [h for h in ax.get_lines() if not str(h.get_label()).startswith("_")]
+    only the artists not named per subject, such as the LLOQ or the SLEDAI-2K median and IQR
+    band, stay in it). `outside`: beside the axes, on the right, where it covers nothing."""
+    labelled, _ = ax.get_legend_handles_labels()  # lines, and the SLEDAI-2K IQR band
+    place: dict[str, Any] = {"loc": "upper right"}
+    if outside:
+        place = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False}
     if subjects <= LEGEND_MAX:
         if labelled:
-            ax.legend(loc="upper right", fontsize=8)
+            ax.legend(fontsize=8, **place)
         return
     handles = [h for h in labelled if not str(h.get_gid() or "").startswith(
         ("sledai:", "persistence:", "baseline:", "below-lloq:"))]
-    ax.legend(handles=handles, loc="upper right", fontsize=8,
-              title=f"{subjects} subjects (not named above {LEGEND_MAX})", title_fontsize=8)
+    ax.legend(handles=handles, fontsize=8, **place,
+              title=f"{subjects} subjects\n(not named above {LEGEND_MAX})", title_fontsize=8)
 
 
 def note_text(skipped: Mapping[str, str]) -> str:

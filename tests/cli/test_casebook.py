@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -186,7 +187,8 @@ def test_html_is_a_self_contained_page_with_user_text_escaped(study: Built,
     head = json.loads(call(study.url, "--json", "casebook", "S-001")[1])["log_position"]
     assert f"as of position {head}" in page
     assert "Generated at " in page
-    assert "entered <b>58</b>" in page and "corrected to <b>58.5</b>" in page
+    assert 'entered <b class="nw">58</b>' in page
+    assert 'corrected to <b class="nw">58.5</b>' in page
     assert "VOIDED" in page and "entered twice" in page
     assert study.query in page and "(open)" in page
     assert f"verified by {MONITOR}" in page
@@ -227,3 +229,75 @@ def test_procedures_fall_under_their_study_events(study: Built) -> None:
     assert "Queries: none; signatures: 1." in out
     for leak in ("None", "{'", "['", "True", "False"):
         assert leak not in out, leak
+
+
+# --- the HTML in a real browser ------------------------------------------------------------------
+
+MEASURE = """<script>
+const e = document.documentElement;
+document.body.dataset.scrollWidth = e.scrollWidth;
+document.body.dataset.innerWidth = window.innerWidth;
+document.body.dataset.height = e.scrollHeight;
+document.body.dataset.scripts = document.scripts.length;
+</script></body>"""
+VOIDED_TINT = (0xFB, 0xEA, 0xEA)  # .voided background in projections/casebook.py
+BADGE_RED = (0xBB, 0x00, 0x00)  # .badge background
+
+
+def _measured(page: Path, tmp_path: Path, width: int) -> dict[str, int]:
+    """The page's layout as the browser computed it, read back through the dumped DOM of a
+    copy with one measuring script added at the end."""
+    from tests.support import browser
+
+    copy = tmp_path / f"measure-{width}.html"
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", MEASURE),
+                    encoding="utf-8")
+    body = browser.dom(copy, tmp_path / f"profile-m{width}", width)
+    found = dict(re.findall(r'data-(scroll-width|inner-width|height|scripts)="(\d+)"', body))
+    assert len(found) == 4, body[:500]
+    return {key: int(value) for key, value in found.items()}
+
+
+def _share(image: Any, colour: tuple[int, int, int], tolerance: int = 6) -> int:
+    """How many pixels of the screenshot have this colour (within a few levels per channel)."""
+    import numpy
+
+    pixels = numpy.asarray(image, dtype=numpy.int16)
+    return int((numpy.abs(pixels - numpy.array(colour)) <= tolerance).all(axis=2).sum())
+
+
+@pytest.mark.browser
+def test_html_rendered_in_a_headless_browser_reads_as_a_printable_casebook(
+        study: Built, tmp_path: Path) -> None:
+    """The page as Chromium draws it: the whole page fits a 1000-pixel and a 480-pixel window
+    without sideways scrolling, the user's `<script>` stays text (only the test's measuring
+    script runs), the screenshot shows text, the voided form's tint and its red badge where
+    the page puts them, and printing gives a multi-page PDF."""
+    from PIL import Image
+
+    from tests.support import browser
+
+    page = tmp_path / "casebook.html"
+    status, _, err = call(study.url, "casebook", "S-001", "--html", str(page))
+    assert status == 0, err
+    wide, narrow = _measured(page, tmp_path, 1000), _measured(page, tmp_path, 480)
+    for layout in (wide, narrow):
+        assert layout["scroll-width"] <= layout["inner-width"], layout
+        assert layout["scripts"] == 1, layout  # ours: the escaped <script> never became one
+    height = min(wide["height"], 16_000)
+    assert height > 2_000, wide  # every form of a screened subject, one under another
+    shot = browser.screenshot(page, tmp_path / "casebook.png", tmp_path / "profile-s", 1000,
+                              height)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1000, height)
+    grey = image.convert("L")
+    ink = sum(grey.histogram()[:100]) / (image.size[0] * image.size[1])
+    assert 0.002 < ink < 0.3, ink  # text drawn, not a blank or a black page
+    top = grey.crop((0, 0, 1000, 120))
+    assert sum(top.histogram()[:100]) > 500  # the title "Casebook of S-001" at the top
+    assert _share(image, VOIDED_TINT) > 20_000  # the voided vitals form, tinted
+    assert _share(image, BADGE_RED, tolerance=12) > 300  # its "VOIDED" badge
+    printed = browser.pdf(page, tmp_path / "casebook.pdf", tmp_path / "profile-p")
+    assert printed.startswith(b"%PDF")
+    pages = len(re.findall(rb"/Type\s*/Page[^s]", printed))
+    assert pages >= 2, pages

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.render import _STYLE, Style, human, number, table
+from cli.render import _STYLE, GREEN, RED, RESET, YELLOW, Style, human, number, table
 from tests.support.auth import run_cli
 from tests.support.clock import FakeClock
 from tests.support.study import (
@@ -153,6 +153,25 @@ def test_colour_on_a_terminal_forced_or_never(built: Built) -> None:
     assert not ANSI.search(call(built.db, "--json", *argv, stdout=Terminal())[1])
 
 
+def test_state_words_are_coloured_only_with_colour() -> None:
+    """A whole cell naming a state is coloured (overdue red, due yellow, done green); other
+    cells and the padding stay plain, so the columns still line up."""
+    rows = [["S-001", "overdue", "visit D7 is overdue"], ["S-002", "due", "x"],
+            ["S-003", "completed", "y"]]
+    token = _STYLE.set(Style(width=None, colour=True))
+    try:
+        coloured = table(["subject", "state", "task"], rows)
+    finally:
+        _STYLE.reset(token)
+    lines = coloured.splitlines()
+    assert lines[2] == f"S-001    {RED}overdue{RESET}    visit D7 is overdue"  # task: plain
+    assert lines[3] == f"S-002    {YELLOW}due{RESET}        x"
+    assert lines[4] == f"S-003    {GREEN}completed{RESET}  y"
+    plain = table(["subject", "state", "task"], rows)
+    assert not ANSI.search(plain)
+    assert [ANSI.sub("", line) for line in lines[1:]] == plain.splitlines()[1:]
+
+
 def test_the_visit_csv_has_one_visit_column(built: Built, tmp_path: Path) -> None:
     out_dir = tmp_path / "csv"
     status, out, err = call(built.db, "export", "csv", "--out", str(out_dir))
@@ -160,6 +179,12 @@ def test_the_visit_csv_has_one_visit_column(built: Built, tmp_path: Path) -> Non
     with (out_dir / "visit.csv").open(encoding="utf-8", newline="") as handle:
         header = next(csv.reader(handle))
     assert header.count("visit") == 1 and "study_visit" in header
+    files = sorted(out_dir.glob("*.csv"))
+    assert len(files) > 10  # one per form, and events.csv
+    for path in files:  # every CSV: no column name twice
+        with path.open(encoding="utf-8", newline="") as handle:
+            names = next(csv.reader(handle))
+        assert len(names) == len(set(names)), (path.name, names)
 
 
 # --- the formatter and the table, alone ----------------------------------------------------

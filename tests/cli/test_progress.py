@@ -77,3 +77,56 @@ def test_demo_shows_its_days_on_a_terminal(tmp_path: Path) -> None:
     assert "demo: story days" in shown, shown[-500:]
     assert re.search(r"\b(\d+)/\1\b", shown), shown[-500:]  # every day played
     assert out.startswith(f"Demo study in {url}: ")
+
+
+@pytest.fixture(scope="module")
+def screened(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Two subjects screened: the exports count them."""
+    from datetime import date
+
+    from tests.support.study import screen_eligible
+
+    path = tmp_path_factory.mktemp("progress-exports") / "study.db"
+    clock = FakeClock()
+    desk = new_study(f"sqlite:///{path}", clock)
+    for subject in ("S-001", "S-002"):
+        screen_eligible(desk, subject, date(2025, 3, 3), clock=clock)
+    desk.store.engine.dispose()
+    return f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize("kind,out,last", [
+    ("odm", "odm.xml", "ODM: XML written"),
+    ("fhir", "fhir.json", "FHIR: resources (subjects)"),
+    ("csv", "csv", "CSV: files written"),
+])
+def test_exports_show_their_progress_per_subject(screened: str, tmp_path: Path, kind: str,
+                                                 out: str, last: str) -> None:
+    """Each export's bar counts its subjects (and the writing of the file): the last frame
+    shows every unit done; piped, stderr holds only the export's own warning."""
+    argv = ["--db", screened, "export", kind, "--out", str(tmp_path / out)]
+    status, _, plain = trialflow(argv, {})
+    assert status == 0 and plain.startswith("Warning: the export was written but not "
+                                            "recorded"), plain
+    status, _, err = trialflow(argv, {"TRIALFLOW_PROGRESS": "1"})
+    shown = ANSI.sub("", err)
+    units = {"odm": 5, "fhir": 2, "csv": 3}[kind]  # 2 subjects (twice for ODM), + the file
+    assert status == 0 and last in shown and f"{units}/{units}" in shown, shown[-500:]
+
+
+@pytest.mark.parametrize("argv,last,units", [
+    (["report", "swimmer", "--out", "swimmer.png"], "report: swimmer drawn", 3),
+    (["report", "html", "--out", "page.html"], "report: persistence drawn", 8),
+], ids=["plot", "page"])
+def test_reports_show_their_progress_per_subject(screened: str, tmp_path: Path,
+                                                 argv: list[str], last: str,
+                                                 units: int) -> None:
+    """A plot: each subject read, then the drawing; the page: each subject read and reviewed,
+    the overdue tasks and three plots. Piped: nothing on stderr, the same stdout."""
+    argv = ["--db", screened, *argv[:-1], str(tmp_path / argv[-1])]
+    status, plain, err = trialflow(argv, {})
+    assert status == 0 and err == "", err
+    status, out, err = trialflow(argv, {"TRIALFLOW_PROGRESS": "1"})
+    shown = ANSI.sub("", err)
+    assert status == 0 and out == plain, err
+    assert last in shown and f"{units}/{units}" in shown, shown[-500:]

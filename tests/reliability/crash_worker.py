@@ -130,10 +130,12 @@ class MarkedStore(EventStore):
 
     def append_streams(self, appends: Sequence[StreamAppend], context: AppendContext, *,
                        also: Sequence[Statement] = (),
-                       expected_last_position: int | None = None) -> AppendResult:
+                       expected_last_position: int | None = None,
+                       unchanged: Mapping[str, int] | None = None) -> AppendResult:
         self.at(f"try {context.command_id or '-'}", 0)
         result = super().append_streams(appends, context, also=also,
-                                        expected_last_position=expected_last_position)
+                                        expected_last_position=expected_last_position,
+                                        unchanged=unchanged)
         self.pause(2)  # committed, not yet reported
         self.at(f"ok {result.command_id} {','.join(map(str, result.positions))} "
                 f"{'dup' if result.duplicate else 'new'}", 3)  # right after a commit

@@ -88,10 +88,12 @@ class CountingStore(EventStore):
 
     def append_streams(self, appends: Sequence[StreamAppend], context: AppendContext, *,
                        also: Sequence[Statement] = (),
-                       expected_last_position: int | None = None) -> AppendResult:
+                       expected_last_position: int | None = None,
+                       unchanged: Mapping[str, int] | None = None) -> AppendResult:
         try:
             return super().append_streams(appends, context, also=also,
-                                          expected_last_position=expected_last_position)
+                                          expected_last_position=expected_last_position,
+                                          unchanged=unchanged)
         except ConcurrencyConflict:
             self.conflicts += 1
             raise

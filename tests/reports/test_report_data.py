@@ -4,6 +4,7 @@ study, an as-of moment in the middle of it, and small hand-made histories."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from statistics import median
 
 from projections import tables as t
 from projections.queries import Clock, ae_list
@@ -11,16 +12,21 @@ from projections.reports.data import (
     DEFAULT_CONSENT_DAY,
     PHASES,
     PhaseEntry,
+    SledaiPoint,
+    SledaiSeries,
+    SledaiSummary,
     SubjectHistory,
     SwimmerChart,
     load_histories,
     persistence_series,
     sledai_series,
+    sledai_summary,
+    sledai_visits,
     swimmer_rows,
 )
 from projections.views import open_view
 from tests.reports.conftest import Demo
-from workflow.protocol import default_protocol
+from workflow.protocol import VisitWindow, default_protocol
 from workflow.records import Consent
 from workflow.subject import SubjectState
 
@@ -145,3 +151,73 @@ def test_ae_before_infusion_has_a_negative_day() -> None:
     (row,) = swimmer_rows([history], [ae], lambda site: date(2025, 3, 1)).rows
     assert [(a.day, a.grade, a.serious) for a in row.adverse_events] == [(-5, 4, True)]
     assert row.ongoing and row.end_day == 28 and row.segments[-1].end_day == 28
+
+
+# --- the SLEDAI-2K summary (median and interquartile range per time point) -------------------
+
+
+def _series(subject: str, *points: tuple[int, int, int]) -> SledaiSeries:
+    """(day, score, log position); a negative day is the baseline."""
+    return SledaiSeries(subject, tuple(SledaiPoint(day, score, date(2025, 1, 1), position,
+                                                   day < 0)
+                                       for day, score, position in points))
+
+
+WINDOWS = (VisitWindow("V10", 10, 2), VisitWindow("V30", 30, 3), VisitWindow("V60", 60, 0),
+           VisitWindow("V90", 90, 5))
+
+
+def test_sledai_summary_median_and_quartiles_by_visit_window() -> None:
+    series = [
+        # V10: day 9 and day 11 both inside: the latest day counts (day 11, score 2), though
+        # day 9 was recorded later (the endpoints' rule: latest by date, then position)
+        _series("A", (-30, 4, 1), (9, 6, 5), (11, 2, 4), (30, 7, 6)),
+        # V10: day 12 is the window's edge, inside; day 13 is outside; V30: day 28
+        _series("B", (-28, 8, 1), (12, 4, 2), (13, 1, 3), (28, 9, 4)),
+        # V10: day 10 is later than day 8; V60: alone
+        _series("C", (-30, 12, 1), (8, 10, 2), (10, 0, 3), (60, 3, 4)),
+        # no point inside any window (day 7 before V10's, day 45 between V30 and V60)
+        _series("D", (-20, 16, 1), (7, 9, 2), (45, 9, 3)),
+        # day 10 twice: the later log position
+        _series("E", (-29, 20, 1), (10, 3, 20), (10, 5, 21)),
+    ]
+    summary = sledai_summary(series, {s.subject: WINDOWS for s in series})
+    assert summary == (
+        # baseline: scores 4, 8, 12, 16, 20 at days -30, -28, -30, -20, -29
+        SledaiSummary("baseline", -29.0, 5, 12.0, 8.0, 16.0),
+        # V10: A 2, B 4, C 0, E 5 (D outside): sorted 0 2 4 5, inclusive quartiles
+        SledaiSummary("V10", 10.0, 4, 3.0, 1.5, 4.25),
+        SledaiSummary("V30", 30.0, 2, 8.0, None, None),  # 2 subjects: no band
+        SledaiSummary("V60", 60.0, 1, None, None, None),  # 1 subject: no median either
+    )  # V90: nobody inside its window, no point
+
+
+def test_sledai_summary_windows_are_each_subjects_own() -> None:
+    """A subject not given a visit (another protocol version) does not count at it; the same
+    code on another target day is another point."""
+    series = [_series("A", (-10, 6, 1), (10, 2, 2)), _series("B", (-10, 8, 1), (10, 4, 2)),
+              _series("C", (-10, 9, 1), (14, 5, 2))]
+    summary = sledai_summary(series, {"A": WINDOWS, "B": WINDOWS[1:],
+                                      "C": (VisitWindow("V10", 14, 1),)})
+    assert [(m.label, m.day, m.n) for m in summary] == [
+        ("baseline", -10.0, 3), ("V10", 10.0, 1), ("V10", 14.0, 1)]
+    assert summary[0].median == 8 and summary[0].q1 == 7 and summary[0].q3 == 8.5
+    assert sledai_summary([], {}) == ()
+    assert sledai_summary([_series("A", (5, 1, 1))], {}) == ()  # no baseline, no visit
+
+
+def test_sledai_summary_of_the_demo_agrees_with_the_endpoints(demo: Demo) -> None:
+    protocol = demo.view.study.protocol
+    assert [v.code for v in sledai_visits(protocol)] == [v.code for v in protocol.visits]
+    chart = sledai_series(demo.histories)
+    by_label = {m.label: m for m in chart.summary}
+    assert list(by_label) == ["baseline", *(v.code for v in protocol.visits)]
+    assert [m.day for m in chart.summary] == sorted(m.day for m in chart.summary)
+    assert by_label["baseline"] == SledaiSummary("baseline", -30.0, 6, 12.0, 12.0, 12.0)
+    # S-005 missed D60; S-002's D14 form is dated day 17, outside D14's window (14 ± 2)
+    assert {m.label: m.n for m in chart.summary if m.n != 6} == {"D14": 5, "D60": 5}
+    endpoints = {e["subject"]: e["result"]["sledai2k"] for e in demo.view.rows(t.endpoints)}
+    for code in protocol.sledai2k_visits:
+        values = [r[code] for r in endpoints.values() if r[code] is not None]
+        assert by_label[code].n == len(values) == 6
+        assert by_label[code].median == median(values)

@@ -1,13 +1,16 @@
-"""The drawn figures, inspected through their matplotlib artists (found by `gid`), not pixels."""
+"""The drawn figures, inspected through their matplotlib artists (found by `gid`); the SLEDAI-2K
+summary also through the pixels of the rendered PNG."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from datetime import date
 from typing import Any
 
 import pytest
 from matplotlib.figure import Figure
+from matplotlib.image import imread
 
 from projections.queries import ae_list
 from projections.reports.data import (
@@ -20,15 +23,18 @@ from projections.reports.data import (
     SledaiChart,
     SledaiPoint,
     SledaiSeries,
+    SledaiSummary,
     SwimmerChart,
     SwimmerRow,
     persistence_series,
     sledai_series,
+    sledai_summary,
     swimmer_rows,
 )
 from projections.reports.plots import (
     AE_MARKERS,
     EXIT_STYLE,
+    LEGEND_MAX,
     NOTE_LINES,
     NOTE_WIDTH,
     SERIOUS_COLOUR,
@@ -41,6 +47,7 @@ from projections.reports.plots import (
     swimmer_figure,
 )
 from tests.reports.conftest import Demo
+from workflow.protocol import VisitWindow
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +70,7 @@ def copies(demo: Demo) -> PersistenceChart:
 def _artists(figure: Figure, prefix: str) -> dict[str, Any]:
     (ax,) = figure.axes
     found = {}
-    for artist in [*ax.patches, *ax.lines]:
+    for artist in [*ax.patches, *ax.lines, *ax.collections]:
         gid = artist.get_gid()
         if gid is not None and (gid == prefix or gid.startswith(prefix + ":")):
             found[gid] = artist
@@ -160,13 +167,18 @@ def _subjects(count: int) -> list[str]:
     return [f"S-{index + 1:03d}" for index in range(count)]
 
 
+WINDOWS = (VisitWindow("D90", 90, 7), VisitWindow("D360", 360, 14))
+
+
 def _sledai_chart(count: int, skipped: int = 0) -> SledaiChart:
-    """Every subject at 12 on day -30 (the baseline), 4 on D90 and 0 on D360: equal scores."""
+    """Every subject at 12 on day -30 (the baseline), 4 on D90 and 0 on D360: equal scores;
+    the summary (median and IQR) of those, drawn from 2 and 3 subjects."""
     def points(index: int) -> tuple[SledaiPoint, ...]:
         return tuple(SledaiPoint(day, score, date(2025, 1, 1), 10 * index + k, k == 0)
                      for k, (day, score) in enumerate(((-30, 12), (90, 4), (360, 0))))
     series = tuple(SledaiSeries(s, points(i)) for i, s in enumerate(_subjects(count)))
-    return SledaiChart(series, {f"X-{i:03d}": "not infused" for i in range(skipped)}, (10,))
+    return SledaiChart(series, {f"X-{i:03d}": "not infused" for i in range(skipped)}, (10,),
+                       sledai_summary(series, {s.subject: WINDOWS for s in series}))
 
 
 def _swimmer_chart(count: int, never_infused: int = 0) -> SwimmerChart:
@@ -281,3 +293,106 @@ def test_not_plotted_note_is_bounded() -> None:
     assert lines[0].startswith("Not plotted (not infused): X-000, X-001")
     assert lines[-1].endswith("(300 subjects in all)")
     assert note_text({"S-003": "why", "S-006": "why"}) == "Not plotted (why): S-003, S-006"
+
+
+# --- the SLEDAI-2K summary: median line and interquartile band --------------------------------
+
+
+def _band_vertices(band: Any) -> set[tuple[float, float]]:
+    return {(float(x), float(y)) for path in band.get_paths() for x, y in path.vertices}
+
+
+def _legend_texts(figure: Figure) -> list[str]:
+    (ax,) = figure.axes
+    legend = ax.get_legend()
+    assert legend is not None
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def test_sledai_median_and_band_drawn_are_the_summary(scores: SledaiChart) -> None:
+    """The demo: the median line's points are the computed medians, exactly (no offset); the
+    band's vertices are the computed Q1 and Q3; the band lies behind the subject lines, the
+    median above them; both are named in the legend and the title."""
+    assert len(scores.summary) == 13  # the baseline and the 12 follow-up visits
+    figure = sledai_figure(scores)
+    median = _artists(figure, "sledai-median")["sledai-median"]
+    with_median = [m for m in scores.summary if m.median is not None]
+    assert list(median.get_xdata()) == [m.day for m in with_median] != []
+    assert list(median.get_ydata()) == [m.median for m in with_median]
+    assert median.get_color() == "black" and median.get_linewidth() >= 2.5
+    band = _artists(figure, "sledai-iqr")["sledai-iqr"]
+    assert _band_vertices(band) == {(m.day, q) for m in scores.summary
+                                    for q in (m.q1, m.q3) if q is not None}
+    lines = _artists(figure, "sledai").values()
+    assert band.get_zorder() < min(ln.get_zorder() for ln in lines) < median.get_zorder()
+    assert 0 < (band.get_alpha() or 1.0) < 1
+    texts = _legend_texts(figure)
+    assert "median (n ≥ 2)" in texts and "interquartile range Q1–Q3 (n ≥ 3)" in texts
+    (ax,) = figure.axes
+    assert "median" in ax.get_title() and "interquartile" in ax.get_title()
+
+
+def test_sledai_median_from_two_band_from_three_subjects() -> None:
+    """Points without a median (n < 2) are left out of the line; points without quartiles
+    (n < 3) out of the band, which stops there instead of bridging the gap."""
+    summary = (SledaiSummary("baseline", -30.0, 4, 12.0, 10.5, 13.0),
+               SledaiSummary("D10", 10.0, 3, 6.0, 5.0, 7.0),
+               SledaiSummary("D30", 30.0, 2, 5.5, None, None),
+               SledaiSummary("D60", 60.0, 1, None, None, None),
+               SledaiSummary("D90", 90.0, 3, 2.0, 1.0, 4.0))
+    figure = sledai_figure(SledaiChart((), {}, (10,), summary))
+    median = _artists(figure, "sledai-median")["sledai-median"]
+    assert list(zip(median.get_xdata(), median.get_ydata(), strict=True)) == [
+        (-30, 12), (10, 6), (30, 5.5), (90, 2)]
+    band = _artists(figure, "sledai-iqr")["sledai-iqr"]
+    runs = [{(float(x), float(y)) for x, y in path.vertices} for path in band.get_paths()]
+    assert runs == [{(-30, 10.5), (-30, 13), (10, 5), (10, 7)}, {(90, 1), (90, 4)}]
+    # one subject: nothing to summarise, nothing drawn, nothing in the legend but the threshold
+    single = sledai_figure(_sledai_chart(1))
+    assert not _artists(single, "sledai-median") and not _artists(single, "sledai-iqr")
+    assert _legend_texts(single) == ["S-001", "eligibility: SLEDAI-2K ≥ 10"]
+
+
+@pytest.mark.parametrize("count", [2, 6, LEGEND_MAX, LEGEND_MAX + 1, 300])
+def test_sledai_summary_stays_in_the_legend_at_any_subject_count(count: int) -> None:
+    figure = sledai_figure(_sledai_chart(count))
+    texts = _legend_texts(figure)
+    assert "median (n ≥ 2)" in texts and "eligibility: SLEDAI-2K ≥ 10" in texts
+    assert ("interquartile range Q1–Q3 (n ≥ 3)" in texts) == (count >= 3)
+    assert ("S-001" in texts) == (count <= LEGEND_MAX)
+    assert render(figure).startswith(PNG)  # drawn: the legend's extent is that of the image
+    (ax,) = figure.axes
+    legend = ax.get_legend()
+    assert legend is not None
+    box, plot, page = legend.get_window_extent(), ax.get_window_extent(), figure.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+    assert box.x0 >= plot.x1  # beside the axes: it covers no line
+
+
+def test_sledai_summary_in_the_rendered_png() -> None:
+    """Five subjects at 0, 2, 4, 6 and 8 from the baseline to D100: median 4, Q1 2, Q3 6. In the
+    PNG, the pixel at a score of 4 is the black median; at 2.5, 3, 5 and 5.5 (inside the band,
+    between subject lines) the grey of the band over white; at 1 and 7 (outside) white."""
+    series = tuple(SledaiSeries(f"S-{i}", (SledaiPoint(-30, score, date(2025, 1, 1), 1, True),
+                                           SledaiPoint(10, score, date(2025, 1, 1), 2, False),
+                                           SledaiPoint(100, score, date(2025, 1, 1), 3, False)))
+                   for i, score in enumerate((0, 2, 4, 6, 8)))
+    windows = (VisitWindow("D10", 10, 2), VisitWindow("D100", 100, 5))
+    summary = sledai_summary(series, {s.subject: windows for s in series})
+    assert {(m.median, m.q1, m.q3) for m in summary} == {(4, 2, 6)} and len(summary) == 3
+    figure = sledai_figure(SledaiChart(series, {}, (10,), summary))
+    image = imread(io.BytesIO(render(figure)))
+    (ax,) = figure.axes
+    ticks = [x for x in ax.get_xticks() if 10 <= x <= 100]
+    x = (ticks[0] + ticks[1]) / 2  # between two grid lines, between D10 and D100
+
+    def pixel(y: float) -> tuple[float, ...]:
+        column, row = ax.transData.transform((x, y))
+        return tuple(float(v) for v in image[round(image.shape[0] - row), round(column)][:3])
+
+    assert all(v < 0.15 for v in pixel(4)), pixel(4)  # the median, drawn over the line at 4
+    grey = 1 - 0.25 * (1 - 0x80 / 255)  # IQR_STYLE's grey at alpha 0.25 over white
+    for y in (2.5, 3, 5, 5.5):
+        assert all(abs(v - grey) < 0.02 for v in pixel(y)), (y, pixel(y))
+    for y in (1, 7):
+        assert all(v > 0.98 for v in pixel(y)), (y, pixel(y))

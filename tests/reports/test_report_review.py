@@ -8,7 +8,9 @@ one more query opened by the monitor and left open."""
 
 from __future__ import annotations
 
+import html
 import io
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -139,10 +141,28 @@ def test_a_page_without_the_event_log_says_so() -> None:
         status={"phases": {}, "cohorts": []}, subjects=[], visits=[], adverse_events=[],
         deviations=[], endpoints=[])
     page = render_html(data, {})
-    for ident in ("queries", "source-verification", "signatures"):
+    for ident in ("queries", "source-verification", "signatures", "overdue"):
         assert "Not read" in _section(page, ident)
-    data.review = Review()
+    data.review, data.overdue = Review(), []
     page = render_html(data, {})
+    assert "Nothing is overdue." in _section(page, "overdue")
     assert "No query has been opened." in _section(page, "queries")
     assert "No form recorded yet." in _section(page, "source-verification")
     assert "No signature pending." in _section(page, "signatures")
+
+
+def test_the_overdue_part_of_todo_is_on_the_page(study: str, tmp_path: Path) -> None:
+    """Mid-study (as of position 300, the clock in January 2025) the page lists exactly the
+    tasks `todo` calls overdue, in its order, each with who acts and the command; at the end
+    of the demo, nothing."""
+    moment = ("--as-of", "@300", "--now", "2025-01-20T00:00:00Z")
+    status, out, err = _run(study, "--json", "todo", *moment)
+    assert status == 0, err
+    overdue = [t for t in json.loads(out) if t["state"] == "overdue"]
+    assert len(overdue) >= 3 and {t["kind"] for t in overdue} == {"visit"}
+    section = _section(_page(study, tmp_path, *moment), "overdue")
+    rows = re.findall(r"<tr><td>(S-\d+)</td><td>(\w+)</td><td>(\w+)</td><td>([\d-]+)</td>"
+                      r"<td>(\w+)</td><td>([^<]+)</td><td>([^<]+)</td></tr>", section)
+    assert rows == [(t["subject"], t["site"], t["kind"], t["due"], t["role"],
+                     html.escape(t["action"]), html.escape(t["command"])) for t in overdue]
+    assert "Nothing is overdue." in _section(_page(study, tmp_path), "overdue")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -67,7 +68,7 @@ from workflow.identity import (
     Password,
     SessionToken,
 )
-from workflow.study import Study, User, load_study
+from workflow.study import Study, User, apply_study, copy_study, load_study
 
 CONFLICT_RETRIES: Final = 3
 ADMIN_LOCK: Final = timedelta(minutes=15)  # an admin's lock lapses: no permanent lock-out
@@ -102,13 +103,35 @@ class Executor:
         self.last_outcome: Outcome | None = None  # for a caller interrupted after the commit
         self._login: tuple[str | None] | None = None
         self._sqlite = app.engine.dialect.name == "sqlite"
+        self._study: Study | None = None  # the study stream folded, at its version
+        self._study_lock = threading.Lock()
+
+    def study(self) -> Study:
+        """The study as its stream stands now: the folded stream this executor keeps, brought
+        up to date with the events appended since (one indexed read, usually of nothing), so a
+        command's cost does not grow with the study stream. The object returned is never
+        changed afterwards (new events are applied to a copy). It is only a cache: every
+        append it decides is refused (and retried on a fresh read) when the stream moved on
+        in between (`unchanged` checked under the append lock)."""
+        with self._study_lock:
+            cached = self._study
+            if cached is None:
+                cached = load_study(self.store)
+            else:
+                newer = self.store.read_stream(STUDY_STREAM, after_version=cached.version)
+                if newer:
+                    cached = copy_study(cached)
+                    for event in newer:
+                        apply_study(cached, event)
+            self._study = cached
+            return cached
 
     # ------------------------------------------------------------------ the door
     def execute(self, message: M.Message, credential: Credential, *,
                 command_id: str | None = None) -> Outcome:
         if isinstance(message, M.InitialiseStudy):
             return self._initialise(message, credential, command_id)
-        study = load_study(self.store)
+        study = self.study()
         actor = self._authenticate(credential, study)
         command_id = command_id or self.store.new_id()
         request_hash = self._request_hash(actor.name, message)
@@ -118,7 +141,7 @@ class Executor:
         hashed: dict[tuple[str, str], tuple[Statement, ...]] = {}
         for attempt in range(self.retries):
             if attempt:
-                study = load_study(self.store)
+                study = self.study()
             user = self._known(study, actor.name)
             if study.account_locked(user.name, self.clock()):  # locked by a guess meanwhile
                 raise _locked(user.name)
@@ -142,7 +165,8 @@ class Executor:
                                            acted_at=loaded.context.now),
                     also=statements,
                     expected_last_position=(loaded.context.last_position
-                                            if decision.expects_head else None))
+                                            if decision.expects_head else None),
+                    unchanged={STUDY_STREAM: study.version})
             except ConcurrencyConflict:
                 if attempt == self.retries - 1:
                     raise
@@ -156,7 +180,7 @@ class Executor:
     def authenticate(self, credential: Credential) -> User:
         """The active user a credential proves (failed attempts recorded), for callers that
         check before they work (an export, a scheduler pass)."""
-        study = load_study(self.store)
+        study = self.study()
         user = self._known(study, self._authenticate(credential, study).name)
         if not user.active:
             raise RuleViolation(f"User {user.name} is deactivated and may not write.",
@@ -180,7 +204,7 @@ class Executor:
         if user.service:
             raise RuleViolation(f"Service account {user.name} authenticates with its secret at "
                                 "every pass; it has no sessions.", rule="role", field="user")
-        study = load_study(self.store)  # again: a lock by a parallel guess holds
+        study = self.study()  # again: a lock by a parallel guess holds
         if study.account_locked(user.name, self.clock()):
             raise _locked(user.name)
         if user.name in study.temporary_passwords:
@@ -321,7 +345,7 @@ class Executor:
                 AppendContext(actor=UNAUTHENTICATED, role="none",
                               command_id=f"lock-lapsed-{name}-{position}"),
                 also=identity.clear_attempts_statements(name, sqlite=self._sqlite))
-        return load_study(self.store)
+        return self.study()
 
     def _who(self) -> dict[str, str | None]:
         """From which login an attempt came: the operating-system account, the database's."""
