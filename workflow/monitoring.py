@@ -92,7 +92,12 @@ def query_position(identifier: str) -> int:
 
 
 def fold_monitoring(subject: str, events: Iterable[RecordedEvent]) -> MonitoringState:
-    state = MonitoringState(subject)
+    return monitoring_onto(MonitoringState(subject), events)
+
+
+def monitoring_onto(state: MonitoringState, events: Iterable[RecordedEvent]) -> MonitoringState:
+    """The next `events` of the stream folded into a copy of `state` (left as it was)."""
+    state = replace(state, forms=dict(state.forms), queries=dict(state.queries))
     for event in events:
         apply_monitoring(state, event)
     return state

@@ -167,7 +167,28 @@ class SubjectState:
 
 
 def fold_subject(subject: str, events: Iterable[RecordedEvent]) -> SubjectState:
-    state = SubjectState(subject)
+    return _fold_into(SubjectState(subject), events)
+
+
+def fold_onto(state: SubjectState, events: Iterable[RecordedEvent]) -> SubjectState:
+    """`state` (the fold of a stream's first events) with the stream's next `events` folded
+    in: the same as folding the whole stream again, on a copy (`state` is left as it was)."""
+    return _fold_into(copy_subject(state), events)
+
+
+def copy_subject(s: SubjectState) -> SubjectState:
+    """A copy whose collections `apply_subject` may change without touching `s`'s (their items
+    are immutable: frozen dataclasses, dates, tuples)."""
+    return replace(
+        s, forms=dict(s.forms), lymphodepletion_days=list(s.lymphodepletion_days),
+        visits=dict(s.visits), collections=list(s.collections), releases=list(s.releases),
+        doses=list(s.doses), visit_records=dict(s.visit_records), voided=dict(s.voided),
+        forms_at_confirmation=(None if s.forms_at_confirmation is None
+                               else dict(s.forms_at_confirmation)),
+        reconsents=dict(s.reconsents), protocol_versions=list(s.protocol_versions))
+
+
+def _fold_into(state: SubjectState, events: Iterable[RecordedEvent]) -> SubjectState:
     for event in events:
         try:
             apply_subject(state, event)

@@ -20,7 +20,7 @@ from workflow.identity import Secret
 from workflow.monitoring import MonitoringState, fold_monitoring
 from workflow.reminders import Reminder, fold_reminders
 from workflow.study import Study, User
-from workflow.subject import SubjectState, fold_subject
+from workflow.subject import SubjectState, fold_onto, fold_subject
 
 
 @dataclass(frozen=True)
@@ -101,17 +101,19 @@ def context_for(message_loads: str, study: Study, actor: User, now: datetime, *,
                 subject: str | None = None, events: Sequence[RecordedEvent] = (),
                 reminders: Sequence[RecordedEvent] = (), template: Sequence[RecordedEvent] = (),
                 last_position: int = 0,
-                origin: Mapping[str, str | None] | None = None) -> Context:
+                origin: Mapping[str, str | None] | None = None,
+                folded: tuple[SubjectState, MonitoringState] | None = None) -> Context:
     """The context of a message from the events the executor read (a pure fold: tests build
     the same context from events held in memory). `today` is `now` on the calendar of the
-    subject's site, else the actor's, else UTC."""
+    subject's site, else the actor's, else UTC. `folded`: the subject's stream `events`
+    already folded (the executor's cache), never changed by a decision."""
     came = dict(origin or {})
     if subject is not None:
-        state = fold_subject(subject, events)
+        state, review = folded or (fold_subject(subject, events),
+                                   fold_monitoring(subject, events))
         site = state.site or actor.site
         return Context(study, actor, now, now.astimezone(study.zone(site)).date(),
-                       subject=state, review=fold_monitoring(subject, events),
-                       events=tuple(events), origin=came)
+                       subject=state, review=review, events=tuple(events), origin=came)
     today = now.astimezone(study.zone(actor.site)).date()
     if message_loads == "reminders":
         return Context(study, actor, now, today, reminders=fold_reminders(reminders),
@@ -132,7 +134,7 @@ def preview(c: Context, events: Sequence[NewEvent]) -> SubjectState:
         e.schema_version or REGISTRY.current_version(e.type), canonical_json(dict(e.payload)),
         e.occurred_at or now, now, c.actor.name, c.actor.role, c.actor.site, e.reason,
         "preview", "preview", None, "", "") for n, e in enumerate(events, 1)]
-    return fold_subject(state.subject, [*c.events, *recorded])
+    return fold_onto(state, recorded)  # `state` is the fold of c.events
 
 
 def implied_deviations(c: Context, before: SubjectState, after: SubjectState

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,7 +36,7 @@ from typing import Any, Final
 
 import structlog
 
-from events.envelope import NewEvent, canonical_json
+from events.envelope import NewEvent, RecordedEvent, canonical_json
 from events.errors import (
     ClockAhead,
     ConcurrencyConflict,
@@ -68,9 +69,12 @@ from workflow.identity import (
     Password,
     SessionToken,
 )
+from workflow.monitoring import MonitoringState, fold_monitoring, monitoring_onto
 from workflow.study import Study, User, apply_study, copy_study, load_study
+from workflow.subject import SubjectState, fold_onto, fold_subject
 
 CONFLICT_RETRIES: Final = 3
+SUBJECTS_KEPT: Final = 1024  # subjects' streams an executor keeps folded (least recent out)
 ADMIN_LOCK: Final = timedelta(minutes=15)  # an admin's lock lapses: no permanent lock-out
 
 log = structlog.get_logger("trialflow.executor")
@@ -80,6 +84,15 @@ log = structlog.get_logger("trialflow.executor")
 class Outcome:
     result: AppendResult
     summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """A subject's stream as read, and its folds (never changed: a newer read makes another)."""
+
+    events: tuple[RecordedEvent, ...]
+    state: SubjectState
+    review: MonitoringState
 
 
 @dataclass
@@ -105,6 +118,8 @@ class Executor:
         self._sqlite = app.engine.dialect.name == "sqlite"
         self._study: Study | None = None  # the study stream folded, at its version
         self._study_lock = threading.Lock()
+        # subject -> its stream as read and folded (least recently used first)
+        self._subjects: OrderedDict[str, _Stream] = OrderedDict()
 
     def study(self) -> Study:
         """The study as its stream stands now: the folded stream this executor keeps, brought
@@ -133,9 +148,10 @@ class Executor:
             return self._initialise(message, credential, command_id)
         study = self.study()
         actor = self._authenticate(credential, study)
+        given = command_id is not None  # a new id is no repeat: nothing to look up
         command_id = command_id or self.store.new_id()
         request_hash = self._request_hash(actor.name, message)
-        repeat = self._repeat(command_id, request_hash)
+        repeat = self._repeat(command_id, request_hash) if given else None
         if repeat is not None:
             return repeat
         hashed: dict[tuple[str, str], tuple[Statement, ...]] = {}
@@ -152,7 +168,7 @@ class Executor:
                 # The load may show this very command, carried out by another process since
                 # the check above (a scheduler racing another): that is a repeat, not a
                 # refusal. Its row committed with its events, so it is visible now.
-                repeat = self._repeat(command_id, request_hash)
+                repeat = self._repeat(command_id, request_hash) if given else None
                 if repeat is None:
                     raise
                 return repeat
@@ -382,10 +398,11 @@ class Executor:
             assert isinstance(message, M.QueryMessage)
             subject = self._subject_of_query(message.query_position)
         if subject is not None:
-            events = self.store.read_stream(subject)
-            versions[subject] = events[-1].version if events else 0
+            kept = self._subject_stream(subject)
+            versions[subject] = kept.state.version
             return _Loaded(context_for(message.loads, study, user, now, subject=subject,
-                                       events=events, origin=origin), versions)
+                                       events=kept.events, origin=origin,
+                                       folded=(kept.state, kept.review)), versions)
         if message.loads == "reminders":
             assert isinstance(message, M.ReminderMessage)
             stream = reminders_stream(message.subject)
@@ -401,6 +418,29 @@ class Executor:
                                        template=self.store.read_stream(message.template),
                                        last_position=last, origin=origin), versions)
         return _Loaded(context_for(message.loads, study, user, now, origin=origin), versions)
+
+    def _subject_stream(self, subject: str) -> _Stream:
+        """The subject's stream read and folded, from the streams this executor keeps brought
+        up to date (one indexed read of the events since; a fold of those only). A cache:
+        the append it leads to expects the version read, so a stream that moved on is a
+        conflict, retried on a fresh read."""
+        with self._study_lock:
+            cached = self._subjects.get(subject)
+        if cached is None:
+            events = tuple(self.store.read_stream(subject))
+            stream = _Stream(events, fold_subject(subject, events),
+                             fold_monitoring(subject, events))
+        else:
+            newer = self.store.read_stream(subject, after_version=cached.state.version)
+            stream = cached if not newer else _Stream(
+                (*cached.events, *newer), fold_onto(cached.state, newer),
+                monitoring_onto(cached.review, newer))
+        with self._study_lock:
+            self._subjects[subject] = stream
+            self._subjects.move_to_end(subject)
+            while len(self._subjects) > SUBJECTS_KEPT:
+                self._subjects.popitem(last=False)
+        return stream
 
     def _subject_of_query(self, number: int) -> str:
         found = list(self.store.read_all(after=number - 1, up_to=number))

@@ -1,0 +1,132 @@
+"""The executor keeps the study and each subject's stream folded between commands (issue 17:
+a command's cost must not grow with the study): a cache that is never trusted unchecked.
+
+Two executors (two processes' worth: two engines) on one study: each sees what the other
+appended (it reads the events since its fold), its folds equal a fresh fold of the log, and a
+study event appended between a command's load and its append (a user deactivated) makes the
+append a conflict, retried on a fresh read: the command is then refused and writes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from events.errors import ConcurrencyConflict
+from events.store import EventStore
+from events.streams import STUDY_STREAM
+from tests.support.clock import FakeClock
+from tests.support.study import (
+    ADMIN,
+    COORDINATOR,
+    Desk,
+    new_study,
+    on_day,
+    open_desk,
+    refused,
+    screen_eligible,
+)
+from workflow.commands import messages as M
+from workflow.errors import RuleViolation
+from workflow.monitoring import fold_monitoring
+from workflow.study import load_study
+from workflow.subject import fold_subject
+
+START = date(2025, 3, 3)
+
+
+@pytest.fixture
+def desks(db_url: str) -> tuple[Desk, Desk]:
+    clock = FakeClock()
+    first = new_study(db_url, clock)
+    screen_eligible(first, "S-001", START, clock=clock)
+    on_day(clock, date(2025, 3, 10))
+    return first, open_desk(db_url, clock)
+
+
+def _vitals(desk: Desk, heart_rate: int) -> int:
+    message = M.RecordForm("S-001", "vitals", (f"heart_rate={heart_rate}",), date(2025, 3, 9))
+    return desk.send(COORDINATOR, message).result.positions[0]
+
+
+def _kept_equals_the_log(desk: Desk, subject: str) -> None:
+    """The executor's fold, brought up to date as its next command would (the events since
+    its last load, its own last append among them), is the fold of the whole log."""
+    kept = desk.executor._subject_stream(subject)
+    assert kept is desk.executor._subjects[subject]
+    events = desk.store.read_stream(subject)
+    assert [e.position for e in kept.events] == [e.position for e in events]
+    assert kept.state == fold_subject(subject, events)
+    assert kept.review == fold_monitoring(subject, events)
+    assert desk.executor.study() == load_study(desk.store)
+
+
+def test_each_executor_sees_what_the_other_appended(desks: tuple[Desk, Desk]) -> None:
+    first, second = desks
+    a = _vitals(second, 70)  # second folds S-001 now
+    b = _vitals(first, 71)  # first appends behind second's back
+    c = _vitals(second, 72)  # second reads the event since its fold, at the right version
+    assert a < b < c
+    for desk in (first, second):
+        _vitals(desk, 73)
+        _kept_equals_the_log(desk, "S-001")
+    heart_rates = [f.values["heart_rate"] for f in first.subject("S-001").forms_of("vitals")
+                   if "heart_rate" in f.values]
+    assert heart_rates[-5:] == [70, 71, 72, 73, 73]
+
+
+def test_a_refusal_leaves_the_kept_fold_as_the_log(desks: tuple[Desk, Desk]) -> None:
+    first, _ = desks
+    _vitals(first, 70)
+    refused(first, COORDINATOR, M.ConsentSubject("S-001", START, "2.0"), "already_consented")
+    _kept_equals_the_log(first, "S-001")
+
+
+def test_a_study_change_between_load_and_append_is_a_conflict_then_a_fresh_decision(
+        desks: tuple[Desk, Desk], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second executor decides with its study (cora active); before its append the first
+    deactivates cora. The append sees the study stream moved on (checked under the lock) and
+    conflicts; the retry reads the study again and refuses: nothing of cora's is written."""
+    first, second = desks
+    _vitals(second, 70)
+    store: EventStore = second.store
+    original = store.append_streams
+    calls: list[dict[str, int] | None] = []
+
+    def deactivate_first(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("unchanged"))
+        if len(calls) == 1:
+            first.send(ADMIN, M.DeactivateUser(COORDINATOR))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(store, "append_streams", deactivate_first)
+    before = first.store.last_position()
+    with pytest.raises(RuleViolation) as caught:
+        second.send(COORDINATOR, M.RecordForm("S-001", "vitals", ("heart_rate=71",),
+                                              date(2025, 3, 9)))
+    assert caught.value.rule == "user_deactivated" and COORDINATOR in caught.value.message
+    assert len(calls) == 1 and calls[0] is not None and STUDY_STREAM in calls[0]
+    deactivated = [e for e in first.store.read_stream(STUDY_STREAM) if e.position > before]
+    assert [e.type for e in deactivated] == ["UserDeactivated"]
+    assert first.store.last_position() == before + 1  # only the deactivation
+
+
+def test_an_append_refuses_a_study_version_that_moved_on(sqlite_url: str,
+                                                         tmp_path: Path) -> None:
+    """The store's own check: `unchanged` names a stream read but not written."""
+    clock = FakeClock()
+    desk = new_study(sqlite_url, clock)
+    version = load_study(desk.store).version
+    from events.envelope import NewEvent
+    from events.store import AppendContext, StreamAppend
+
+    context = AppendContext(actor=ADMIN, role="admin")
+    append = [StreamAppend("S-009", 0, [NewEvent("Noted", {"n": 1})])]
+    with pytest.raises(ConcurrencyConflict):
+        desk.store.append_streams(append, context, unchanged={STUDY_STREAM: version - 1})
+    assert desk.store.read_stream("S-009") == []
+    desk.store.append_streams(append, context, unchanged={STUDY_STREAM: version})
+    assert len(desk.store.read_stream("S-009")) == 1
