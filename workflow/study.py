@@ -4,7 +4,7 @@ the state of accounts (temporary passwords, failed attempts, lockouts)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property, lru_cache
 from typing import Final
@@ -43,6 +43,22 @@ class Place:
     order: int
     cohort: str
     freed: bool = False
+
+
+@dataclass
+class _PlaceIndex:
+    by_subject: dict[str, Place]
+    orders: set[int] = field(default_factory=set)
+    lowest_free: int = 1
+
+    def advance(self) -> None:
+        while self.lowest_free in self.orders:
+            self.lowest_free += 1
+
+    def take(self, place: Place) -> None:
+        self.by_subject[place.subject] = place
+        self.orders.add(place.order)
+        self.advance()
 
 
 @dataclass
@@ -105,13 +121,23 @@ class Study:
     def taken_places(self) -> list[Place]:
         return [p for p in self.places if not p.freed]
 
+    @cached_property
+    def _places(self) -> _PlaceIndex:
+        """The places held, by subject and by order, and the lowest free order: built once
+        from `places`, then kept up to date by `apply_study` (a command's cost must not grow
+        with the number of subjects)."""
+        index = _PlaceIndex({p.subject: p for p in self.taken_places()})
+        index.orders = {p.order for p in index.by_subject.values()}
+        index.advance()
+        return index
+
     def place_of(self, subject: str) -> Place | None:
-        return next((p for p in self.places if p.subject == subject and not p.freed), None)
+        return self._places.by_subject.get(subject)
 
     def next_place(self, protocol: Protocol) -> int | None:
         """The lowest free enrolment order under the cap, None when the study is full."""
-        taken = {p.order for p in self.taken_places()}
-        return next((o for o in range(1, protocol.enrolment_cap + 1) if o not in taken), None)
+        lowest = self._places.lowest_free
+        return lowest if lowest <= protocol.enrolment_cap else None
 
     def user(self, name: str | None) -> User:
         if not name:
@@ -130,16 +156,6 @@ class Study:
 @lru_cache(maxsize=16)
 def _parsed(text: str, version: int) -> Protocol:
     return load_protocol_text(text, f"protocol version {version}")
-
-
-def copy_study(study: Study) -> Study:
-    """A copy whose collections `apply_study` may change without touching `study`'s (their
-    items, users and places, are immutable)."""
-    return replace(study, sites=dict(study.sites), users=dict(study.users),
-                   protocol_texts=dict(study.protocol_texts), places=list(study.places),
-                   temporary_passwords=set(study.temporary_passwords),
-                   failed_attempts=dict(study.failed_attempts),
-                   locked_accounts=dict(study.locked_accounts), locks=dict(study.locks))
 
 
 def fold_study(events: Iterable[RecordedEvent]) -> Study:
@@ -170,12 +186,17 @@ def apply_study(study: Study, event: RecordedEvent) -> None:
     elif event.type == T.PROTOCOL_AMENDED:
         study.protocol_version = int(p["version"])
     elif event.type == T.ENROLMENT_PLACE_TAKEN:
-        study.places.append(Place(p["subject"], int(p["order"]), p["cohort"]))
+        place = Place(p["subject"], int(p["order"]), p["cohort"])
+        study.places.append(place)
+        if "_places" in study.__dict__:
+            study._places.take(place)
+        return  # the protocol in force is the same
     elif event.type == T.ENROLMENT_PLACE_FREED:
         study.places = [
             Place(x.subject, x.order, x.cohort, True) if x.subject == p["subject"] else x
             for x in study.places
         ]
+        study.__dict__.pop("_places", None)  # rare: built again when next asked
     elif event.type in (T.STUDY_LOCKED, T.STUDY_UNLOCKED):
         study.locked = event.type == T.STUDY_LOCKED
     study.__dict__.pop("protocol", None)  # the protocol in force may have changed

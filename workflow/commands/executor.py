@@ -70,7 +70,7 @@ from workflow.identity import (
     SessionToken,
 )
 from workflow.monitoring import MonitoringState, fold_monitoring, monitoring_onto
-from workflow.study import Study, User, apply_study, copy_study, load_study
+from workflow.study import Study, User, apply_study, load_study
 from workflow.subject import SubjectState, fold_onto, fold_subject
 
 CONFLICT_RETRIES: Final = 3
@@ -117,29 +117,30 @@ class Executor:
         self._login: tuple[str | None] | None = None
         self._sqlite = app.engine.dialect.name == "sqlite"
         self._study: Study | None = None  # the study stream folded, at its version
-        self._study_lock = threading.Lock()
+        self._study_lock = threading.RLock()
         # subject -> its stream as read and folded (least recently used first)
         self._subjects: OrderedDict[str, _Stream] = OrderedDict()
 
     def study(self) -> Study:
         """The study as its stream stands now: the folded stream this executor keeps, brought
-        up to date with the events appended since (one indexed read, usually of nothing), so a
-        command's cost does not grow with the study stream. The object returned is never
-        changed afterwards (new events are applied to a copy). It is only a cache: every
-        append it decides is refused (and retried on a fresh read) when the stream moved on
-        in between (`unchanged` checked under the append lock)."""
+        up to date with the events appended since (one indexed read, usually of nothing, and
+        only those events folded), so a command's cost does not grow with the study stream.
+        The object is this executor's and changes with the next call (an executor serves one
+        thread at a time). It is only a cache: every append it decides is refused (and
+        retried on a fresh read) when the stream moved on in between (`unchanged`, checked
+        under the append lock)."""
         with self._study_lock:
-            cached = self._study
-            if cached is None:
-                cached = load_study(self.store)
-            else:
-                newer = self.store.read_stream(STUDY_STREAM, after_version=cached.version)
-                if newer:
-                    cached = copy_study(cached)
-                    for event in newer:
-                        apply_study(cached, event)
-            self._study = cached
-            return cached
+            if self._study is None:
+                self._study = load_study(self.store)
+                return self._study
+            try:
+                for event in self.store.read_stream(STUDY_STREAM,
+                                                    after_version=self._study.version):
+                    apply_study(self._study, event)
+            except BaseException:
+                self._study = None  # half applied: fold it afresh next time
+                raise
+            return self._study
 
     # ------------------------------------------------------------------ the door
     def execute(self, message: M.Message, credential: Credential, *,
