@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.projections
 	$(BIN)/python -m bench.commands
+	$(BIN)/python -m bench.commands_scale
 
 demo: $(STAMP)
 	$(BIN)/trialflow --db sqlite:///demo.db demo --replace

@@ -61,8 +61,7 @@ from events.schema import upgrade
 from workflow.bootstrap import build_app
 
 DOC: Final = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
-BEGIN: Final = "<!-- bench:commands:begin -->"
-END: Final = "<!-- bench:commands:end -->"
+BEGIN, END = report.markers("commands")
 COMMAND: Final = "make bench"
 KINDS_PER_ROUND: Final = len(commands_flow.KINDS)
 SUBJECTS: Final = 200
@@ -455,17 +454,6 @@ def markdown_section(runs: Sequence[BackendRun], facts: Sequence[tuple[str, str]
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between the markers (appending the section when they are missing)."""
-    text = path.read_text(encoding="utf-8")
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 # ------------------------------------------------------------------ main
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = report.bench_arguments("python -m bench.commands", __doc__, DOC.name,
@@ -523,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     full_size = args.scale == 1 and args.backend == "all" and not any(r.skipped for r in runs)
     if full_size and not args.no_docs:
-        write_section(DOC, markdown_section(runs, facts, started, seconds, subjects, rounds))
+        report.write_section(DOC, markdown_section(runs, facts, started, seconds, subjects,
+                                                   rounds), "commands")
         print(f"wrote {DOC}")
     elif not args.no_docs:
         print(f"{DOC.name} not rewritten (only a full-size run of every backend writes it)")

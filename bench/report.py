@@ -168,16 +168,23 @@ def markdown_section(
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between the markers (creating the file or the section if needed)."""
+def write_section(path: Path, section: str, name: str | None = None) -> None:
+    """Replace the text between the markers of section `name` (default the event store's;
+    creating the file or the section if needed)."""
+    begin, end = (BEGIN, END) if name is None else markers(name)
     text = path.read_text(encoding="utf-8") if path.exists() else DOC_TEMPLATE
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The comments around a generated section of docs/performance.md."""
+    return f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
 
 
 def bench_arguments(prog: str, doc: str | None, doc_name: str, profile_help: str
