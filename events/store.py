@@ -97,6 +97,17 @@ class StreamAppend:
 
 
 @dataclass(frozen=True)
+class Unchanged:
+    """A stream an append's decision read but does not write: the append is refused
+    (ConcurrencyConflict) when an event of it after `version` is there, except events of the
+    types in `ignoring` (ones that cannot change the decision)."""
+
+    stream_id: str
+    version: int
+    ignoring: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class AppendContext:
     actor: str
     role: str
@@ -178,7 +189,7 @@ class EventStore:
     _insert_event: str = field(init=False)
     _insert_command: str = field(init=False)
     _insert_event_and_command: str = field(init=False)
-    _state_sql: dict[int, str] = field(init=False)
+    _state_sql: dict[tuple[int, tuple[int, ...]], str] = field(init=False)
     _multi_insert: dict[int, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -217,15 +228,14 @@ class EventStore:
         *,
         also: Sequence[Statement] = (),
         expected_last_position: int | None = None,
-        unchanged: Mapping[str, int] | None = None,
+        unchanged: Sequence[Unchanged] = (),
     ) -> AppendResult:
         """Append to one or more streams atomically: all or nothing. `also` runs in the same
         transaction; `expected_last_position` refuses the append (ConcurrencyConflict on the
         pseudo-stream `log`) when anything was appended since the caller read that head;
-        `unchanged` (stream -> version) refuses it (ConcurrencyConflict on that stream) when a
-        stream the decision read but does not write has moved on: checked under the append
-        lock, in the append's transaction, so state a caller cached is never trusted
-        unchecked."""
+        `unchanged` refuses it (ConcurrencyConflict on that stream) when a stream the decision
+        read has moved on (`Unchanged`): checked under the append lock, in the append's
+        transaction, so state a caller cached is never trusted unchecked."""
         for item in appends:
             check_stream_id(item.stream_id)
         command_id = context.command_id or self.new_id()
@@ -233,7 +243,7 @@ class EventStore:
         texts = _payload_texts(appends, strict=context.request_hash is None)
         request_hash = context.request_hash or _request_hash(appends, context, texts)
         args = (appends, context, command_id, request_hash, texts, tuple(also),
-                expected_last_position, dict(unchanged or {}))
+                expected_last_position, tuple(unchanged))
         if self._sqlite:
             with driver_connection(self.engine) as driver:  # translates the driver's errors
                 result, rows = self._append_sqlite(driver, *args)
@@ -314,16 +324,20 @@ class EventStore:
         texts: _Texts,
         also: tuple[Statement, ...] = (),
         expected_last_position: int | None = None,
-        unchanged: dict[str, int] | None = None,
+        unchanged: tuple[Unchanged, ...] = (),
     ) -> tuple[AppendResult, list[tuple[Any, ...]]]:
         """Under the append lock: read the log's state, then either return the command's first
         result (a repeat), or check the expected versions, the writer's clock and the log's
         head, and insert the events, the command and the `also` statements. Returns the result
         and the inserted rows (none for a repeat)."""
         streams = list(dict.fromkeys(item.stream_id for item in appends))
-        read_only = [name for name in unchanged or {} if name not in streams]
-        streams += read_only
-        row = cursor.execute(self._state_query(len(streams)), (command_id, *streams)).fetchone()
+        checks: list[Any] = []
+        for check in unchanged:
+            checks += [check.stream_id, check.version]
+            checks += (sorted(check.ignoring) if self._sqlite else [sorted(check.ignoring)])
+        shape = (len(streams), tuple(len(check.ignoring) for check in unchanged))
+        row = cursor.execute(self._state_query(*shape), (command_id, *streams, *checks)
+                             ).fetchone()
         _answered()  # the connection is alive: from here on a lost one is not retried
         last_position = 0 if row[0] is None else int(row[0])
         last_recorded = "" if row[1] is None else str(row[1])
@@ -357,9 +371,10 @@ class EventStore:
                 else _Head(int(version_value), str(hash_value))
             )
             column += 2
-        for name, seen in (unchanged or {}).items():
-            if heads[name].version != seen:
-                raise ConcurrencyConflict(name, seen, heads[name].version)
+        for check in unchanged:
+            if row[column] is not None:  # the first relevant event since the version read
+                raise ConcurrencyConflict(check.stream_id, check.version, int(row[column]))
+            column += 1
         correlation_id = context.correlation_id or command_id
         actor, role, site = context.actor, context.role, context.site
         rows: list[tuple[Any, ...]] = []
@@ -486,13 +501,17 @@ class EventStore:
             )
         return sql
 
-    def _state_query(self, streams: int) -> str:
+    def _state_query(self, streams: int, checks: tuple[int, ...] = ()) -> str:
         """One statement for everything an append reads under the lock: the last position and
         recorded time, the command id's earlier request hash and result, on PostgreSQL the
-        database clock, then each stream's last version and hash (NULLs when absent).
-        Parameters: the command id, then the stream ids. Each part is an index lookup; SQLite
-        runs scalar subqueries fastest, PostgreSQL plans joined subqueries fastest."""
-        sql = self._state_sql.get(streams)
+        database clock, then each stream's last version and hash (NULLs when absent), then
+        for each `Unchanged` check the version of the first event after the one read that is
+        not of an ignored type (NULL: none). Parameters: the command id, the stream ids, then
+        each check's stream id, version and ignored types (`checks` holds how many types,
+        one parameter each on SQLite, one array on PostgreSQL). Each part is an index lookup;
+        SQLite runs scalar subqueries fastest, PostgreSQL plans joined subqueries fastest."""
+        key = (streams, checks)
+        sql = self._state_sql.get(key)
         if sql is None:
             if self._sqlite:
                 last = "(SELECT {} FROM events ORDER BY position DESC LIMIT 1)"
@@ -503,6 +522,11 @@ class EventStore:
                            last.format("chain_hash")]
                 for i in range(streams):
                     columns += [head.format("version", i + 2), head.format("hash", i + 2)]
+                for ignored in checks:
+                    types = f" AND type NOT IN ({', '.join(['?'] * ignored)})" if ignored \
+                        else ""
+                    columns.append("(SELECT version FROM events WHERE stream_id = ? AND "
+                                   f"version > ?{types} ORDER BY version LIMIT 1)")
                 sql = f"SELECT {', '.join(columns)}"
             else:
                 columns = ["t.position", "t.recorded_at", "c.request_hash", "c.result",
@@ -519,8 +543,15 @@ class EventStore:
                         "LEFT JOIN (SELECT version, hash FROM events WHERE stream_id = %s "
                         f"ORDER BY version DESC LIMIT 1) h{i} ON true"
                     )
+                for i, _ in enumerate(checks):
+                    columns.append(f"u{i}.version")
+                    joins.append(
+                        "LEFT JOIN (SELECT version FROM events WHERE stream_id = %s AND "
+                        "version > %s AND type <> ALL(%s::text[]) ORDER BY version LIMIT 1) "
+                        f"u{i} ON true"
+                    )
                 sql = f"SELECT {', '.join(columns)} FROM (SELECT 1) o {' '.join(joins)}"
-            self._state_sql[streams] = sql
+            self._state_sql[key] = sql
         return sql
 
     # ---------------------------------------------------------------- reading

@@ -58,7 +58,14 @@ from sqlalchemy import Connection, Engine
 
 from events.engine import create_store_engine
 from events.schema import upgrade
-from events.store import AppendContext, AppendResult, EventStore, Statement, StreamAppend
+from events.store import (
+    AppendContext,
+    AppendResult,
+    EventStore,
+    Statement,
+    StreamAppend,
+    Unchanged,
+)
 from projections.runner import Runner
 from projections.scheduler import tick
 from tests.support.clock import FakeClock
@@ -131,7 +138,7 @@ class MarkedStore(EventStore):
     def append_streams(self, appends: Sequence[StreamAppend], context: AppendContext, *,
                        also: Sequence[Statement] = (),
                        expected_last_position: int | None = None,
-                       unchanged: Mapping[str, int] | None = None) -> AppendResult:
+                       unchanged: Sequence[Unchanged] = ()) -> AppendResult:
         self.at(f"try {context.command_id or '-'}", 0)
         result = super().append_streams(appends, context, also=also,
                                         expected_last_position=expected_last_position,

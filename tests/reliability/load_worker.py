@@ -35,7 +35,14 @@ from typing import IO, Any, Protocol
 from cli.logging_setup import configure
 from events.engine import create_store_engine
 from events.errors import ConcurrencyConflict
-from events.store import AppendContext, AppendResult, EventStore, Statement, StreamAppend
+from events.store import (
+    AppendContext,
+    AppendResult,
+    EventStore,
+    Statement,
+    StreamAppend,
+    Unchanged,
+)
 from projections.runner import Runner
 from projections.scheduler import tick
 from tests.support.study import PASSWORD, SCHEDULER_SECRET, TEST_KDF
@@ -89,7 +96,7 @@ class CountingStore(EventStore):
     def append_streams(self, appends: Sequence[StreamAppend], context: AppendContext, *,
                        also: Sequence[Statement] = (),
                        expected_last_position: int | None = None,
-                       unchanged: Mapping[str, int] | None = None) -> AppendResult:
+                       unchanged: Sequence[Unchanged] = ()) -> AppendResult:
         try:
             return super().append_streams(appends, context, also=also,
                                           expected_last_position=expected_last_position,

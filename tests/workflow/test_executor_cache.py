@@ -10,18 +10,19 @@ append a conflict, retried on a fresh read: the command is then refused and writ
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from events.envelope import NewEvent
 from events.errors import ConcurrencyConflict
-from events.store import EventStore
+from events.store import AppendContext, EventStore, StreamAppend, Unchanged
 from events.streams import STUDY_STREAM
 from tests.support.clock import FakeClock
 from tests.support.study import (
     ADMIN,
     COORDINATOR,
+    INVESTIGATOR,
     Desk,
     new_study,
     on_day,
@@ -94,7 +95,7 @@ def test_a_study_change_between_load_and_append_is_a_conflict_then_a_fresh_decis
     _vitals(second, 70)
     store: EventStore = second.store
     original = store.append_streams
-    calls: list[dict[str, int] | None] = []
+    calls: list[tuple[Unchanged, ...] | None] = []
 
     def deactivate_first(*args: Any, **kwargs: Any) -> Any:
         calls.append(kwargs.get("unchanged"))
@@ -108,25 +109,58 @@ def test_a_study_change_between_load_and_append_is_a_conflict_then_a_fresh_decis
         second.send(COORDINATOR, M.RecordForm("S-001", "vitals", ("heart_rate=71",),
                                               date(2025, 3, 9)))
     assert caught.value.rule == "user_deactivated" and COORDINATOR in caught.value.message
-    assert len(calls) == 1 and calls[0] is not None and STUDY_STREAM in calls[0]
+    assert len(calls) == 1 and [u.stream_id for u in calls[0] or ()] == [STUDY_STREAM]
     deactivated = [e for e in first.store.read_stream(STUDY_STREAM) if e.position > before]
     assert [e.type for e in deactivated] == ["UserDeactivated"]
     assert first.store.last_position() == before + 1  # only the deactivation
 
 
-def test_an_append_refuses_a_study_version_that_moved_on(sqlite_url: str,
-                                                         tmp_path: Path) -> None:
-    """The store's own check: `unchanged` names a stream read but not written."""
-    clock = FakeClock()
-    desk = new_study(sqlite_url, clock)
-    version = load_study(desk.store).version
-    from events.envelope import NewEvent
-    from events.store import AppendContext, StreamAppend
+def test_a_place_taken_for_another_subject_meanwhile_is_no_conflict(
+        desks: tuple[Desk, Desk], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enrolment places are read only by the decisions that take or free one: another
+    subject's enrolment between this command's load and its append changes nothing it
+    decided, so it appends at once (no conflict, no retry)."""
+    first, second = desks
+    screen_eligible(first, "S-002", START)
+    _vitals(second, 70)
+    store: EventStore = second.store
+    original = store.append_streams
+    calls = 0
 
+    def enrol_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first.send(INVESTIGATOR, M.ConfirmEligibility("S-002"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(store, "append_streams", enrol_first)
+    _vitals(second, 71)
+    assert calls == 1  # appended on the first try
+    assert second.executor.study().place_of("S-002") is not None
+
+
+@pytest.mark.parametrize("ignoring,conflict", [
+    (frozenset(), True), (frozenset({"SiteAdded"}), False), (frozenset({"Other"}), True)])
+def test_an_append_refuses_a_stream_that_moved_on(db_url: str, ignoring: frozenset[str],
+                                                  conflict: bool) -> None:
+    """The store's own check: `Unchanged` names a stream read but not written; an event of it
+    after the version read refuses the append, unless its type is ignored."""
+    clock = FakeClock()
+    desk = new_study(db_url, clock)
+    version = load_study(desk.store).version
+    desk.send(ADMIN, M.AddSite("THIRD", "Europe/Paris"))  # a SiteAdded after `version`
     context = AppendContext(actor=ADMIN, role="admin")
     append = [StreamAppend("S-009", 0, [NewEvent("Noted", {"n": 1})])]
-    with pytest.raises(ConcurrencyConflict):
-        desk.store.append_streams(append, context, unchanged={STUDY_STREAM: version - 1})
-    assert desk.store.read_stream("S-009") == []
-    desk.store.append_streams(append, context, unchanged={STUDY_STREAM: version})
-    assert len(desk.store.read_stream("S-009")) == 1
+    check = (Unchanged(STUDY_STREAM, version, ignoring),)
+    if conflict:
+        with pytest.raises(ConcurrencyConflict):
+            desk.store.append_streams(append, context, unchanged=check)
+        assert desk.store.read_stream("S-009") == []
+    else:
+        desk.store.append_streams(append, context, unchanged=check)
+        assert len(desk.store.read_stream("S-009")) == 1
+    current = (Unchanged(STUDY_STREAM, version + 1),)  # the version now: always appends
+    desk.store.append_streams([StreamAppend("S-010", 0, [NewEvent("Noted", {"n": 2})])],
+                              context, unchanged=current)
+    assert len(desk.store.read_stream("S-010")) == 1

@@ -44,7 +44,7 @@ from events.errors import (
     IdempotencyMismatch,
     IntegrityFailure,
 )
-from events.store import AppendContext, AppendResult, Statement, StreamAppend
+from events.store import AppendContext, AppendResult, Statement, StreamAppend, Unchanged
 from events.streams import STUDY_STREAM, reminders_stream
 from workflow import event_types as T
 from workflow import identity
@@ -74,6 +74,14 @@ from workflow.study import Study, User, apply_study, load_study
 from workflow.subject import SubjectState, fold_onto, fold_subject
 
 CONFLICT_RETRIES: Final = 3
+# Study events no decision of another stream depends on: enrolment places (read only by the
+# decisions that take or free one, which write the study stream at the version they read)
+# and the count of failed attempts (a lock is its own event). Appended meanwhile, they do not
+# make a decision stale, so concurrent commands on other subjects do not conflict over them.
+UNREAD_STUDY_EVENTS: Final = frozenset({
+    T.ENROLMENT_PLACE_TAKEN, T.ENROLMENT_PLACE_FREED, T.AUTHENTICATION_FAILED,
+    T.FAILED_ATTEMPTS_RESET,
+})
 SUBJECTS_KEPT: Final = 1024  # subjects' streams an executor keeps folded (least recent out)
 ADMIN_LOCK: Final = timedelta(minutes=15)  # an admin's lock lapses: no permanent lock-out
 
@@ -183,7 +191,7 @@ class Executor:
                     also=statements,
                     expected_last_position=(loaded.context.last_position
                                             if decision.expects_head else None),
-                    unchanged={STUDY_STREAM: study.version})
+                    unchanged=(Unchanged(STUDY_STREAM, study.version, UNREAD_STUDY_EVENTS),))
             except ConcurrencyConflict:
                 if attempt == self.retries - 1:
                     raise
