@@ -42,7 +42,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.projections
 	$(BIN)/python -m bench.commands
+	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.commands_scale
+	$(BIN)/python -m bench.commands_concurrent
 
 demo: $(STAMP)
 	$(BIN)/trialflow --db sqlite:///demo.db demo --replace

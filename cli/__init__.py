@@ -21,8 +21,29 @@ if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "trialflow":
     _signal.signal(_signal.SIGINT, _interrupted_at_start)  # the console script, at once
 
 
+def _import_structlog_without_rich() -> None:
+    """Import structlog with its optional renderers hidden. structlog imports rich (when
+    installed; the progress bars use it) at import time only to offer pretty tracebacks, and
+    that is some 60-80 ms of every command's start-up (issue 17). trialflow's console
+    renderer names the plain traceback formatter (cli/logging_setup.py), so nothing changes
+    but the time; rich stays importable for whoever asks for it later."""
+    if "structlog" in _sys.modules or "rich" in _sys.modules:
+        return
+    hidden = ("rich", "better_exceptions", "colorama")
+    blocked = [name for name in hidden if name not in _sys.modules]
+    for name in blocked:
+        _sys.modules[name] = None  # type: ignore[assignment]  # `import name` fails at once
+    try:
+        import structlog  # noqa: F401
+    finally:
+        for name in blocked:
+            if _sys.modules.get(name, False) is None:
+                del _sys.modules[name]
+
+
 def main() -> None:
     _signal.signal(_signal.SIGINT, _interrupted_at_start)
+    _import_structlog_without_rich()
     from cli.app import run
 
     _sys.exit(run(interruptible=True))

@@ -241,6 +241,10 @@ def refuse_password_in_argv(url: str) -> None:
 def password_out_of_query(url: str) -> str:
     """A URL whose password is a `?password=` setting (libpq's spelling) with it moved into
     the URL's `user:password@`, the place every printer of a URL hides (`init`, `demo`)."""
+    from urllib.parse import unquote
+
+    if "password" not in unquote(url).lower():  # nothing to move: SQLAlchemy not needed yet
+        return url
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.engine import make_url
 

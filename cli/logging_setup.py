@@ -14,7 +14,10 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 def configure(level: str, stream: TextIO) -> None:
     renderer: structlog.types.Processor
     if getattr(stream, "isatty", lambda: False)():
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # plain tracebacks whether or not rich is installed (cli/__init__.py imports
+        # structlog without it, for start-up time)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback)
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=True)
     structlog.configure(

@@ -11,7 +11,6 @@ from cli.context import Env
 from cli.options import POSITION, command_id_option
 from cli.render import emit, table
 from cli.writes import send, show
-from workflow.commands import messages as M
 
 
 # ---------------------------------------------------------------------- queries
@@ -32,6 +31,8 @@ def query() -> None:
 @click.pass_obj
 def query_open(env: Env, subject: str, position: int, field_name: str, text: str,
                command_id: str | None) -> None:
+    from workflow.commands import messages as M
+
     outcome = send(env, M.OpenQuery(subject, position, field_name, text), command_id)
     positions = outcome.result.positions
     query_id = outcome.summary.get("query") or (f"Q-{positions[0]}" if positions else "?")
@@ -52,6 +53,8 @@ def query_open(env: Env, subject: str, position: int, field_name: str, text: str
 @click.pass_obj
 def query_answer(env: Env, query_id: str, fields: tuple[str, ...], text: str,
                  reason: str | None, command_id: str | None) -> None:
+    from workflow.commands import messages as M
+
     outcome = send(env, M.AnswerQuery(query_id, text, fields, reason), command_id)
     corrected = outcome.summary.get("correction_position")
     note = f" and the form corrected (position {corrected})" if corrected else ""
@@ -65,6 +68,8 @@ def query_answer(env: Env, query_id: str, fields: tuple[str, ...], text: str,
 @command_id_option
 @click.pass_obj
 def query_close(env: Env, query_id: str, reason: str | None, command_id: str | None) -> None:
+    from workflow.commands import messages as M
+
     outcome = send(env, M.CloseQuery(query_id, reason), command_id)
     show(env, f"Query {outcome.summary.get('query', query_id)} closed", outcome)
 
@@ -77,8 +82,31 @@ def query_close(env: Env, query_id: str, reason: str | None, command_id: str | N
 def queries(env: Env, subject: str | None, open_only: bool) -> None:
     from workflow.monitoring import queries as listed
 
-    rows = [q.to_json() for q in listed(env.app.store, subject, open_only=open_only)]
+    if subject is None:
+        found = _every_query(env, open_only)
+    else:
+        found = listed(env.app.store, subject, open_only=open_only)
+    rows = [q.to_json() for q in found]
     emit(env, rows, lambda: _queries_text(rows))
+
+
+def _every_query(env: Env, open_only: bool) -> list[Any]:
+    """`workflow.monitoring.queries(store)`, folding only the subjects that ever had a query
+    opened (one indexed look-up of the log) instead of every subject's stream (issue 17)."""
+    from sqlalchemy import text
+
+    from events.streams import is_subject_id
+    from events.translate import translated
+    from workflow import event_types as T
+    from workflow.monitoring import fold_monitoring
+
+    store = env.app.store
+    with translated(), store.engine.connect() as conn:
+        streams = conn.execute(text("SELECT DISTINCT stream_id FROM events WHERE type = :type"),
+                               {"type": T.QUERY_OPENED}).scalars().all()
+    found = [q for s in sorted(str(s) for s in streams if is_subject_id(str(s)))
+             for _, q in sorted(fold_monitoring(s, store.read_stream(s)).queries.items())]
+    return [q for q in found if q.state == "open"] if open_only else found
 
 
 def _queries_text(rows: list[dict[str, Any]]) -> str:
@@ -100,6 +128,8 @@ def _queries_text(rows: list[dict[str, Any]]) -> str:
 @command_id_option
 @click.pass_obj
 def sdv(env: Env, subject: str, position: int, command_id: str | None) -> None:
+    from workflow.commands import messages as M
+
     outcome = send(env, M.VerifySource(subject, position), command_id)
     show(env, f"Form at position {position} of {subject} source-verified", outcome)
 
@@ -137,6 +167,8 @@ def study() -> None:
 @command_id_option
 @click.pass_obj
 def study_lock(env: Env, reason: str, command_id: str | None) -> None:
+    from workflow.commands import messages as M
+
     show(env, "Study locked", send(env, M.LockStudy(reason), command_id))
 
 
@@ -145,4 +177,6 @@ def study_lock(env: Env, reason: str, command_id: str | None) -> None:
 @command_id_option
 @click.pass_obj
 def study_unlock(env: Env, reason: str, command_id: str | None) -> None:
+    from workflow.commands import messages as M
+
     show(env, "Study unlocked", send(env, M.UnlockStudy(reason), command_id))

@@ -84,7 +84,6 @@ def status(env: Env, subject: str | None, now: datetime | None, as_of: str | Non
 def _subject_status(env: Env, subject: str, now: datetime | None, as_of: str | None,
                     on: date | None) -> None:
     from projections.as_of import as_of_position
-    from projections.subject_rows import events_on, zone_of
     from projections.subject_status import subject_status
     from projections.views import open_view
     from workflow.study import fold_study
@@ -99,6 +98,8 @@ def _subject_status(env: Env, subject: str, now: datetime | None, as_of: str | N
     state = fold_subject(subject, events)
     moment = _utc(now) or env.app.clock()
     if on is not None and state.consented:
+        from projections.subject_rows import events_on, zone_of
+
         zone = zone_of(study, state.site)
         events = events_on(events, on, zone)
         state = fold_subject(subject, events)
@@ -117,13 +118,14 @@ def _subject_status(env: Env, subject: str, now: datetime | None, as_of: str | N
 def eligibility(env: Env, subject: str, now: datetime | None, as_of: str | None,
                 on: date | None) -> None:
     from projections.queries import eligibility_of
-    from projections.subject_rows import events_on, zone_of
-    from workflow.subject import fold_subject
 
     checked = _subject(subject) or subject
     view, clock = _view(env, as_of, on, now)
 
-    def load(name: str) -> Any:
+    def load(name: str) -> Any:  # only when the stored evaluation is not for today
+        from projections.subject_rows import events_on, zone_of
+        from workflow.subject import fold_subject
+
         events = env.app.store.read_stream(name, up_to_position=view.position)
         state = fold_subject(name, events)
         if on is not None:

@@ -23,8 +23,11 @@ from projections.subject_rows import Rows
 from workflow.study import Study
 
 MIN_SUBJECTS: Final = 400  # below this a pool costs more than it saves
+CHUNK: Final = 200  # subjects per chunk at most (the rows of a chunk are in memory at once)
+MIN_CHUNK: Final = 25
 
 _worker_store: EventStore | None = None
+_worker_study: Study | None = None
 
 
 def workers() -> int:
@@ -32,17 +35,26 @@ def workers() -> int:
                else os.cpu_count() or 1)
 
 
-def _start(url: str) -> None:
-    global _worker_store
+def chunk_size(subjects: int, count: int) -> int:
+    """Subjects per chunk for `count` workers: about sixteen chunks each, so that the last
+    chunks (one worker busy, the other done) leave a core idle briefly, but no more than
+    `CHUNK` (memory) nor fewer than `MIN_CHUNK` (statements and messages per chunk)."""
+    return max(MIN_CHUNK, min(CHUNK, subjects // (16 * count) + 1))
+
+
+def _start(url: str, study: Study) -> None:
+    """A worker's store and the study at the head (given once, not with every chunk)."""
+    global _worker_store, _worker_study
     from events.engine import create_store_engine
 
     _worker_store = EventStore(create_store_engine(url))
+    _worker_study = study
 
 
-def _fold(study: Study, subjects: Sequence[str], wanted: dict[str, list[str]], head: int
+def _fold(subjects: Sequence[str], wanted: dict[str, list[str]], head: int
           ) -> dict[str, list[Any]]:
-    assert _worker_store is not None
-    return fold_chunk(_worker_store, study, subjects, wanted, head)
+    assert _worker_store is not None and _worker_study is not None
+    return fold_chunk(_worker_store, _worker_study, subjects, wanted, head)
 
 
 def fold_chunk(store: EventStore, study: Study, subjects: Sequence[str],
@@ -71,11 +83,11 @@ def fold_in_parallel(engine: Engine, study: Study, chunks: Sequence[Sequence[str
     context = multiprocessing.get_context("fork" if "fork" in
                                           multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(count, mp_context=context, initializer=_start,
-                             initargs=(url,)) as pool:
+                             initargs=(url, study)) as pool:
         pending: deque[tuple[Sequence[str], Future[dict[str, list[Any]]]]] = deque()
         for chunk in chunks:
             part = {s: wanted[s] for s in chunk}
-            pending.append((chunk, pool.submit(_fold, study, chunk, part, head)))
+            pending.append((chunk, pool.submit(_fold, chunk, part, head)))
             if len(pending) >= 2 * count:
                 done, future = pending.popleft()
                 yield done, future.result()

@@ -8,15 +8,31 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import date, datetime, time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Table, or_
 
 from projections import tables as t
-from projections.subject_rows import Row, eligibility_day, evaluate_eligibility_on, zone_of
-from projections.views import View
+from projections.views import Filter
 from workflow.errors import InvalidInput
-from workflow.machine import STATES, TERMINAL
-from workflow.safety import clock_state, primary_safety_counts, window_state
-from workflow.schedule import visit_state
+
+if TYPE_CHECKING:
+    from projections.subject_rows import Row
+    from projections.views import View
+
+# The clinical rules (workflow.safety, workflow.schedule, workflow.eligibility, …) are imported
+# by the functions that use them: each query command pays for its own (issue 17).
+
+
+def _open_visit(table: Table) -> Any:
+    return table.c.done_on.is_(None) & or_(table.c.recorded_status.is_(None),
+                                          table.c.recorded_status != "missed")
+
+
+# Visits neither done nor recorded missed: the only ones that can be due or overdue
+# (workflow.schedule.visit_state).
+OPEN_VISITS = Filter(_open_visit, lambda row: row.get("done_on") is None
+                     and row.get("recorded_status") != "missed")
 
 
 class Clock:
@@ -28,14 +44,13 @@ class Clock:
 
     def now(self, site: str | None) -> datetime:
         if self.view.on is not None:
-            return datetime.combine(self.view.on, time(23, 59, 59), zone_of(self.view.study,
-                                                                            site))
+            return datetime.combine(self.view.on, time(23, 59, 59), self.view.study.zone(site))
         return self._now
 
     def today(self, site: str | None) -> date:
         if self.view.on is not None:
             return self.view.on
-        return self._now.astimezone(zone_of(self.view.study, site)).date()
+        return self._now.astimezone(self.view.study.zone(site)).date()
 
 
 def _sites(view: View) -> dict[str, str | None]:
@@ -50,10 +65,11 @@ def require_subject(view: View, subject: str) -> Row:
     return row
 
 
-def _select(view: View, table: Any, subject: str | None) -> list[Row]:
+def _select(view: View, table: Any, subject: str | None, where: Filter | None = None
+            ) -> list[Row]:
     if subject is not None:
         require_subject(view, subject)
-    return view.rows(table, subject)
+    return view.rows(table, subject, where=where)
 
 
 # --- adverse events ------------------------------------------------------------------------
@@ -65,6 +81,8 @@ def ae_list(view: View, subject: str | None) -> list[Row]:
 
 
 def ae_windows(view: View, clock: Clock, subject: str | None) -> dict[str, Any]:
+    from workflow.safety import clock_state, primary_safety_counts, window_state
+
     sites = _sites(view)
     windows = [window_state(row, clock.today(sites.get(row["subject"])))
                for row in _select(view, t.safety_windows, subject)]
@@ -83,9 +101,13 @@ def ae_windows(view: View, clock: Clock, subject: str | None) -> dict[str, Any]:
 
 def visit_list(view: View, clock: Clock, subject: str | None, *, due: bool = False,
                overdue: bool = False) -> list[Row]:
+    from workflow.schedule import visit_state
+
     sites = _sites(view)
     out = []
-    for row in _select(view, t.visits, subject):
+    # only visits still open can be due or overdue: the others are not even read
+    where = OPEN_VISITS if due or overdue else None
+    for row in _select(view, t.visits, subject, where):
         protocol = view.study.protocol_of(row["protocol_version"])
         lead = (protocol.screening_expiring_lead_days if row["visit"] == "screening"
                 else protocol.window_opening_lead_days)
@@ -130,6 +152,8 @@ def eligibility_of(view: View, clock: Clock, subject: str, state_loader: Any
         result = dict(stored[0]["result"])
         source = "read model"
     else:
+        from projections.subject_rows import eligibility_day, evaluate_eligibility_on
+
         state = state_loader(subject)
         result = evaluate_eligibility_on(view.study, state,
                                          eligibility_day(view.study, state, today)).to_json()
@@ -155,6 +179,8 @@ def post_enrolment_findings(view: View) -> list[dict[str, Any]]:
 
 
 def study_status(view: View, clock: Clock) -> dict[str, Any]:
+    from workflow.machine import STATES, TERMINAL
+
     subjects = view.subjects()
     protocol = view.study.protocol
     phases = Counter(row["phase"] for row in subjects)
@@ -167,7 +193,8 @@ def study_status(view: View, clock: Clock) -> dict[str, Any]:
         cohorts.append({"cohort": cohort.code, "places": cohort.last - cohort.first + 1,
                         "filled": filled})
     windows = ae_windows(view, clock, None)
-    visits = visit_list(view, clock, None)
+    # due (screening windows closing) or overdue: the open visits are enough
+    visits = visit_list(view, clock, None, due=True, overdue=True)
     expiring = []
     for row in visits:
         if row["visit"] == "screening" and row["status"] == "due":

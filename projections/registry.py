@@ -7,12 +7,14 @@ drops its tables and rebuilds them from position 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import Table
 
-from projections import subject_rows as rows
 from projections import tables as t
+
+if TYPE_CHECKING:
+    from projections.subject_rows import RowFunction, Rows, SubjectContext
 
 
 @dataclass(frozen=True)
@@ -22,26 +24,40 @@ class SubjectProjection:
     name: str
     version: int
     tables: tuple[Table, ...]
-    fold: rows.RowFunction
+    fold: RowFunction
     description: str
+
+
+def _fold(name: str) -> RowFunction:
+    """`projections.subject_rows.<name>`, imported at the first fold: every query reads the
+    versions above at start-up, only a catch-up folds (and the folds import the clinical
+    rules, a good part of a query's start-up: issue 17)."""
+    def fold(ctx: SubjectContext) -> Rows:
+        from projections import subject_rows
+
+        function: RowFunction = getattr(subject_rows, name)
+        return function(ctx)
+
+    fold.__name__ = fold.__qualname__ = name
+    return fold
 
 
 STUDY: Final = "study"  # the study's facts the subject folds need (rm_study_facts)
 STUDY_VERSION: Final = 1
 
 SUBJECT_PROJECTIONS: Final[tuple[SubjectProjection, ...]] = (
-    SubjectProjection("subjects", 1, (t.subjects,), rows.subject_rows,
+    SubjectProjection("subjects", 1, (t.subjects,), _fold("subject_rows"),
                       "phase, dates, cohort and exit of each subject"),
     SubjectProjection("eligibility", 2, (t.eligibility, t.eligibility_criteria),
-                      rows.eligibility_rows,  # 2: as of confirmation, post-enrolment findings
+                      _fold("eligibility_rows"),  # 2: as of confirmation, post-enrolment findings
                       "inclusion criteria and exclusions"),
     SubjectProjection("adverse_events", 2, (t.adverse_events, t.safety_windows, t.sae_clocks),
-                      rows.safety_rows, "adverse events, safety windows, SAE clocks"),
-    SubjectProjection("visits", 2, (t.visits,), rows.visit_rows,  # 2: missed_note
+                      _fold("safety_rows"), "adverse events, safety windows, SAE clocks"),
+    SubjectProjection("visits", 2, (t.visits,), _fold("visit_rows"),  # 2: missed_note
                       "planned visits with windows"),
-    SubjectProjection("deviations", 1, (t.deviations,), rows.deviation_rows,
+    SubjectProjection("deviations", 1, (t.deviations,), _fold("deviation_rows"),
                       "protocol deviations"),
-    SubjectProjection("endpoints", 1, (t.endpoints,), rows.endpoint_rows,
+    SubjectProjection("endpoints", 1, (t.endpoints,), _fold("endpoint_rows"),
                       "SLEDAI-2K, LLDAS, renal response, CAR-T persistence"),
 )
 

@@ -37,6 +37,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 
 from events.engine import WRITE, is_sqlite, read_only
 from events.envelope import RecordedEvent
@@ -193,10 +194,13 @@ class Runner:
                 wanted.setdefault(subject, []).append(name)
             result.applied[name] = head - at
         subjects = sorted(wanted)
-        chunks = [subjects[i:i + CHUNK] for i in range(0, len(subjects), CHUNK)]
-        if len(subjects) >= parallel.MIN_SUBJECTS and parallel.workers() > 1:
+        workers = parallel.workers()
+        if len(subjects) >= parallel.MIN_SUBJECTS and workers > 1:
+            size = parallel.chunk_size(len(subjects), workers)
+            chunks = [subjects[i:i + size] for i in range(0, len(subjects), size)]
             folded = parallel.fold_in_parallel(self.engine, study, chunks, wanted, head)
         else:
+            chunks = [subjects[i:i + CHUNK] for i in range(0, len(subjects), CHUNK)]
             folded = ((c, parallel.fold_chunk(self.store, study, c, wanted, head))
                       for c in chunks)
         done = 0
@@ -237,12 +241,12 @@ class Runner:
         for event in new_events:
             apply_study(study, event)
         gone, write = changed_facts(old, facts_of(study))
-        for kind, key in [*gone, *write]:
-            conn.execute(delete(t.study_facts).where(t.study_facts.c.kind == kind,
-                                                     t.study_facts.c.key == key))
+        stale = [*gone, *(key for key in write if key in old)]  # a new key has no row yet
+        if stale:
+            conn.execute(_DELETE_FACT, [{"old_kind": k, "old_key": key} for k, key in stale])
         if write:
-            conn.execute(insert(t.study_facts), [{"kind": k, "key": key, "value": v}
-                                                 for (k, key), v in write.items()])
+            conn.execute(_INSERT_FACTS, [{"kind": k, "key": key, "value": v}
+                                         for (k, key), v in write.items()])
         return study
 
     def _all_subjects(self) -> list[str]:
@@ -300,6 +304,11 @@ _MOVE_CHECKPOINTS: Final = update(t.checkpoints).where(
     position=bindparam("new_position"), updated_at=bindparam("new_updated_at"))
 
 
+_DELETE_FACT: Final = delete(t.study_facts).where(
+    t.study_facts.c.kind == bindparam("old_kind"), t.study_facts.c.key == bindparam("old_key"))
+_INSERT_FACTS: Final = insert(t.study_facts)
+
+
 @functools.cache
 def _statements(table: Table) -> tuple[Delete, Insert]:
     """A table's delete-by-subjects and insert, built once (a catch-up of one event runs
@@ -319,24 +328,49 @@ def encode_rows(dialect: Any, rows: dict[str, list[dict[str, Any]]]
     encoded: dict[str, list[Any]] = {}
     for name, table_rows in rows.items():
         _, columns, processors = _sqlite_insert(_TABLES[name], dialect)
-        encoded[name] = [
-            tuple(value if convert is None else convert(value)
-                  for value, convert in zip((row.get(c) for c in columns), processors,
-                                            strict=True))
-            for row in table_rows]
+        converted = [(i, convert) for i, convert in enumerate(processors) if convert is not None]
+        if not converted:
+            encoded[name] = [tuple(map(row.get, columns)) for row in table_rows]
+            continue
+        out = []
+        for row in table_rows:
+            values = list(map(row.get, columns))
+            for i, convert in converted:
+                values[i] = convert(values[i])
+            out.append(tuple(values))
+        encoded[name] = out
     return encoded
 
 
 def _replace_sqlite(conn: Connection, table: Table, subjects: Sequence[str],
                     rows: Sequence[tuple[Any, ...]]) -> None:
-    """The same statements as plain SQL on SQLite (`exec_driver_sql`: no compilation, errors
-    still wrapped and translated), with the rows `encode_rows` made."""
+    """The same statements as plain SQL on SQLite, run by the driver's cursor in the
+    connection's transaction (SQLAlchemy's own `exec_driver_sql` costs more than the
+    statement when one subject's rows are replaced); a driver error is wrapped as SQLAlchemy
+    wraps it, so it is translated like any other, with the rows `encode_rows` made."""
     insert_sql, _, _ = _sqlite_insert(table, conn.dialect)
-    marks = ", ".join("?" * len(subjects))
-    name = conn.dialect.identifier_preparer.quote(table.name)
-    conn.exec_driver_sql(f"DELETE FROM {name} WHERE subject IN ({marks})", tuple(subjects))
-    if rows:
-        conn.exec_driver_sql(insert_sql, list(rows))
+    delete_sql = _sqlite_delete(table, conn.dialect, len(subjects))
+    driver: Any = conn.connection.driver_connection
+    error_type: type[Exception] = conn.dialect.loaded_dbapi.Error
+    statement = delete_sql
+    try:
+        cursor = driver.cursor()
+        try:
+            cursor.execute(delete_sql, tuple(subjects))
+            if rows:
+                statement = insert_sql
+                cursor.executemany(insert_sql, rows)
+        finally:
+            cursor.close()
+    except error_type as error:
+        wrapped = DBAPIError.instance(statement, None, error, error_type, dialect=conn.dialect)
+        raise wrapped from error
+
+
+@functools.cache
+def _sqlite_delete(table: Table, dialect: Any, count: int) -> str:
+    name = dialect.identifier_preparer.quote(table.name)
+    return f"DELETE FROM {name} WHERE subject IN ({', '.join('?' * count)})"
 
 
 @functools.cache

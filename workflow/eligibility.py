@@ -215,12 +215,17 @@ class ScreeningData:
 
 
 def form_date(form: RecordedForm) -> date:
-    """The clinical date of a form: its assessment date, else the day it was recorded for."""
+    """The clinical date of a form: its assessment date, else the day it was recorded for
+    (kept in the instance: a form is never changed, a correction makes a new one)."""
+    known: date | None = form.__dict__.get("_form_date")
+    if known is not None:
+        return known
+    dated = None
     if form.form in FORMS:
         dated = assessment_date(form.form, form.values, form.recorded_on)
-        if dated is not None:
-            return dated
-    return form.recorded_on
+    dated = form.recorded_on if dated is None else dated
+    object.__setattr__(form, "_form_date", dated)
+    return dated
 
 
 def _latest(forms: Iterable[RecordedForm]) -> RecordedForm | None:
@@ -973,12 +978,13 @@ def evaluate_eligibility(
     if confirmed_on is not None:
         now = ScreeningData(tuple(item for item in forms if form_date(item) <= as_of), consent,
                             protocol, as_of)
-        answered_now = dict(exclusion_answers(now)[0])
-        unanswered = tuple(  # an exclusion answered at confirmation, no longer (voided)
-            PostEnrolmentFinding("exclusion_checklist", 0, code, None, confirmed_on, code)
-            for code, answer in exclusions if answer and not answered_now.get(code))
-        findings = post_enrolment_findings(forms, confirmed_on, data, confirmed_at) + \
-            criteria_lost(criteria, now, forms, confirmed_on) + unanswered
+        findings = post_enrolment_findings(forms, confirmed_on, data, confirmed_at)
+        if now.forms != data.forms:  # the same data judges the same: nothing lost
+            answered_now = dict(exclusion_answers(now)[0])
+            unanswered = tuple(  # an exclusion answered at confirmation, no longer (voided)
+                PostEnrolmentFinding("exclusion_checklist", 0, code, None, confirmed_on, code)
+                for code, answer in exclusions if answer and not answered_now.get(code))
+            findings += criteria_lost(criteria, now, forms, confirmed_on) + unanswered
     return Eligibility(
         overall=_overall(criteria, exclusions),
         criteria=criteria,

@@ -1,8 +1,8 @@
-"""One demo study (`trialflow demo`, ~4 s) shared by the report tests; they only read it."""
+"""The demo study (`trialflow demo`, ~5 s, built once per test run: tests/support/demo.py) for
+the report tests: each test module reads a copy of its own."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.app import run
 from projections.queries import Clock
 from projections.reports.data import SubjectHistory, load_histories
 from projections.views import View, open_view
+from tests.support.demo import copy_demo
 from workflow.bootstrap import App, build_app
 
 # After the demo's last event (2026-01-18): every subject's story is told.
@@ -32,15 +32,12 @@ class Demo:
         return next(h for h in self.histories if h.subject == subject)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def demo_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('reports') / 'demo.db'}"
-    out, err = io.StringIO(), io.StringIO()
-    assert run(["--db", url, "demo"], stdout=out, stderr=err, environ={}) == 0, err.getvalue()
-    return url
+    return copy_demo(tmp_path_factory, tmp_path_factory.mktemp("reports") / "demo.db")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def demo(demo_url: str) -> Iterator[Demo]:
     app = build_app(demo_url)
     view = open_view(app.engine, app.store)

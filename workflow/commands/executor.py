@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +75,11 @@ from workflow.monitoring import MonitoringState, fold_monitoring, monitoring_ont
 from workflow.study import Study, User, apply_study, load_study
 from workflow.subject import SubjectState, fold_onto, fold_subject
 
-CONFLICT_RETRIES: Final = 3
+CONFLICT_RETRIES: Final = 16
+# After a second conflict in a row, wait a random moment of up to 2^attempt ms (at most
+# CONFLICT_BACKOFF_MAX_S) before the next try, so writers racing for one stream (the study's,
+# at enrolments) fall out of step instead of colliding again.
+CONFLICT_BACKOFF_MAX_S: Final = 0.1
 # Study events no decision of another stream depends on: enrolment places (read only by the
 # decisions that take or free one, which write the study stream at the version they read)
 # and the count of failed attempts (a lock is its own event). Appended meanwhile, they do not
@@ -195,6 +201,9 @@ class Executor:
             except ConcurrencyConflict:
                 if attempt == self.retries - 1:
                     raise
+                if attempt:
+                    time.sleep(random.uniform(0, min(CONFLICT_BACKOFF_MAX_S,
+                                                     2 ** attempt / 1000)))
                 continue
             except ClockAhead as error:
                 raise _clock_refusal(error) from None
