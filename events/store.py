@@ -108,6 +108,17 @@ class Unchanged:
 
 
 @dataclass(frozen=True)
+class LockedAppend:
+    """What `EventStore.append_under_lock`'s `build` returns: the arguments of an append."""
+
+    appends: Sequence[StreamAppend]
+    context: AppendContext
+    also: Sequence[Statement] = ()
+    expected_last_position: int | None = None
+    unchanged: Sequence[Unchanged] = ()
+
+
+@dataclass(frozen=True)
 class AppendContext:
     actor: str
     role: str
@@ -267,6 +278,49 @@ class EventStore:
         if rows:
             _log_appended(rows)
         return result
+
+    def append_under_lock(self, build: Callable[[], LockedAppend]) -> AppendResult:
+        """Take the append lock first, then call `build` and append what it returns in the
+        same transaction. While the lock is held nothing else can be appended, so what `build`
+        reads (through other connections: committed data, and nothing more can commit) stays
+        current and its versions cannot conflict. For a writer that lost the optimistic race
+        too often (a stream many writers append to, such as the study's enrolment places); it
+        holds the lock while `build` decides, so it is the exception, not the rule. `build`
+        must only read."""
+        if self._sqlite:
+            with driver_connection(self.engine) as driver:
+                cursor = driver.cursor()
+                self._lock(cursor)
+                try:
+                    result, rows = self._write(cursor, *self._built(build()))
+                    driver.commit()
+                except BaseException:
+                    _rollback(driver)
+                    raise
+        else:
+            with driver_connection(self.engine) as driver, _autocommit(driver):
+                cursor = driver.cursor()
+                try:
+                    self._lock(cursor)
+                    result, rows = self._write(cursor, *self._built(build()))
+                    cursor.execute("COMMIT")
+                except BaseException:
+                    _rollback(driver)
+                    raise
+        if rows:
+            _log_appended(rows)
+        return result
+
+    def _built(self, spec: LockedAppend) -> tuple[Any, ...]:
+        """The arguments of `_write` for what a `build` returned."""
+        for item in spec.appends:
+            check_stream_id(item.stream_id)
+        context = spec.context
+        command_id = context.command_id or self.new_id()
+        texts = _payload_texts(spec.appends, strict=context.request_hash is None)
+        request_hash = context.request_hash or _request_hash(spec.appends, context, texts)
+        return (spec.appends, context, command_id, request_hash, texts, tuple(spec.also),
+                spec.expected_last_position, tuple(spec.unchanged))
 
     def _attempts(self) -> int:
         """Tries of an unpinged operation: enough to meet every pooled connection dead."""

@@ -164,3 +164,54 @@ def test_an_append_refuses_a_stream_that_moved_on(db_url: str, ignoring: frozens
     desk.store.append_streams([StreamAppend("S-010", 0, [NewEvent("Noted", {"n": 2})])],
                               context, unchanged=current)
     assert len(desk.store.read_stream("S-010")) == 1
+
+
+def test_a_writer_that_keeps_losing_the_race_decides_under_the_append_lock(
+        desks: tuple[Desk, Desk], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each optimistic try finds the study moved on (another investigator enrols a subject
+    just before it appends): after OPTIMISTIC_TRIES the executor decides again holding the
+    append lock, where nothing can move, and its enrolment gets the next place."""
+    from workflow.commands.executor import OPTIMISTIC_TRIES
+
+    first, second = desks
+    for subject in ("S-002", "S-003", "S-004", "S-005"):
+        screen_eligible(first, subject, START)
+    store: EventStore = second.store
+    original = store.append_streams
+    rivals = iter(("S-002", "S-003", "S-004", "S-005"))
+    tries = 0
+
+    def lose_the_race(*args: Any, **kwargs: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        first.send(INVESTIGATOR, M.ConfirmEligibility(next(rivals)))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(store, "append_streams", lose_the_race)
+    outcome = second.send(INVESTIGATOR, M.ConfirmEligibility("S-001"))
+    assert tries == OPTIMISTIC_TRIES  # each lost to a rival's enrolment
+    orders = {s: first.study().place_of(s) for s in ("S-001", "S-002", "S-003", "S-004")}
+    assert all(place is not None for place in orders.values())
+    taken = sorted(place.order for place in orders.values() if place is not None)
+    assert taken == list(range(taken[0], taken[0] + 4))  # four places, none twice
+    assert outcome.summary["enrolment_order"] == orders["S-001"].order == taken[-1]
+
+
+def test_a_refusal_under_the_append_lock_writes_nothing(db_url: str) -> None:
+    """`append_under_lock`: what `build` raises rolls the transaction back."""
+    clock = FakeClock()
+    desk = new_study(db_url, clock)
+    before = desk.store.last_position()
+
+    def build() -> Any:
+        raise RuleViolation("refused", rule="test")
+
+    with pytest.raises(RuleViolation):
+        desk.store.append_under_lock(build)
+    assert desk.store.last_position() == before
+    from events.store import LockedAppend
+
+    context = AppendContext(actor=ADMIN, role="admin")
+    result = desk.store.append_under_lock(lambda: LockedAppend(
+        [StreamAppend("S-011", 0, [NewEvent("Noted", {"n": 3})])], context))
+    assert result.positions == (before + 1,)

@@ -46,7 +46,14 @@ from events.errors import (
     IdempotencyMismatch,
     IntegrityFailure,
 )
-from events.store import AppendContext, AppendResult, Statement, StreamAppend, Unchanged
+from events.store import (
+    AppendContext,
+    AppendResult,
+    LockedAppend,
+    Statement,
+    StreamAppend,
+    Unchanged,
+)
 from events.streams import STUDY_STREAM, reminders_stream
 from workflow import event_types as T
 from workflow import identity
@@ -75,11 +82,14 @@ from workflow.monitoring import MonitoringState, fold_monitoring, monitoring_ont
 from workflow.study import Study, User, apply_study, load_study
 from workflow.subject import SubjectState, fold_onto, fold_subject
 
-CONFLICT_RETRIES: Final = 16
-# After a second conflict in a row, wait a random moment of up to 2^attempt ms (at most
-# CONFLICT_BACKOFF_MAX_S) before the next try, so writers racing for one stream (the study's,
-# at enrolments) fall out of step instead of colliding again.
-CONFLICT_BACKOFF_MAX_S: Final = 0.1
+CONFLICT_RETRIES: Final = 5
+# The first OPTIMISTIC_TRIES tries decide without the append lock and append at the versions
+# read (after a second conflict in a row, first waiting a random moment of up to 2^attempt ms,
+# so writers racing for one stream fall out of step); the next ones decide holding the
+# append lock (`EventStore.append_under_lock`), so a writer that keeps losing the race for a
+# busy stream (the study's, at enrolments) is never starved.
+OPTIMISTIC_TRIES: Final = 3
+CONFLICT_BACKOFF_MAX_S: Final = 0.02
 # Study events no decision of another stream depends on: enrolment places (read only by the
 # decisions that take or free one, which write the study stream at the version they read)
 # and the count of failed attempts (a lock is its own event). Appended meanwhile, they do not
@@ -170,9 +180,9 @@ class Executor:
         if repeat is not None:
             return repeat
         hashed: dict[tuple[str, str], tuple[Statement, ...]] = {}
-        for attempt in range(self.retries):
-            if attempt:
-                study = self.study()
+
+        def prepared(study: Study) -> tuple[LockedAppend, Decision]:
+            """Load, decide and shape the append (or raise the refusal, or `_Repeated`)."""
             user = self._known(study, actor.name)
             if study.account_locked(user.name, self.clock()):  # locked by a guess meanwhile
                 raise _locked(user.name)
@@ -186,28 +196,45 @@ class Executor:
                 repeat = self._repeat(command_id, request_hash) if given else None
                 if repeat is None:
                     raise
-                return repeat
-            appends = self._appends(decision, loaded, credential)
-            statements = self._statements(decision, loaded.context.now, hashed)
+                raise _Repeated(repeat) from None
+            return LockedAppend(
+                self._appends(decision, loaded, credential),
+                AppendContext(actor=user.name, role=user.role, site=user.site,
+                              command_id=command_id, request_hash=request_hash,
+                              acted_at=loaded.context.now),
+                self._statements(decision, loaded.context.now, hashed),
+                loaded.context.last_position if decision.expects_head else None,
+                (Unchanged(STUDY_STREAM, study.version, UNREAD_STUDY_EVENTS),)), decision
+
+        decided: list[Decision] = []
+
+        def build(fresh: Study | None = None) -> LockedAppend:
+            spec, decision = prepared(fresh or self.study())
+            decided.append(decision)
+            return spec
+
+        for attempt in range(self.retries):
             try:
-                result = self.store.append_streams(
-                    appends, AppendContext(actor=user.name, role=user.role, site=user.site,
-                                           command_id=command_id, request_hash=request_hash,
-                                           acted_at=loaded.context.now),
-                    also=statements,
-                    expected_last_position=(loaded.context.last_position
-                                            if decision.expects_head else None),
-                    unchanged=(Unchanged(STUDY_STREAM, study.version, UNREAD_STUDY_EVENTS),))
+                if attempt < OPTIMISTIC_TRIES:
+                    spec = build(study if attempt == 0 else None)
+                    result = self.store.append_streams(
+                        spec.appends, spec.context, also=spec.also,
+                        expected_last_position=spec.expected_last_position,
+                        unchanged=spec.unchanged)
+                else:  # lost the race too often: decide again holding the append lock
+                    result = self.store.append_under_lock(build)
+            except _Repeated as repeated:
+                return repeated.outcome
             except ConcurrencyConflict:
                 if attempt == self.retries - 1:
                     raise
-                if attempt:
+                if 0 < attempt < OPTIMISTIC_TRIES:
                     time.sleep(random.uniform(0, min(CONFLICT_BACKOFF_MAX_S,
                                                      2 ** attempt / 1000)))
                 continue
             except ClockAhead as error:
                 raise _clock_refusal(error) from None
-            return self._done(Outcome(result, _summary(decision, result)))
+            return self._done(Outcome(result, _summary(decided[-1], result)))
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ sessions and checks
@@ -584,6 +611,14 @@ def _with_study_event(writes: Sequence[Write], event: NewEvent) -> list[Write]:
     if not added:
         out.append(Write(STUDY_STREAM, (event,)))
     return out
+
+
+class _Repeated(Exception):
+    """Deciding found the command already carried out: its first outcome."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__("repeated")
+        self.outcome = outcome
 
 
 def _locked(name: str) -> RuleViolation:
