@@ -77,8 +77,9 @@ class FlowMix:
     done: int = 0  # commands carried out
     visits_done: dict[str, int] = field(default_factory=dict)
 
-    def round(self, r: int) -> None:
-        """Round `r` of the mix: five commands, each must write its events."""
+    def round(self, r: int, enrol: bool = True) -> None:
+        """Round `r` of the mix: five commands (four without `enrol`: no eligibility
+        confirmation), each must write its events."""
         send = self.desk.send
         subject = self.subjects[r % len(self.subjects)]
         vitals = _written(send(COORDINATOR, M.RecordForm(
@@ -92,8 +93,9 @@ class FlowMix:
                                                  D0 + timedelta(days=days))))
         _written(send(COORDINATOR, M.RecordForm(subject, "adverse_event", (
             f"term=headache {r}", "category=other", f"onset_date={TODAY}", "grade=1"), TODAY)))
-        _written(send(INVESTIGATOR, M.ConfirmEligibility(self.screened[r])))
-        self.done += 5
+        if enrol:
+            _written(send(INVESTIGATOR, M.ConfirmEligibility(self.screened[r])))
+        self.done += 5 if enrol else 4
 
     def fresh_sessions(self) -> None:
         """Start the users' sessions before the clock starts (a login is not a command)."""
