@@ -59,17 +59,6 @@ def casebook(env: Env, subject: str, html_out: Path | None) -> None:
 
 def _check_html(out: Path) -> None:
     """Refuse (exit 2) before any work a link, a device, a folder or a missing folder."""
-    from cli.errors import output_error
-    from cli.output_files import check_target
-    from workflow.errors import InvalidInput
+    from cli.output_files import output_file
 
-    check_target(out, "--html")
-    folder = out.parent if str(out.parent) else Path(".")
-    try:
-        is_folder, is_file_name = folder.is_dir(), not out.is_dir()
-    except OSError as error:  # a name too long
-        raise output_error("--html", out, error) from error
-    if not is_folder:
-        raise InvalidInput(f"--html {out}: the folder {folder} does not exist.", field="html")
-    if not is_file_name:
-        raise InvalidInput(f"--html {out}: a folder, not a file.", field="html")
+    output_file(out, "--html")

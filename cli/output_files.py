@@ -96,6 +96,25 @@ def check_target(path: Path, option: str = "--out") -> None:
         raise output_error(option, path, error) from error
 
 
+def output_file(path: Path, option: str = "--out") -> Path:
+    """The folder the file `path` goes to, refused (exit 2) before any work when that folder
+    does not exist, when `path` names a folder, or when it is a symbolic link."""
+    from cli.errors import output_error
+
+    check_target(path, option)
+    folder = path.parent if str(path.parent) else Path(".")
+    field = option.lstrip("-")
+    try:
+        is_folder, is_file_name = folder.is_dir(), not path.is_dir()
+    except OSError as error:  # a name too long
+        raise output_error(option, path, error) from error
+    if not is_folder:
+        raise InvalidInput(f"{option} {path}: the folder {folder} does not exist.", field=field)
+    if not is_file_name:
+        raise InvalidInput(f"{option} {path}: a folder, not a file.", field=field)
+    return folder
+
+
 def output_folder(path: Path, option: str = "--out") -> Path:
     """The folder `path` (of `export csv`), made with its parents if missing; refused (exit 2)
     when it is a symbolic link."""

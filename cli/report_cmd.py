@@ -117,22 +117,10 @@ def _plot_format(out: Path) -> str:
 
 def check_out(out: Path) -> Path:
     """The folder `out` goes to, refused (exit 2) before any work when it does not exist, or
-    when `out` is a symbolic link."""
-    from cli.errors import output_error
-    from cli.output_files import check_target
-    from workflow.errors import InvalidInput
+    when `out` is a symbolic link (cli/output_files.py)."""
+    from cli.output_files import output_file
 
-    check_target(out, "--out")
-    folder = out.parent if str(out.parent) else Path(".")
-    try:
-        is_folder, is_file_name = folder.is_dir(), not out.is_dir()
-    except OSError as error:  # a name too long
-        raise output_error("--out", out, error) from error
-    if not is_folder:
-        raise InvalidInput(f"--out {out}: the folder {folder} does not exist.", field="out")
-    if not is_file_name:
-        raise InvalidInput(f"--out {out}: a folder, not a file.", field="out")
-    return folder
+    return output_file(out, "--out")
 
 
 def write_output(env: Env, out: Path, data: bytes) -> None:
