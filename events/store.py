@@ -286,7 +286,9 @@ class EventStore:
         current and its versions cannot conflict. For a writer that lost the optimistic race
         too often (a stream many writers append to, such as the study's enrolment places); it
         holds the lock while `build` decides, so it is the exception, not the rule. `build`
-        must only read."""
+        must only read. Its reads take other connections of the engine's pool while this one
+        holds the lock: threads sharing one engine (not the CLI's one process per command, nor
+        the scheduler's one executor per pass) must leave the pool a connection to spare."""
         if self._sqlite:
             with driver_connection(self.engine) as driver:
                 cursor = driver.cursor()

@@ -204,7 +204,9 @@ class Executor:
                               acted_at=loaded.context.now),
                 self._statements(decision, loaded.context.now, hashed),
                 loaded.context.last_position if decision.expects_head else None,
-                (Unchanged(STUDY_STREAM, study.version, UNREAD_STUDY_EVENTS),)), decision
+                # the version the decision read (taken at the load, never re-read after it)
+                (Unchanged(STUDY_STREAM, loaded.versions[STUDY_STREAM], UNREAD_STUDY_EVENTS),)
+            ), decision
 
         decided: list[Decision] = []
 
