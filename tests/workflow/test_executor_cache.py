@@ -215,3 +215,39 @@ def test_a_refusal_under_the_append_lock_writes_nothing(db_url: str) -> None:
     result = desk.store.append_under_lock(lambda: LockedAppend(
         [StreamAppend("S-011", 0, [NewEvent("Noted", {"n": 3})])], context))
     assert result.positions == (before + 1,)
+
+
+def test_a_command_folds_only_what_is_new_whatever_the_size_of_the_study(
+        desks: tuple[Desk, Desk], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost of a command does not grow with the study: once an executor has folded the
+    study and a subject, the next command on that subject applies no study event and only
+    the subject's events appended since (here: its own last one), however many enrolments and
+    events the log holds."""
+    import workflow.commands.executor as executor_module
+    import workflow.study as study_module
+    import workflow.subject as subject_module
+
+    first, _ = desks
+    for n in range(2, 7):  # five more subjects enrolled (the cap is 6): places in the study
+        screen_eligible(first, f"S-{n:03d}", START)
+        first.send(INVESTIGATOR, M.ConfirmEligibility(f"S-{n:03d}"))
+    _vitals(first, 70)  # the executor now keeps S-001 and the study folded
+    study_applied: list[str] = []
+    subject_applied: list[int] = []
+    apply_study, apply_subject = executor_module.apply_study, subject_module.apply_subject
+
+    def counting_study(study: Any, event: Any) -> None:
+        study_applied.append(event.type)
+        apply_study(study, event)
+
+    def counting_subject(state: Any, event: Any) -> None:
+        subject_applied.append(event.position)
+        apply_subject(state, event)
+
+    monkeypatch.setattr(executor_module, "apply_study", counting_study)
+    monkeypatch.setattr(study_module, "apply_study", counting_study)  # a whole fold too
+    monkeypatch.setattr(subject_module, "apply_subject", counting_subject)
+    last = _vitals(first, 71)
+    assert study_applied == []  # nothing new in the study stream: nothing folded
+    # the S-001 event appended by the previous command, then the preview of this one's
+    assert len(subject_applied) == 2 and subject_applied[0] == last - 1
