@@ -325,9 +325,7 @@ class EventStore:
                 spec.expected_last_position, tuple(spec.unchanged))
 
     def _attempts(self) -> int:
-        """Tries of an unpinged operation: enough to meet every pooled connection dead."""
-        size = getattr(self.engine.pool, "size", None)
-        return (int(size()) if callable(size) else 0) + 1
+        return _attempts(self.engine)
 
     def _append_sqlite(
         self, driver: Any, *args: Any
@@ -612,24 +610,7 @@ class EventStore:
 
     # ---------------------------------------------------------------- reading
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """The rows of one query, which is its own transaction (no BEGIN … ROLLBACK around
-        it: on PostgreSQL two round trips fewer, and psycopg keeps its prepared statements).
-        On PostgreSQL the query itself checks the connection (a read can always be retried)."""
-        rows: list[Any]
-        if self._sqlite:
-            with driver_connection(self.engine) as driver:
-                rows = driver.execute(sql, tuple(params)).fetchall()
-            return rows
-        attempts = self._attempts()
-        for attempt in range(1, attempts + 1):
-            try:
-                with driver_connection(self.engine, unpinged=True) as driver, _autocommit(driver):
-                    rows = driver.execute(sql, tuple(params)).fetchall()
-                break
-            except StoreUnavailable as error:
-                if attempt == attempts or not lost_connection(error):
-                    raise
-        return rows
+        return fetch_rows(self.engine, sql, params)
 
     def find_command(self, command_id: str) -> CommandRecord | None:
         """The first result of a command id, if that command was already carried out."""
@@ -770,6 +751,34 @@ class EventStore:
             ") m ON e.stream_id = m.stream_id AND e.version = m.version"
         )
         return {str(r[0]): (int(r[1]), str(r[2])) for r in rows}
+
+
+def _attempts(engine: Engine) -> int:
+    """Tries of an unpinged operation: enough to meet every pooled connection dead."""
+    size = getattr(engine.pool, "size", None)
+    return (int(size()) if callable(size) else 0) + 1
+
+
+def fetch_rows(engine: Engine, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """The rows of one query, which is its own transaction (no BEGIN … ROLLBACK around it, no
+    ping first: on PostgreSQL three round trips fewer, and psycopg keeps its prepared
+    statements). On PostgreSQL the query itself checks the connection: a read can always be
+    retried, on a fresh connection when the pooled one was dead."""
+    rows: list[Any]
+    if engine.dialect.name == "sqlite":
+        with driver_connection(engine) as driver:
+            rows = driver.execute(sql, tuple(params)).fetchall()
+        return rows
+    attempts = _attempts(engine)
+    for attempt in range(1, attempts + 1):
+        try:
+            with driver_connection(engine, unpinged=True) as driver, _autocommit(driver):
+                rows = driver.execute(sql, tuple(params)).fetchall()
+            break
+        except StoreUnavailable as error:
+            if attempt == attempts or not lost_connection(error):
+                raise
+    return rows
 
 
 class _Trip:

@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 
 from events.migrations.v003_guards import PRIVATE_SCHEMA
-from events.store import Statement
+from events.store import Statement, fetch_rows
 from workflow.errors import InvalidInput
 
 SCRYPT_N: Final = 2**14  # OWASP password storage: scrypt N=2^14 (16 MiB), r=8, p=1
@@ -286,14 +286,12 @@ class SessionRow:
 
 
 def session_of(engine: Engine, token: str) -> SessionRow | None:
-    from events.translate import driver_connection
-
+    """The session a token opens (checked at every command: one read, its own transaction)."""
     sqlite = engine.dialect.name == "sqlite"
     mark = "?" if sqlite else "%s"
-    with driver_connection(engine) as driver:
-        row = driver.execute(f"SELECT name, expires_at FROM {table('sessions', sqlite=sqlite)} "
-                             f"WHERE token_hash = {mark}", (token_hash(token),)).fetchone()
-    return None if row is None else SessionRow(str(row[0]), moment(row[1]))
+    rows = fetch_rows(engine, f"SELECT name, expires_at FROM {table('sessions', sqlite=sqlite)} "
+                              f"WHERE token_hash = {mark}", (token_hash(token),))
+    return None if not rows else SessionRow(str(rows[0][0]), moment(rows[0][1]))
 
 
 def start_session(engine: Engine, name: str, now: datetime, hours: float) -> tuple[str, datetime]:
