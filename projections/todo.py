@@ -23,7 +23,7 @@ def _tasks_by_subject(view: View, store: EventStore, now: datetime, *, site: str
             continue
         if phase is not None and row["phase"] != phase:
             continue
-        events = store.read_stream(row["subject"], up_to_position=view.position)
+        events = view.stream(store, row["subject"])
         state = fold_subject(row["subject"], events)
         out.append((row, subject_tasks(view.study, state, now, events)))
     return out

@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy import Engine, Table, column, func, select
 from sqlalchemy import table as sql_table
 
+from events.envelope import RecordedEvent
 from events.errors import EventStoreError, SchemaMissing, StoreUnavailable
 from events.store import EventStore
 from events.streams import STUDY_STREAM
@@ -57,6 +58,17 @@ class View:
     overlay: dict[str, Rows] = field(default_factory=dict)  # subject -> its rows (lag)
     on: date | None = None
     _subjects: list[Row] | None = field(default=None, init=False, repr=False, compare=False)
+    _streams: dict[str, list[RecordedEvent]] = field(default_factory=dict, init=False,
+                                                      repr=False, compare=False)
+
+    def stream(self, store: EventStore, subject: str) -> list[RecordedEvent]:
+        """A subject's stream up to the view's position, read once per view (it cannot change
+        below that position): a page that folds each subject several ways reads it once."""
+        found = self._streams.get(subject)
+        if found is None:
+            found = self._streams[subject] = store.read_stream(subject,
+                                                               up_to_position=self.position)
+        return found
 
     def rows(self, table: Table, subject: str | None = None, *,
              where: Filter | None = None) -> list[Row]:

@@ -82,7 +82,7 @@ def load_histories(view: View, store: EventStore, tick: Tick | None = None
     one unit per subject, for a progress bar)."""
     out = []
     for row in view.subjects():
-        events = store.read_stream(row["subject"], up_to_position=view.position)
+        events = view.stream(store, row["subject"])
         out.append(history_of(view, row["subject"], events))
         if tick is not None:
             tick("report: subjects read")

@@ -102,7 +102,7 @@ def read_review(view: View, store: EventStore, tick: Tick | None = None) -> Revi
     review = Review()
     for row in view.subjects():
         subject = row["subject"]
-        events = store.read_stream(subject, up_to_position=view.position)
+        events = view.stream(store, subject)
         folded = fold_monitoring(subject, events)
         review.queries += [q.to_json() for _, q in sorted(folded.queries.items())]
         review.forms += [f.to_json() for _, f in sorted(folded.forms.items())]

@@ -166,3 +166,22 @@ def test_the_overdue_part_of_todo_is_on_the_page(study: str, tmp_path: Path) -> 
     assert rows == [(t["subject"], t["site"], t["kind"], t["due"], t["role"],
                      html.escape(t["action"]), html.escape(t["command"])) for t in overdue]
     assert "Nothing is overdue." in _section(_page(study, tmp_path), "overdue")
+
+
+def test_the_page_reads_each_subject_s_stream_once(study: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page folds each subject three ways (its history, its data review, its tasks) from
+    one read of its stream at the page's position (`View.stream`)."""
+    from collections import Counter
+
+    reads: Counter[str] = Counter()
+    original = EventStore.read_stream
+
+    def counting(self: EventStore, stream_id: str, **kwargs: object) -> object:
+        if stream_id.startswith("S-"):
+            reads[stream_id] += 1
+        return original(self, stream_id, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EventStore, "read_stream", counting)
+    _page(study, tmp_path)
+    assert len(reads) == 8 and set(reads.values()) == {1}, reads
