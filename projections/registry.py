@@ -59,6 +59,8 @@ SUBJECT_PROJECTIONS: Final[tuple[SubjectProjection, ...]] = (
                       "protocol deviations"),
     SubjectProjection("endpoints", 1, (t.endpoints,), _fold("endpoint_rows"),
                       "SLEDAI-2K, LLDAS, renal response, CAR-T persistence"),
+    SubjectProjection("tasks", 1, (t.task_inputs,), _fold("task_rows"),
+                      "each subject's open tasks without the clock (todo, subjects)"),
 )
 
 NAMES: Final[tuple[str, ...]] = (STUDY, *(p.name for p in SUBJECT_PROJECTIONS))

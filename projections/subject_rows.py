@@ -25,6 +25,7 @@ from workflow.safety import adverse_events, sae_clocks, safety_window
 from workflow.schedule import planned_visits
 from workflow.study import Study
 from workflow.subject import SubjectState, fold_subject
+from workflow.tasks import task_inputs
 
 Row = dict[str, Any]
 Rows = dict[str, list[Row]]  # table name -> rows of one subject
@@ -48,7 +49,11 @@ class SubjectContext:
 
     study: Study
     state: SubjectState
-    last: RecordedEvent  # the last event folded
+    events: Sequence[RecordedEvent]  # the stream folded (its last event is `last`)
+
+    @property
+    def last(self) -> RecordedEvent:
+        return self.events[-1]
 
     @cached_property
     def zone(self) -> ZoneInfo:
@@ -102,7 +107,7 @@ def fold_context(study: Study, subject: str, events: Sequence[RecordedEvent]
     state = fold_subject(subject, events)
     if not state.consented:
         return None
-    return SubjectContext(study, state, events[-1])
+    return SubjectContext(study, state, events)
 
 
 def events_on(events: Iterable[RecordedEvent], on: date, zone: ZoneInfo) -> list[RecordedEvent]:
@@ -180,6 +185,13 @@ def visit_rows(ctx: SubjectContext) -> Rows:
 
 def deviation_rows(ctx: SubjectContext) -> Rows:
     return {"rm_deviations": deviations(ctx.state, ctx.study.protocol_of)}
+
+
+def task_rows(ctx: SubjectContext) -> Rows:
+    inputs = task_inputs(ctx.study, ctx.state, ctx.events)
+    return {"rm_task_inputs": [{"subject": inputs.subject, "site": inputs.site,
+                                "phase": inputs.phase, "screening": inputs.screening,
+                                "inputs": inputs.to_json()}]}
 
 
 def endpoint_rows(ctx: SubjectContext) -> Rows:

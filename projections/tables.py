@@ -172,3 +172,12 @@ endpoints = Table(
     Column("subject", String(20), primary_key=True),
     Column("result", JSON, nullable=False),
 )
+
+task_inputs = Table(
+    "rm_task_inputs", metadata,  # workflow/tasks.py TaskInputs: `todo` applies the clock
+    Column("subject", String(20), primary_key=True),
+    Column("site", String(40)),
+    Column("phase", String(20), nullable=False),
+    Column("screening", Boolean, nullable=False),  # tasks judged on the day: folded at query
+    Column("inputs", JSON, nullable=False),
+)

@@ -1,6 +1,7 @@
 """`trialflow todo` and `trialflow subjects`: every subject's open tasks (workflow/tasks.py),
-from the subjects the read models list and each subject's stream folded at the view's
-position (the same fold `status SUBJECT` makes, so its next step is the first task here)."""
+from the subjects the read models list: the clock applied to each subject's stored task
+inputs (the `tasks` read model, `rm_task_inputs`), which are the inputs `status SUBJECT`
+derives from its own fold, so its next step is the first task here."""
 
 from __future__ import annotations
 
@@ -8,20 +9,31 @@ from datetime import datetime
 from typing import Any
 
 from events.store import EventStore
+from projections import tables as t
 from projections.views import View
 from workflow.errors import InvalidInput
 from workflow.study import User
-from workflow.subject import fold_subject
-from workflow.tasks import Task, sort_tasks, subject_tasks
+from workflow.tasks import Task, TaskInputs, sort_tasks, subject_tasks, tasks_at
 
 
 def _tasks_by_subject(view: View, store: EventStore, now: datetime, *, site: str | None = None,
                       phase: str | None = None) -> list[tuple[dict[str, Any], list[Task]]]:
+    """Each subject's tasks at `now`: the clock applied to its stored inputs (the `tasks`
+    read model), or, for a subject in screening (eligibility is judged on the day), to its
+    stream folded at the view's position."""
+    from workflow.subject import fold_subject
+
+    inputs = {row["subject"]: row["inputs"] for row in view.rows(t.task_inputs)}
     out = []
     for row in view.subjects():
         if site is not None and row["site"] != site:
             continue
         if phase is not None and row["phase"] != phase:
+            continue
+        found = inputs.get(row["subject"])
+        stored = None if found is None else TaskInputs.from_json(found)
+        if stored is not None and not stored.screening:
+            out.append((row, tasks_at(view.study, stored, now)))
             continue
         events = view.stream(store, row["subject"])
         state = fold_subject(row["subject"], events)

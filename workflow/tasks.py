@@ -22,18 +22,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from events.envelope import RecordedEvent
 from workflow import event_types as T
-from workflow.eligibility import evaluate_eligibility
 from workflow.machine import TERMINAL
-from workflow.monitoring import fold_monitoring
 from workflow.safety import UNASSESSED, adverse_events, clock_state, sae_clocks
 from workflow.schedule import INFUSION, SCREENING, planned_visits, visit_state
-from workflow.signing import signatures
-from workflow.study import Study
-from workflow.subject import SubjectState
+
+if TYPE_CHECKING:
+    from workflow.study import Study
+    from workflow.subject import SubjectState
+
+# eligibility, monitoring and signing are imported where they are used: `todo` applies the
+# clock to stored inputs and needs none of them (start-up is most of a read: issue 17)
 
 # Task kinds, most urgent first (the order of ties).
 KINDS: Final[tuple[str, ...]] = (
@@ -120,29 +122,138 @@ def subject_tasks(study: Study, state: SubjectState, now: datetime,
     `events`, the data review tasks (queries, source verification, signatures) too."""
     if not state.consented:
         return []
-    zone = study.zone(state.site)
-    today = now.astimezone(zone).date()
-    ctx = _Ctx(study, state, now, today)
-    tasks = [*_safety(ctx), *_schedule(ctx), *_screening(ctx), *_reconsent(ctx)]
+    return tasks_at(study, task_inputs(study, state, events), now, state)
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """What a subject's tasks depend on, without the clock: the `tasks` read model keeps one
+    per subject (`rm_task_inputs`), so `todo` and `subjects` apply the clock to stored inputs
+    instead of folding every stream. `tasks_at` turns them into the tasks at `now`.
+
+    - `standing`: tasks the clock cannot change (causality, procedures without a day, the
+      completion, re-consent, queries, source verification, signatures);
+    - `dated`: tasks due on a day and actionable from a day (a later lymphodepletion dose,
+      the infusion), whose state the day decides;
+    - `clocks`: the SAE reporting clocks still running;
+    - `visits`: the visits neither done nor recorded missed, in schedule order;
+    - `screening`: the screening tasks depend on the day (eligibility is judged on it): they
+      need the subject's fold (`subject_tasks`); a subject is in screening for weeks only.
+    """
+
+    subject: str
+    site: str | None
+    phase: str
+    standing: tuple[Task, ...] = ()
+    dated: tuple[Mapping[str, Any], ...] = ()  # task specs (`_spec`) with `due` and `start`
+    clocks: tuple[Mapping[str, Any], ...] = ()
+    visits: tuple[Mapping[str, Any], ...] = ()
+    lead_days: int = 0
+    screening: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subject": self.subject, "site": self.site, "phase": self.phase,
+                "standing": [_spec(t) for t in self.standing],
+                "dated": [dict(d) for d in self.dated],
+                "clocks": [dict(c) for c in self.clocks],
+                "visits": [dict(v) for v in self.visits],
+                "lead_days": self.lead_days, "screening": self.screening}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TaskInputs:
+        subject, site = str(data["subject"]), data["site"]
+        return cls(subject, site, str(data["phase"]),
+                   tuple(_task(subject, site, "open", s) for s in data["standing"]),
+                   tuple(data["dated"]),
+                   tuple(data["clocks"]), tuple(data["visits"]),
+                   int(data["lead_days"]), bool(data["screening"]))
+
+
+def _spec(task: Task) -> dict[str, Any]:
+    """A clock-free task as JSON (for a dated one, `due` is the day it is due)."""
+    spec: dict[str, Any] = {"kind": task.kind, "roles": list(task.roles or (task.role,)),
+                            "action": task.action, "command": task.command}
+    for name in ("due", "window_start", "window_end", "position", "ref"):
+        value = getattr(task, name)
+        if value is not None:
+            spec[name] = value
+    if task.extra:
+        spec["extra"] = dict(task.extra)
+    return spec
+
+
+def _task(subject: str, site: str | None, state: str, spec: Mapping[str, Any],
+          **more: Any) -> Task:
+    roles = tuple(spec["roles"])
+    given: dict[str, Any] = {name: spec.get(name) for name in (
+        "due", "window_start", "window_end", "position", "ref")}
+    given.update(more)
+    return Task(subject, site, spec["kind"], state, roles[0], spec["action"], spec["command"],
+                roles=roles, extra=dict(spec.get("extra") or {}), **given)
+
+
+def task_inputs(study: Study, state: SubjectState,
+                events: Sequence[RecordedEvent] | None = None) -> TaskInputs:
+    """The clock-free inputs of a consented subject's tasks (`TaskInputs`)."""
+    protocol = study.protocol_of(state.protocol_version)
+    standing = _Standing(state.subject, state.site)
+    _causality(standing, state, protocol)
+    dated = _procedures(standing, state, protocol)
+    rows = planned_visits(state, study.protocol_of) if state.protocol_version is not None \
+        else []
+    infusion, visits = _open_visits(standing, state, rows)
+    _reconsent(standing, state, study.protocol_version)
     if events is not None:
-        tasks += [*_review(ctx, events), *_signatures(ctx, events)]
+        _review(standing, events)
+        _signatures(standing, state, events)
+    clocks = tuple(row for row in sae_clocks(state, protocol) if row.get("stopped_at") is None)
+    return TaskInputs(state.subject, state.site, str(state.phase), tuple(standing.tasks),
+                      tuple(dated + infusion), clocks, tuple(visits),
+                      protocol.window_opening_lead_days,
+                      state.phase == "screening" and state.consent is not None)
+
+
+def tasks_at(study: Study, inputs: TaskInputs, now: datetime,
+             state: SubjectState | None = None) -> list[Task]:
+    """The tasks of `inputs` at `now` (aware), most urgent first. A subject in screening
+    needs its fold (`state`): its eligibility is judged on the day."""
+    zone = study.zone(inputs.site)
+    today = now.astimezone(zone).date()
+    ctx = _Ctx(study, inputs.subject, inputs.site, now, today)
+    tasks = [*inputs.standing, *_clocks(ctx, inputs.clocks),
+             *(ctx.on_day(task) for task in inputs.dated), *_visits(ctx, inputs)]
+    if inputs.screening:
+        if state is None:
+            raise ValueError(f"{inputs.subject} is in screening: its tasks need its fold")
+        tasks += _screening(ctx, state)
     return sort_tasks(tasks)
+
+
+@dataclass
+class _Standing:
+    """The clock-free tasks of one subject, collected."""
+
+    subject: str
+    site: str | None
+    tasks: list[Task] = field(default_factory=list)
+
+    def add(self, kind: str, roles: tuple[str, ...], action: str, command: str,
+            **more: Any) -> None:
+        self.tasks.append(self.make(kind, roles, action, command, **more))
+
+    def make(self, kind: str, roles: tuple[str, ...], action: str, command: str,
+             **more: Any) -> Task:
+        return Task(self.subject, self.site, kind, "open", roles[0], action, command,
+                    roles=roles, **more)
 
 
 @dataclass
 class _Ctx:
     study: Study
-    state: SubjectState
+    subject: str
+    site: str | None
     now: datetime
     today: date
-
-    @property
-    def subject(self) -> str:
-        return self.state.subject
-
-    @property
-    def site(self) -> str | None:
-        return self.state.site
 
     def end_of(self, day: date) -> datetime:
         return datetime.combine(day, END_OF_DAY, self.study.zone(self.site))
@@ -162,15 +273,25 @@ class _Ctx:
         return self.task(kind, state, roles, action, command, due=due.isoformat(),
                          due_at=self.end_of(due), days_left=(due - self.today).days, **more)
 
+    def on_day(self, spec: Mapping[str, Any]) -> Task:
+        """A `dated` input (`due`: its day; `start`: the day it becomes actionable) at
+        today."""
+        due = date.fromisoformat(spec["due"])
+        start = spec.get("start")
+        if start is not None and self.today < date.fromisoformat(start):
+            state = "upcoming"
+        else:
+            state = "overdue" if self.today > due else "due"
+        return _task(self.subject, self.site, state, spec, due_at=self.end_of(due),
+                     days_left=(due - self.today).days)
+
 
 # --- safety: reporting clocks and causality -------------------------------------------------
 
 
-def _safety(ctx: _Ctx) -> list[Task]:
-    s = ctx.state
-    protocol = ctx.study.protocol_of(s.protocol_version)
+def _clocks(ctx: _Ctx, clocks: Iterable[Mapping[str, Any]]) -> list[Task]:
     tasks = []
-    for row in sae_clocks(s, protocol):
+    for row in clocks:
         clock = clock_state(row, ctx.now)
         if clock["state"] == "stopped":
             continue
@@ -181,49 +302,49 @@ def _safety(ctx: _Ctx) -> list[Task]:
             "sae_report", str(clock["state"]), ("investigator", "coordinator"),
             f"send the {kind} report of the serious AE at position {clock['ae_position']} "
             f"({clock['clock']} clock due {clock['due_at']}, {left}) and record it",
-            f"trialflow record {s.subject} sae_report ae_position={clock['ae_position']} "
+            f"trialflow record {ctx.subject} sae_report ae_position={clock['ae_position']} "
             f"report_kind={kind} sent_at=<TIME>",
             due=clock["due_at"], due_at=datetime.fromisoformat(clock["due_at"]),
             hours_left=hours, position=clock["ae_position"], ref=clock["clock"]))
+    return tasks
+
+
+def _causality(out: _Standing, s: SubjectState, protocol: Any) -> None:
     for ae in adverse_events(s, protocol):
         if ae["relatedness"] != UNASSESSED:
             continue
         serious = "serious " if ae["serious"] else ""
-        tasks.append(ctx.task(
-            "causality", "open", ("investigator",),
-            f"assess the causality of the {serious}AE at position {ae['position']} "
-            f"({ae['term']}, onset {ae['onset_date']})",
-            f"trialflow record {s.subject} causality ae_position={ae['position']} "
-            "relatedness=<RELATEDNESS>", position=ae["position"], ref="serious" if serious
-            else None))
-    return tasks
+        out.add("causality", ("investigator",),
+                f"assess the causality of the {serious}AE at position {ae['position']} "
+                f"({ae['term']}, onset {ae['onset_date']})",
+                f"trialflow record {s.subject} causality ae_position={ae['position']} "
+                "relatedness=<RELATEDNESS>", position=ae["position"],
+                ref="serious" if serious else None)
 
 
 # --- the schedule: procedures and visits ---------------------------------------------------
 
+WRITERS: Final[tuple[str, ...]] = ("coordinator", "investigator")
 
-def _schedule(ctx: _Ctx) -> list[Task]:
-    s = ctx.state
-    protocol = ctx.study.protocol_of(s.protocol_version)
-    writers = ("coordinator", "investigator")
-    tasks: list[Task] = []
+
+def _procedures(out: _Standing, s: SubjectState, protocol: Any) -> list[dict[str, Any]]:
+    """The procedure of the subject's phase: standing, or dated (a later lymphodepletion
+    dose, returned)."""
     if s.phase == "cell_collection":
         if s.collection_coi is None:
-            tasks.append(ctx.task("procedure", "open", writers, "record the leukapheresis",
-                                  f"trialflow leukapheresis {s.subject} --on <DATE> "
-                                  "--coi-id <COI>", ref="leukapheresis"))
+            out.add("procedure", WRITERS, "record the leukapheresis",
+                    f"trialflow leukapheresis {s.subject} --on <DATE> --coi-id <COI>",
+                    ref="leukapheresis")
         elif s.product_failed:
-            tasks.append(ctx.task(
-                "procedure", "open", writers, "the product failed release: record a new "
-                "leukapheresis or take the subject off study (manufacturing_failure)",
-                f"trialflow leukapheresis {s.subject} --on <DATE> --coi-id <COI>",
-                ref="leukapheresis"))
+            out.add("procedure", WRITERS, "the product failed release: record a new "
+                    "leukapheresis or take the subject off study (manufacturing_failure)",
+                    f"trialflow leukapheresis {s.subject} --on <DATE> --coi-id <COI>",
+                    ref="leukapheresis")
         else:
-            tasks.append(ctx.task(
-                "procedure", "open", writers, f"record the product release of collection "
-                f"{s.collection_coi} (collected {s.collected_on})",
-                f"trialflow release {s.subject} --lot <LOT> --coi-id {s.collection_coi} "
-                "--viable-cells <N>", ref="release"))
+            out.add("procedure", WRITERS, f"record the product release of collection "
+                    f"{s.collection_coi} (collected {s.collected_on})",
+                    f"trialflow release {s.subject} --lot <LOT> --coi-id {s.collection_coi} "
+                    "--viable-cells <N>", ref="release")
     elif s.phase == "lymphodepletion":
         regimen = protocol.lymphodepletion
         given = len(s.doses)
@@ -234,55 +355,72 @@ def _schedule(ctx: _Ctx) -> list[Task]:
                      f"of {len(regimen.days)} doses left)"
             command = f"trialflow lymphodepletion {s.subject} --on <DATE> {drugs}"
             if given == 0:
-                tasks.append(ctx.task("procedure", "open", writers, action, command,
-                                      ref=f"D{day}"))
+                out.add("procedure", WRITERS, action, command, ref=f"D{day}")
             else:
-                on = s.doses[0].on + timedelta(days=day - regimen.days[0])
-                tasks.append(ctx.dated("procedure", writers, f"{action}, on {on}",
-                                       command.replace("<DATE>", on.isoformat()), due=on,
-                                       start=on, ref=f"D{day}"))
-    rows = planned_visits(s, ctx.study.protocol_of) if s.protocol_version is not None else []
-    pending_seen = False
+                on = (s.doses[0].on + timedelta(days=day - regimen.days[0])).isoformat()
+                return [{**_spec(out.make("procedure", WRITERS, f"{action}, on {on}",
+                                          command.replace("<DATE>", on), due=on,
+                                          ref=f"D{day}")), "start": on}]
+    return []
+
+
+def _open_visits(out: _Standing, s: SubjectState, rows: Sequence[Mapping[str, Any]]
+                 ) -> tuple[list[dict[str, Any]], list[Mapping[str, Any]]]:
+    """The infusion (dated, in the infusion phase) and the visits neither done nor recorded
+    missed (the others are no task); the completion once every visit is recorded."""
+    infusion: list[dict[str, Any]] = []
+    visits: list[Mapping[str, Any]] = []
     for row in rows:
-        if row["visit"] == SCREENING:
-            continue
-        lead = protocol.window_opening_lead_days
-        v = visit_state(row, ctx.today, lead_days=lead)
-        if v["status"] not in ("due", "overdue", "upcoming"):
-            continue
-        start, end = date.fromisoformat(v["window_start"]), date.fromisoformat(v["window_end"])
-        window = f"window {v['window_start']}..{v['window_end']}"
+        if row["visit"] == SCREENING or row.get("done_on") is not None \
+                or row.get("recorded_status") == "missed":
+            continue  # done or missed: no task (`visit_state`)
         if row["visit"] == INFUSION:
-            if s.phase != "infusion":
-                continue
-            tasks.append(ctx.dated(
-                "procedure", writers, f"infuse the CAR-T product ({window})",
-                f"trialflow infuse {s.subject} --at <TIME> --cells <CELLS> --coi-id "
-                f"{s.product_coi or '<COI>'}", due=end, start=start,
-                window_start=v["window_start"], window_end=v["window_end"], ref="D0"))
+            if s.phase == "infusion":
+                window = f"window {row['window_start']}..{row['window_end']}"
+                infusion.append({**_spec(out.make(
+                    "procedure", WRITERS, f"infuse the CAR-T product ({window})",
+                    f"trialflow infuse {s.subject} --at <TIME> --cells <CELLS> --coi-id "
+                    f"{s.product_coi or '<COI>'}", due=row["window_end"],
+                    window_start=row["window_start"], window_end=row["window_end"],
+                    ref="D0")), "start": row["window_start"]})
             continue
-        if v["status"] == "upcoming" and (pending_seen or s.phase in TERMINAL):
-            continue  # only the next visit to come
-        pending_seen = True
-        verb = "record visit" if v["status"] != "overdue" else "record overdue visit"
-        tasks.append(ctx.dated(
-            "visit", writers, f"{verb} {row['visit']} (target {v['target_date']}, {window})",
-            f"trialflow visit {s.subject} {row['visit']} --done --on <DATE>", due=end,
-            start=start, window_start=v["window_start"], window_end=v["window_end"],
-            ref=row["visit"]))
+        visits.append(row)
     if s.phase == "follow_up" and rows and all(
             r["recorded_status"] is not None for r in rows if r["visit"] != SCREENING):
-        tasks.append(ctx.task("procedure", "open", writers, "every visit is recorded: "
-                              "complete the study", f"trialflow complete {s.subject}",
-                              ref="completion"))
+        out.add("procedure", WRITERS, "every visit is recorded: complete the study",
+                f"trialflow complete {s.subject}", ref="completion")
+    return infusion, visits
+
+
+def _visits(ctx: _Ctx, inputs: TaskInputs) -> list[Task]:
+    """The visits due or overdue at today, and the next one to come (none for a subject who
+    has left the study)."""
+    tasks: list[Task] = []
+    pending_seen = False
+    for row in inputs.visits:
+        v = visit_state(row, ctx.today, lead_days=inputs.lead_days)
+        if v["status"] not in ("due", "overdue", "upcoming"):
+            continue
+        if v["status"] == "upcoming" and (pending_seen or inputs.phase in TERMINAL):
+            continue  # only the next visit to come
+        pending_seen = True
+        start, end = date.fromisoformat(v["window_start"]), date.fromisoformat(v["window_end"])
+        window = f"window {v['window_start']}..{v['window_end']}"
+        verb = "record visit" if v["status"] != "overdue" else "record overdue visit"
+        tasks.append(ctx.dated(
+            "visit", WRITERS, f"{verb} {row['visit']} (target {v['target_date']}, {window})",
+            f"trialflow visit {ctx.subject} {row['visit']} --done --on <DATE>", due=end,
+            start=start, window_start=v["window_start"], window_end=v["window_end"],
+            ref=row["visit"]))
     return tasks
 
 
 # --- screening: eligibility, forms, the window --------------------------------------------
 
 
-def _screening(ctx: _Ctx) -> list[Task]:
-    s = ctx.state
+def _screening(ctx: _Ctx, s: SubjectState) -> list[Task]:
+    from workflow.eligibility import evaluate_eligibility
+
     if s.phase != "screening" or s.consent is None:
         return []
     protocol = ctx.study.protocol
@@ -336,61 +474,54 @@ def _screening(ctx: _Ctx) -> list[Task]:
     return tasks
 
 
-def _reconsent(ctx: _Ctx) -> list[Task]:
-    s = ctx.state
-    in_force = ctx.study.protocol_version
+def _reconsent(out: _Standing, s: SubjectState, in_force: int | None) -> None:
     if s.phase in TERMINAL or in_force is None or s.protocol_version in (None, in_force):
-        return []
-    return [ctx.task("reconsent", "open", SITE_ROLES,
-                     f"protocol version {in_force} is in force (consented under version "
-                     f"{s.protocol_version}): record the re-consent",
-                     f"trialflow reconsent {s.subject} --consent-form-version <VERSION>",
-                     ref=f"protocol_{in_force}")]
+        return
+    out.add("reconsent", SITE_ROLES, f"protocol version {in_force} is in force (consented "
+            f"under version {s.protocol_version}): record the re-consent",
+            f"trialflow reconsent {s.subject} --consent-form-version <VERSION>",
+            ref=f"protocol_{in_force}")
 
 
 # --- data review: queries, source verification, signatures --------------------------------
 
 
-def _review(ctx: _Ctx, events: Sequence[RecordedEvent]) -> list[Task]:
-    m = fold_monitoring(ctx.subject, events)
-    tasks = []
+def _review(out: _Standing, events: Sequence[RecordedEvent]) -> None:
+    from workflow.monitoring import fold_monitoring
+
+    m = fold_monitoring(out.subject, events)
     for _, q in sorted(m.queries.items()):
         if q.state == "open":
-            tasks.append(ctx.task(
-                "query_answer", "open", SITE_ROLES,
-                f"answer query {q.id} on {q.form}.{q.field} (position {q.position}): {q.text}",
-                f"trialflow query answer {q.id} --text <ANSWER> [FIELD=VALUE]",
-                position=q.position, ref=q.id))
+            out.add("query_answer", SITE_ROLES,
+                    f"answer query {q.id} on {q.form}.{q.field} (position {q.position}): "
+                    f"{q.text}", f"trialflow query answer {q.id} --text <ANSWER> "
+                    "[FIELD=VALUE]", position=q.position, ref=q.id)
         elif q.state == "answered":
-            tasks.append(ctx.task(
-                "query_close", "open", REVIEWERS,
-                f"review the answer to query {q.id} on {q.form}.{q.field} and close it",
-                f"trialflow query close {q.id}", position=q.position, ref=q.id))
+            out.add("query_close", REVIEWERS,
+                    f"review the answer to query {q.id} on {q.form}.{q.field} and close it",
+                    f"trialflow query close {q.id}", position=q.position, ref=q.id)
     unverified = [form for _, form in sorted(m.forms.items()) if not form.verified]
     if unverified:
         first = unverified[0]
-        tasks.append(ctx.task(
-            "sdv", "open", ("monitor",),
-            f"source-verify {len(unverified)} record(s), first {first.form} at position "
-            f"{first.position} ({first.on})", f"trialflow sdv {ctx.subject} {first.position}",
-            position=first.position, ref=first.form,
-            extra={"positions": [form.position for form in unverified]}))
-    return tasks
+        out.add("sdv", ("monitor",),
+                f"source-verify {len(unverified)} record(s), first {first.form} at position "
+                f"{first.position} ({first.on})", f"trialflow sdv {out.subject} {first.position}",
+                position=first.position, ref=first.form,
+                extra={"positions": [form.position for form in unverified]})
 
 
-def _signatures(ctx: _Ctx, events: Sequence[RecordedEvent]) -> list[Task]:
-    s = ctx.state
+def _signatures(out: _Standing, s: SubjectState, events: Sequence[RecordedEvent]) -> None:
+    from workflow.signing import signatures
+
     checked = signatures(list(events))
     valid = {(int(sig["target_position"]), sig["meaning"]) for sig in checked
              if sig["state"] == "valid"}
     types = {e.position: e.type for e in events}
-    tasks = []
     if s.completion_position is not None and (s.completion_position, "approved") not in valid:
-        tasks.append(ctx.task(
-            "signature", "open", ("investigator",),
-            f"sign the study completion (position {s.completion_position}) as approved",
-            f"trialflow sign {s.subject} {s.completion_position} --meaning approved",
-            position=s.completion_position, ref="approved"))
+        out.add("signature", ("investigator",),
+                f"sign the study completion (position {s.completion_position}) as approved",
+                f"trialflow sign {s.subject} {s.completion_position} --meaning approved",
+                position=s.completion_position, ref="approved")
     wanted: dict[int, str] = {}
     for sig in checked:
         later = sig["corrected_after_signing_by"]
@@ -403,13 +534,11 @@ def _signatures(ctx: _Ctx, events: Sequence[RecordedEvent]) -> list[Task]:
             continue
         wanted.setdefault(newest, str(sig["meaning"]))
     for position, meaning in sorted(wanted.items()):
-        tasks.append(ctx.task(
-            "signature", "open", ("investigator",),
-            f"a signed record was corrected after signing: sign its current version "
-            f"(position {position}) as {meaning}",
-            f"trialflow sign {s.subject} {position} --meaning {meaning}", position=position,
-            ref=meaning))
-    return tasks
+        out.add("signature", ("investigator",),
+                f"a signed record was corrected after signing: sign its current version "
+                f"(position {position}) as {meaning}",
+                f"trialflow sign {s.subject} {position} --meaning {meaning}",
+                position=position, ref=meaning)
 
 
 def first_task(tasks: Sequence[Task]) -> Task | None:
