@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.commands_scale
 	$(BIN)/python -m bench.commands_concurrent
+	$(BIN)/python -m bench.amendment
 
 demo: $(STAMP)
 	$(BIN)/trialflow --db sqlite:///demo.db demo --replace

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from cli.completion import complete_form
 from cli.context import Env
 from cli.options import command_id_option
 from cli.render import emit, prose, table
-from cli.writes import send, show
+from cli.writes import DATETIME, send, show
 from workflow.commands import messages as M
 from workflow.identity import Secret
 from workflow.study import load_study
@@ -190,13 +191,93 @@ def protocol_load(env: Env, file: Path, command_id: str | None) -> None:
     show(env, f"Protocol version {version} loaded", outcome)
 
 
-@protocol.command("amend", help="Put a protocol version in force; subjects must re-consent.")
+@protocol.command("preview", help="What putting a protocol version (a loaded or builtin "
+                  "VERSION, or a FILE not loaded yet) in force would change, subject by "
+                  "subject: eligibility, cohort and dose, visit targets and windows, "
+                  "deviations, safety windows and SAE clocks, planned reminders, tasks, "
+                  "endpoints. Subjects still on study are judged under it as if re-consented. "
+                  "Writes nothing; prints the digest `protocol amend --reviewed` takes.")
+@click.argument("target", metavar="FILE|VERSION")
+@click.option("--now", "now", type=DATETIME, default=None,
+              help="Also compare the tasks due at this time (default now; UTC if no "
+              "offset); not part of the digest.")
+@click.option("--as-of", "as_of", default=None, metavar="TIME|@N",
+              help="The log as it stood then (ISO 8601 recorded time, UTC if no offset, or "
+              "@POSITION): an amendment's recorded `preview.position` gives its digest again.")
+@click.pass_obj
+def protocol_preview(env: Env, target: str, now: datetime | None, as_of: str | None) -> None:
+    from cli.progress import progress_bar
+    from cli.queries import _utc
+    from projections.amendment import preview_of
+    from projections.as_of import as_of_position
+
+    up_to = as_of_position(as_of, env.app.store)
+    with progress_bar(env, "previewing (subjects)") as advance:
+        found = preview_of(env.app.store, target, now=_utc(now) or env.app.clock(),
+                           up_to=up_to, progress=advance)
+    data = found.to_json()
+    emit(env, data, lambda: preview_text(data))
+
+
+def preview_text(data: dict[str, Any]) -> str:
+    """The preview for a reviewer: the protocol's changes, then each subject's, then the
+    digest and the command that puts the version in force."""
+    from workflow.amendment import shown
+
+    version = data["candidate"]["version"]
+    lines = [f"Preview of protocol version {version} (sha256 {data['candidate']['hash'][:12]}…) "
+             f"in place of version {data['in_force']}, at log position {data['position']}; "
+             "nothing was written."]
+    if data["protocol_changes"]:
+        lines += ["", "Protocol changes:"]
+        lines += [f"  {c['item']}: {shown(c['before'])} -> {shown(c['after'])}"
+                  for c in data["protocol_changes"]]
+    reconsent = [s["subject"] for s in data["subjects"] if s["reconsent"]]
+    lines += ["", f"Subjects: {data['subjects_compared']} compared, {data['subjects_changed']} "
+              f"with changes, {len(reconsent)} to re-consent"
+              + (f" ({', '.join(reconsent)})." if reconsent else ".")]
+    for subject in data["subjects"]:
+        if not subject["changes"] and not subject.get("at_now"):
+            continue
+        lines += ["", f"{subject['subject']} ({subject['site']}, {subject['phase']}, version "
+                  f"{subject['protocol_version']} -> {subject['follows']})"]
+        rows = [[c["model"], c["item"], shown(c["before"]), shown(c["after"])]
+                for c in subject["changes"]]
+        rows += [["at --now", c["item"], shown(c["before"]), shown(c["after"])]
+                 for c in subject.get("at_now") or ()]
+        lines.append(table(["model", "item", "before", "after"], rows))
+    lines += ["", f"Changes: {data['changes']}. Digest: {data['digest']}"]
+    if data["changes"]:
+        lines.append(f"To put it in force after review: trialflow protocol amend {version} "
+                     f"--reviewed {data['digest']}")
+    return "\n".join(lines)
+
+
+@protocol.command("amend", help="Put a protocol version in force; subjects must re-consent. "
+                  "When its preview shows changes, --reviewed must name the digest "
+                  "`protocol preview VERSION` printed (unless `protocol review-policy "
+                  "optional`); the digest, the log position and the count of changes are "
+                  "recorded with the amendment.")
 @click.argument("version", type=int)
+@click.option("--reviewed", default=None, metavar="DIGEST",
+              help="The digest of the preview you reviewed (`protocol preview VERSION`).")
 @command_id_option
 @click.pass_obj
-def protocol_amend(env: Env, version: int, command_id: str | None) -> None:
+def protocol_amend(env: Env, version: int, reviewed: str | None,
+                   command_id: str | None) -> None:
+    reviewed = None if reviewed is None else reviewed.strip().lower()
     show(env, f"Protocol version {version} is in force",
-         send(env, M.AmendProtocol(version), command_id))
+         send(env, M.AmendProtocol(version, reviewed), command_id))
+
+
+@protocol.command("review-policy", help="Whether `protocol amend` needs --reviewed DIGEST when "
+                  "the preview shows changes: required (the default) or optional (admin).")
+@click.argument("policy", type=click.Choice(["required", "optional"]))
+@command_id_option
+@click.pass_obj
+def protocol_review_policy(env: Env, policy: str, command_id: str | None) -> None:
+    show(env, f"Amendment review is {policy}",
+         send(env, M.SetAmendmentReview(policy == "required"), command_id))
 
 
 @protocol.command("show", help="Show the protocol version in force.")

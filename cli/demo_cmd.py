@@ -194,6 +194,7 @@ def _remove_sqlite(url: str) -> None:
 
 
 def _summary(env: Env, result: DemoResult, reports: list[dict[str, str]]) -> None:
+    from projections.demo_story import preview_summary
     from projections.queries import Clock, ae_list, endpoint_list, study_status
     from projections.views import open_view
     from workflow.monitoring import review
@@ -220,7 +221,8 @@ def _summary(env: Env, result: DemoResult, reports: list[dict[str, str]]) -> Non
             "subjects": len(result.subjects), "copies": result.copies,
             "protocol_version": result.protocol_version,
             "status": status, "endpoints": endpoints, "adverse_events": aes,
-            "queries": queries, "signatures": signed, "reports": reports}
+            "queries": queries, "signatures": signed, "amendments": result.previews,
+            "reports": reports}
 
     def shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [r for r in rows if r["subject"] in story]
@@ -255,6 +257,11 @@ def _summary(env: Env, result: DemoResult, reports: list[dict[str, str]]) -> Non
              "correction at"],
             [[q["id"], q["subject"], q["form"], q["field"], q["value"], q["current_value"],
               q["state"], q["correction_position"]] for q in queries])]
+        for preview in result.previews[:1]:  # the story's amendment (not the scaled variant)
+            lines += ["", f"Protocol amendment to version {preview['candidate']['version']}: "
+                      "its preview, reviewed before it took effect (`protocol preview`, "
+                      "`protocol amend --reviewed`):",
+                      *(f"  {line}" for line in preview_summary(preview))]
         lines += ["", "Signatures:", table(
             ["subject", "position", "signs", "meaning", "by", "at", "state"],
             [[r["subject"], r["position"], f"{r['target_type']} @{r['target_position']}",

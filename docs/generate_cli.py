@@ -9,7 +9,8 @@ page is generated; positions, rules and exit codes do not.
 
 Placeholders in a command are filled from earlier output: POSITION (the vitals form the tour
 records, before its corrections), QUERY (the query the monitor opens), HEAD (the last
-position written so far).
+position written so far), DIGEST (the digest `protocol preview` prints). The amendment's
+candidate file is written into the directory first (`_candidate`).
 
 Writes prove the acting user by a password (docs/identity.md): on a terminal a hidden prompt
 asks for it. The tour passes `--password-stdin` and feeds the passwords below on stdin (for
@@ -107,6 +108,11 @@ TOUR: list[tuple[str, str]] = [
     ("The read models: checkpoint and lag of each, rebuild from the log",
      "trialflow projections status"),
     ("", "trialflow projections rebuild visits"),
+    ("After a code change: every read model rebuilt beside the live ones, the differences per "
+     "subject and read model, then the swap in one transaction",
+     "trialflow projections rebuild --shadow"),
+    ("", "trialflow projections diff"),
+    ("", "trialflow projections promote"),
     ("Data queries: a monitor asks about a value",
      "trialflow --user mona query open S-001 POSITION --field weight_kg --text 'The scale "
      "printout says 58.2 kg: please check.'"),
@@ -152,6 +158,14 @@ TOUR: list[tuple[str, str]] = [
     ("", "trialflow calc crs temperature_c=39 hypotension=one_vasopressor hypoxia=low_flow "
      "--json"),
     ("", "trialflow calc icans ice_score=11"),
+    ("A protocol amendment, previewed before it takes effect: a candidate file "
+     "(`im19_sle_v3.toml`: version 2 with a minimum weight of 60 kg and D28 ±1 day) judged "
+     "against every subject; nothing is written",
+     "trialflow protocol preview im19_sle_v3.toml"),
+    ("Loaded, it cannot be put in force without the reviewed digest (exit 1)",
+     "trialflow --user ada protocol load im19_sle_v3.toml"),
+    ("", "trialflow --user ada protocol amend 3"),
+    ("", "trialflow --user ada protocol amend 3 --reviewed DIGEST"),
     ("The demo: the IM19-SLE story in a database of its own (`make demo`), its reports "
      "beside it", "trialflow --db sqlite:///demo.db demo"),
 ]
@@ -187,6 +201,7 @@ def main() -> None:
         env.pop(name, None)
     changed: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
+        _candidate(Path(tmp) / "im19_sle_v3.toml")
         parts = [HEADER, _roles_table()]
         for title, command in TOUR:
             for name, value in filled.items():
@@ -222,7 +237,22 @@ def _roles_table() -> str:
             "| message | command | roles | note |\n|---|---|---|---|\n" + rows)
 
 
+def _candidate(path: Path) -> None:
+    """The tour's amendment: version 2 with weight >= 60 kg and visit D28 within ±1 day."""
+    text = (ROOT / "workflow" / "protocols" / "im19_sle_v2.toml").read_text(encoding="utf-8")
+    for old, new in (("version = 2\n", "version = 3\n"),
+                     ("weight_min_kg = 40", "weight_min_kg = 60"),
+                     ("[visits.D28]\ntarget_day = 28\nwindow_days = 2",
+                      "[visits.D28]\ntarget_day = 28\nwindow_days = 1")):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path.write_text(text, encoding="utf-8")
+
+
 def _remember(filled: dict[str, str], command: str, output: str) -> None:
+    digest = re.search(r"Digest: ([0-9a-f]{64})", output)
+    if digest:
+        filled["DIGEST"] = digest.group(1)
     positions = re.findall(r"Positions?: ([0-9][0-9, .-]*)", output)
     if positions:
         filled["HEAD"] = re.findall(r"\d+", positions[-1])[-1]

@@ -113,6 +113,9 @@ class DemoResult:
     now: datetime  # the simulated clock when the story ended (the summary's and reports' now)
     protocol_version: int = BASE_VERSION  # in force at the end
     copies: int = 0  # subjects copied beyond the story's eight
+    # each amendment's preview as the admin reviewed it (`Preview.to_json(clock=False)` with
+    # its `digest`), in the order made
+    previews: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_demo(url: str, *, seed: int = 7, start: date = DEFAULT_START, subjects: int = 8,
@@ -136,13 +139,15 @@ def run_demo(url: str, *, seed: int = 7, start: date = DEFAULT_START, subjects: 
         consent = start + timedelta(days=14 * index)
         _candidate(plan, flow, rng, subject, consent, fails.get(subject))
     amend_on = start + timedelta(days=35)
-    plan.at(amend_on, "protocol amended to version 2",
-            lambda: flow.send(ADMIN, M.AmendProtocol(2)))
+    previews: list[dict[str, Any]] = []
+    plan.at(amend_on, "protocol amended to version 2 (its preview reviewed)",
+            partial(_amend, flow, 2, progress, previews))
     for subject in ("S-001", "S-002"):
         plan.at(amend_on + timedelta(days=1), f"{subject} re-consents",
                 partial(flow.send, COORDINATOR, M.ReconsentSubject(subject, "2.0")))
     try:
         result = _play(flow, clock, plan, story, notifiers, progress, advance)
+        result.previews = previews
         if subjects > STORY_SUBJECTS:
             _scale(flow, result, subjects, progress, advance)
     finally:
@@ -257,7 +262,7 @@ def _scale(flow: Actors, result: DemoResult, subjects: int,
     text = protocol_variant(subjects)
     flow.send(ADMIN, M.LoadProtocol(text, f"demo variant of version {BASE_VERSION}, cap "
                                           f"{subjects}"))
-    flow.send(ADMIN, M.AmendProtocol(version))
+    _amend(flow, version, None, result.previews)
     if progress is not None:
         progress(f"{result.end}  protocol version {version} loaded (cap {subjects}) and "
                  "amended to")
@@ -288,6 +293,43 @@ def _scale(flow: Actors, result: DemoResult, subjects: int,
     result.copies = len(extra)
     result.protocol_version = version
     result.events = store.last_position()
+
+
+def _amend(flow: Actors, version: int, progress: Callable[[str], None] | None,
+           previews: list[dict[str, Any]]) -> None:
+    """The admin previews the amendment (`protocol preview VERSION`), reviews it and puts
+    the version in force with the preview's digest (`protocol amend VERSION --reviewed`)."""
+    from projections.amendment import preview_of
+
+    found = preview_of(flow.executor.store, str(version))
+    data = {**found.to_json(clock=False), "digest": found.digest, "position": found.position}
+    previews.append(data)
+    if progress is not None:
+        for line in preview_summary(data):
+            progress(f"{flow.executor.clock().date()}  {line}")
+    flow.send(ADMIN, M.AmendProtocol(version, found.digest))
+
+
+def preview_summary(data: dict[str, Any]) -> list[str]:
+    """A few lines of a preview: the protocol's changes, the subjects' changes by model."""
+    version = data["candidate"]["version"]
+    lines = [f"protocol version {version} previewed at log position {data['position']}: "
+             f"{data['changes']} change(s), digest {data['digest'][:12]}…"]
+    from workflow.amendment import shown
+
+    for change in data["protocol_changes"]:
+        lines.append(f"  protocol {change['item']}: {shown(change['before'])} -> "
+                     f"{shown(change['after'])}")
+    for subject in data["subjects"]:
+        models: dict[str, int] = {}
+        for change in subject["changes"]:
+            models[change["model"]] = models.get(change["model"], 0) + 1
+        what = ", ".join(f"{model} {count}" for model, count in models.items()) or "none"
+        head = f"  {subject['subject']} ({subject['phase']})"
+        if subject["reconsent"]:
+            head += f" re-consents to version {version}"
+        lines.append(f"{head}; changes: {what}")
+    return lines
 
 
 class _QuietLog:

@@ -152,7 +152,7 @@ def eligibility_of(view: View, clock: Clock, subject: str, state_loader: Any
         result = dict(stored[0]["result"])
         source = "read model"
     else:
-        from projections.subject_rows import eligibility_day, evaluate_eligibility_on
+        from workflow.eligibility import eligibility_day, evaluate_eligibility_on
 
         state = state_loader(subject)
         result = evaluate_eligibility_on(view.study, state,

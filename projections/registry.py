@@ -70,5 +70,26 @@ TABLES: Final[dict[str, tuple[Table, ...]]] = {STUDY: (t.study_facts,),
                                                **{p.name: p.tables for p in SUBJECT_PROJECTIONS}}
 
 
+@dataclass(frozen=True)
+class TableSet:
+    """Where the runner keeps the read models: the live tables (`LIVE`), or the shadow tables
+    a rebuild under new code fills beside them (`projections/shadow.py`), each with its own
+    checkpoints. Rows are folded by the live table's name; `projections[name]` lists the
+    tables of projection `name` in the order of `TABLES[name]`."""
+
+    checkpoints: Table
+    projections: dict[str, tuple[Table, ...]]
+
+    @property
+    def study_facts(self) -> Table:
+        return self.projections[STUDY][0]
+
+    def all(self) -> list[Table]:
+        return [self.checkpoints, *(table for name in NAMES for table in self.projections[name])]
+
+
+LIVE: Final = TableSet(t.checkpoints, TABLES)
+
+
 def subject_projection(name: str) -> SubjectProjection:
     return next(p for p in SUBJECT_PROJECTIONS if p.name == name)

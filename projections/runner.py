@@ -30,6 +30,7 @@ from sqlalchemy import (
     Insert,
     Select,
     Table,
+    Update,
     bindparam,
     delete,
     insert,
@@ -46,7 +47,6 @@ from events.store import EventStore
 from events.streams import STUDY_STREAM, is_subject_id
 from events.translate import translated
 from projections import parallel, registry
-from projections import tables as t
 from projections.schema import ensure_schema
 from projections.study_facts import changed_facts, facts_of, study_from_facts
 from projections.subject_rows import Rows, SubjectContext
@@ -78,9 +78,13 @@ class CatchUp:
 
 
 class Runner:
-    def __init__(self, engine: Engine, store: EventStore) -> None:
+    """`tables`: the live read models (default), or the shadow ones (projections/shadow.py)."""
+
+    def __init__(self, engine: Engine, store: EventStore,
+                 tables: registry.TableSet = registry.LIVE) -> None:
         self.engine = engine
         self.store = store
+        self.tables = tables
         self._schema_seen = False
 
     # ------------------------------------------------------------------ public
@@ -108,7 +112,7 @@ class Runner:
         with translated(), self._transaction() as conn:
             marks = self._lock(conn, names)
             for name in names:
-                for table in registry.TABLES[name]:
+                for table in self.tables.projections[name]:
                     conn.execute(delete(table))
                 marks[name] = 0
             head = self._head(up_to)
@@ -121,7 +125,7 @@ class Runner:
         """Each projection's checkpoint and lag behind the log's head."""
         head = self.store.last_position()
         with translated(), self.engine.connect() as conn:
-            rows = {r.name: r for r in conn.execute(select(t.checkpoints)).all()}
+            rows = {r.name: r for r in conn.execute(select(self.tables.checkpoints)).all()}
         out = []
         for name in registry.NAMES:
             row = rows.get(name)
@@ -153,20 +157,21 @@ class Runner:
     def _lock(self, conn: Connection, names: Sequence[str]) -> dict[str, int]:
         """Checkpoints of `names`, read under the lock (create or reset them when needed)."""
         if not self._schema_seen:  # the product never drops its tables: seen once is enough
-            if inspect(conn).has_table(t.checkpoints.name):
+            if inspect(conn).has_table(self.tables.checkpoints.name):
                 self._schema_seen = True
-            else:
-                ensure_schema(conn, names)  # committed with the catch-up, or not at all
-        query = _checkpoints_query(tuple(names), not is_sqlite(self.engine))
+            else:  # committed with the catch-up, or not at all
+                ensure_schema(conn, names, self.tables)
+        query = _checkpoints_query(self.tables.checkpoints, tuple(names),
+                                   not is_sqlite(self.engine))
         rows = {r.name: r for r in conn.execute(query).all()}
         if len(rows) < len(names) or any(
                 int(rows[n].version) != registry.VERSIONS[n] for n in names if n in rows):
-            ensure_schema(conn, names)
+            ensure_schema(conn, names, self.tables)
             rows = {r.name: r for r in conn.execute(query).all()}
         return {name: int(rows[name].position) for name in names}
 
     def _set_checkpoint(self, conn: Connection, names: Sequence[str], position: int) -> None:
-        conn.execute(_MOVE_CHECKPOINTS, {
+        conn.execute(_move_checkpoints(self.tables.checkpoints), {
             "names": list(names), "new_position": position,
             "new_updated_at": datetime.now(UTC).isoformat(timespec="seconds")})
 
@@ -230,9 +235,10 @@ class Runner:
 
     def _study(self, conn: Connection, new_events: Sequence[RecordedEvent]) -> Study:
         """The study's facts moved to the head (in the same transaction)."""
-        query = select(t.study_facts.c.kind, t.study_facts.c.key, t.study_facts.c.value)
+        facts = self.tables.study_facts
+        query = select(facts.c.kind, facts.c.key, facts.c.value)
         if not new_events:  # subject folds need no users or places: O(1) in the study's size
-            query = query.where(t.study_facts.c.kind.in_(FOLD_FACTS))
+            query = query.where(facts.c.kind.in_(FOLD_FACTS))
         rows = conn.execute(query).all()
         study = study_from_facts((r.kind, r.key, r.value) for r in rows)
         if not new_events:
@@ -243,9 +249,10 @@ class Runner:
         gone, write = changed_facts(old, facts_of(study))
         stale = [*gone, *(key for key in write if key in old)]  # a new key has no row yet
         if stale:
-            conn.execute(_DELETE_FACT, [{"old_kind": k, "old_key": key} for k, key in stale])
+            conn.execute(_delete_fact(facts), [{"old_kind": k, "old_key": key}
+                                               for k, key in stale])
         if write:
-            conn.execute(_INSERT_FACTS, [{"kind": k, "key": key, "value": v}
+            conn.execute(insert(facts), [{"kind": k, "key": key, "value": v}
                                          for (k, key), v in write.items()])
         return study
 
@@ -256,8 +263,9 @@ class Runner:
                     wanted: dict[str, list[str]], rows: dict[str, list[Any]]) -> None:
         for name in sorted({n for s in subjects for n in wanted[s]}):
             mine = [s for s in subjects if name in wanted[s]]
-            for table in registry.TABLES[name]:
-                replace_rows(conn, table, mine, rows.get(table.name, []))
+            for live, table in zip(registry.TABLES[name], self.tables.projections[name],
+                                   strict=True):  # rows are folded by the live table's name
+                replace_rows(conn, table, mine, rows.get(live.name, []))
 
 
 def _with_study(names: Sequence[str]) -> list[str]:
@@ -293,20 +301,24 @@ _TABLES: Final = {table.name: table for tables in registry.TABLES.values() for t
 
 
 @functools.cache
-def _checkpoints_query(names: tuple[str, ...], for_update: bool) -> Select[Any]:
+def _checkpoints_query(checkpoints: Table, names: tuple[str, ...], for_update: bool
+                       ) -> Select[Any]:
     """The checkpoint rows of `names` (PostgreSQL: locked FOR UPDATE), built once."""
-    query = select(t.checkpoints).where(t.checkpoints.c.name.in_(names))
+    query = select(checkpoints).where(checkpoints.c.name.in_(names))
     return query.with_for_update() if for_update else query
 
 
-_MOVE_CHECKPOINTS: Final = update(t.checkpoints).where(
-    t.checkpoints.c.name.in_(bindparam("names", expanding=True))).values(
-    position=bindparam("new_position"), updated_at=bindparam("new_updated_at"))
+@functools.cache
+def _move_checkpoints(checkpoints: Table) -> Update:
+    return update(checkpoints).where(
+        checkpoints.c.name.in_(bindparam("names", expanding=True))).values(
+        position=bindparam("new_position"), updated_at=bindparam("new_updated_at"))
 
 
-_DELETE_FACT: Final = delete(t.study_facts).where(
-    t.study_facts.c.kind == bindparam("old_kind"), t.study_facts.c.key == bindparam("old_key"))
-_INSERT_FACTS: Final = insert(t.study_facts)
+@functools.cache
+def _delete_fact(facts: Table) -> Delete:
+    return delete(facts).where(facts.c.kind == bindparam("old_kind"),
+                               facts.c.key == bindparam("old_key"))
 
 
 @functools.cache

@@ -8,22 +8,23 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, delete, insert, select
 
 from projections import registry
-from projections import tables as t
 
 
-def ensure_schema(conn: Connection, names: Sequence[str] = registry.NAMES) -> None:
+def ensure_schema(conn: Connection, names: Sequence[str] = registry.NAMES,
+                  tables: registry.TableSet = registry.LIVE) -> None:
     """Idempotent: missing tables are created, outdated projections reset to position 0."""
-    t.checkpoints.create(conn, checkfirst=True)
-    known = {r.name: int(r.version) for r in conn.execute(select(t.checkpoints)).all()}
+    checkpoints = tables.checkpoints
+    checkpoints.create(conn, checkfirst=True)
+    known = {r.name: int(r.version) for r in conn.execute(select(checkpoints)).all()}
     for name in names:
         version = registry.VERSIONS[name]
-        tables = registry.TABLES[name]
+        own = tables.projections[name]
         if known.get(name) not in (None, version):
-            for table in tables:
+            for table in own:
                 table.drop(conn, checkfirst=True)
-            conn.execute(delete(t.checkpoints).where(t.checkpoints.c.name == name))
+            conn.execute(delete(checkpoints).where(checkpoints.c.name == name))
             known.pop(name)
-        for table in tables:
+        for table in own:
             table.create(conn, checkfirst=True)
         if name not in known:
-            conn.execute(insert(t.checkpoints).values(name=name, version=version, position=0))
+            conn.execute(insert(checkpoints).values(name=name, version=version, position=0))

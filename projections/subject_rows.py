@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from events.envelope import RecordedEvent
 from workflow import event_types as T
+from workflow.clinical_time import local_date
 from workflow.deviations import deviations
-from workflow.eligibility import Eligibility, evaluate_eligibility
+from workflow.eligibility import Eligibility, eligibility_day, evaluate_eligibility_on
 from workflow.endpoints import subject_endpoints
 from workflow.safety import adverse_events, sae_clocks, safety_window
 from workflow.schedule import planned_visits
@@ -33,14 +34,6 @@ Rows = dict[str, list[Row]]  # table name -> rows of one subject
 
 def zone_of(study: Study, site: str | None) -> ZoneInfo:
     return study.zone(site)
-
-
-def local_date(moment: str, zone: ZoneInfo) -> date:
-    """The site's calendar date of an ISO 8601 time (no offset meaning UTC)."""
-    parsed = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=ZoneInfo("UTC"))
-    return parsed.astimezone(zone).date()
 
 
 @dataclass
@@ -65,6 +58,18 @@ class SubjectContext:
         return self.study.protocol_of(self.state.protocol_version)
 
     @cached_property
+    def visits(self) -> list[Row]:
+        return planned_visits(self.state, self.study.protocol_of)
+
+    @cached_property
+    def adverse_events(self) -> list[Row]:
+        return adverse_events(self.state, self.protocol)
+
+    @cached_property
+    def sae_clocks(self) -> list[Row]:
+        return sae_clocks(self.state, self.protocol)
+
+    @cached_property
     def eligibility(self) -> Eligibility:
         return evaluate_eligibility_on(self.study, self.state, self.evaluated_on)
 
@@ -75,28 +80,6 @@ class SubjectContext:
         screening window (after it closes the answer no longer moves)."""
         return eligibility_day(self.study, self.state, local_date(self.last.recorded_at,
                                                                   self.zone))
-
-
-def eligibility_day(study: Study, state: SubjectState, today: date) -> date:
-    """Eligibility depends on today only while the screening window is open; once confirmed
-    it is judged as of the confirmation date."""
-    if state.consent is None:
-        return today
-    if state.eligibility_confirmed_on is not None:
-        return min(today, state.eligibility_confirmed_on)
-    ends = state.consent.consent_date + timedelta(days=study.protocol.screening_window_days)
-    return min(today, ends)
-
-
-def evaluate_eligibility_on(study: Study, state: SubjectState, day: date) -> Eligibility:
-    """The guard's own evaluation (`confirm-eligibility` uses the protocol in force), on the
-    forms dated on or before `day`; for a confirmed subject as of its confirmation, with the
-    later values against eligibility as post-enrolment findings."""
-    judged = state.forms_at_confirmation
-    return evaluate_eligibility(list(state.forms.values()), state.consent, study.protocol,
-                                today=day, confirmed_on=state.eligibility_confirmed_on,
-                                confirmed_at=state.confirmation_position,
-                                confirmed_forms=None if judged is None else list(judged.values()))
 
 
 def fold_context(study: Study, subject: str, events: Sequence[RecordedEvent]
@@ -173,14 +156,14 @@ def eligibility_rows(ctx: SubjectContext) -> Rows:
 def safety_rows(ctx: SubjectContext) -> Rows:
     window = safety_window(ctx.state, ctx.protocol)
     return {
-        "rm_adverse_events": adverse_events(ctx.state, ctx.protocol),
+        "rm_adverse_events": ctx.adverse_events,
         "rm_safety_windows": [] if window is None else [window],
-        "rm_sae_clocks": sae_clocks(ctx.state, ctx.protocol),
+        "rm_sae_clocks": ctx.sae_clocks,
     }
 
 
 def visit_rows(ctx: SubjectContext) -> Rows:
-    return {"rm_visits": planned_visits(ctx.state, ctx.study.protocol_of)}
+    return {"rm_visits": ctx.visits}
 
 
 def deviation_rows(ctx: SubjectContext) -> Rows:
@@ -188,7 +171,8 @@ def deviation_rows(ctx: SubjectContext) -> Rows:
 
 
 def task_rows(ctx: SubjectContext) -> Rows:
-    inputs = task_inputs(ctx.study, ctx.state, ctx.events)
+    inputs = task_inputs(ctx.study, ctx.state, ctx.events, visits=ctx.visits,
+                         aes=ctx.adverse_events, clocks=ctx.sae_clocks)
     return {"rm_task_inputs": [{"subject": inputs.subject, "site": inputs.site,
                                 "phase": inputs.phase, "screening": inputs.screening,
                                 "inputs": inputs.to_json()}]}

@@ -17,7 +17,7 @@ it the site's offset once the decision knows the site. The system's own clock op
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from typing import Final
 
 EXAMPLE: Final = "2025-03-01T09:30+08:00"
@@ -75,3 +75,11 @@ def site_time_text(value: str, zone: tzinfo) -> str:
 
 def _shown(text: str) -> str:
     return repr(text[:40])
+
+
+def local_date(moment: str, zone: tzinfo) -> date:
+    """The site's calendar date of a recorded ISO 8601 time (no offset meaning UTC)."""
+    parsed = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(zone).date()

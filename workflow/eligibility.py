@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from workflow.errors import InvalidInput
 from workflow.forms import FORMS, assessment_date
@@ -55,6 +55,10 @@ from workflow.instruments.sources import ARINGER_2019, GLADMAN_2002, STEROID_TAB
 from workflow.instruments.steroids import prednisone_equivalent
 from workflow.protocol import Protocol
 from workflow.records import Consent, RecordedForm, as_date, as_number
+
+if TYPE_CHECKING:
+    from workflow.study import Study
+    from workflow.subject import SubjectState
 
 Status = Literal["met", "not_met", "pending", "not_applicable"]
 Overall = Literal["eligible", "ineligible", "pending"]
@@ -1080,3 +1084,28 @@ def blocking_reason(e: Eligibility) -> tuple[str, str] | None:
                               "exclusion_checklist form is recorded.")
             return code, f"Exclusion criterion {code} is not answered{where}."
     return None
+
+
+# --- a subject judged on a day (the read model, the worklist, an amendment preview) ---------
+
+
+def eligibility_day(study: Study, state: SubjectState, today: date) -> date:
+    """Eligibility depends on today only while the screening window is open; once confirmed
+    it is judged as of the confirmation date."""
+    if state.consent is None:
+        return today
+    if state.eligibility_confirmed_on is not None:
+        return min(today, state.eligibility_confirmed_on)
+    ends = state.consent.consent_date + timedelta(days=study.protocol.screening_window_days)
+    return min(today, ends)
+
+
+def evaluate_eligibility_on(study: Study, state: SubjectState, day: date) -> Eligibility:
+    """The guard's own evaluation (`confirm-eligibility` uses the protocol in force), on the
+    forms dated on or before `day`; for a confirmed subject as of its confirmation, with the
+    later values against eligibility as post-enrolment findings."""
+    judged = state.forms_at_confirmation
+    return evaluate_eligibility(list(state.forms.values()), state.consent, study.protocol,
+                                today=day, confirmed_on=state.eligibility_confirmed_on,
+                                confirmed_at=state.confirmation_position,
+                                confirmed_forms=None if judged is None else list(judged.values()))

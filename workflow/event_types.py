@@ -53,4 +53,5 @@ ACCOUNT_LOCKED: Final = "AccountLocked"  # {name, failed_attempts, until (admins
 ACCOUNT_UNLOCKED: Final = "AccountUnlocked"  # {name, lapsed}, reason
 FAILED_ATTEMPTS_RESET: Final = "FailedAttemptsReset"  # {name, failed_attempts}: then signed in
 LOCKOUT_POLICY_SET: Final = "LockoutPolicySet"  # {max_failed_attempts}
+AMENDMENT_REVIEW_SET: Final = "AmendmentReviewSet"  # {required}: amend needs --reviewed
 SIGNATURE_RECORDED: Final = "SignatureRecorded"  # subject stream, bound to an event's hash

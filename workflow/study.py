@@ -78,6 +78,8 @@ class Study:
     locks: dict[str, int] = field(default_factory=dict)  # AccountLocked events per user so far
     max_failed_attempts: int = DEFAULT_MAX_FAILED_ATTEMPTS
     authentication_failures: int = 0  # every failed attempt, known names or not
+    # `protocol amend` refuses without `--reviewed DIGEST` when its preview shows changes
+    amendment_review_required: bool = True
 
     @cached_property
     def protocol(self) -> Protocol:
@@ -199,6 +201,8 @@ def apply_study(study: Study, event: RecordedEvent) -> None:
         study.__dict__.pop("_places", None)  # rare: built again when next asked
     elif event.type in (T.STUDY_LOCKED, T.STUDY_UNLOCKED):
         study.locked = event.type == T.STUDY_LOCKED
+    elif event.type == T.AMENDMENT_REVIEW_SET:
+        study.amendment_review_required = bool(p["required"])
     study.__dict__.pop("protocol", None)  # the protocol in force may have changed
 
 

@@ -10,7 +10,7 @@ from typing import Any, Final
 from events.envelope import RecordedEvent
 from events.errors import IntegrityFailure
 from events.store import EventStore
-from events.streams import check_subject_id
+from events.streams import check_subject_id, is_subject_id
 from workflow import event_types as T
 from workflow.records import Consent, RecordedForm
 
@@ -393,3 +393,13 @@ def derive_procedures(s: SubjectState) -> None:
 def load_subject(store: EventStore, subject: str) -> SubjectState:
     """A subject as its stream stands now (for reads; writes load it in the executor)."""
     return fold_subject(subject, store.read_stream(check_subject_id(subject)))
+
+
+def subject_streams(store: EventStore, up_to: int) -> list[tuple[str, list[RecordedEvent]]]:
+    """Every subject's stream up to position `up_to`, by subject, read in one pass of the log
+    (an amendment preview folds them all)."""
+    streams: dict[str, list[RecordedEvent]] = {}
+    for event in store.read_all(after=0, up_to=up_to):
+        if is_subject_id(event.stream_id):
+            streams.setdefault(event.stream_id, []).append(event)
+    return sorted(streams.items())

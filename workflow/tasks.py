@@ -193,22 +193,28 @@ def _task(subject: str, site: str | None, state: str, spec: Mapping[str, Any],
 
 
 def task_inputs(study: Study, state: SubjectState,
-                events: Sequence[RecordedEvent] | None = None) -> TaskInputs:
-    """The clock-free inputs of a consented subject's tasks (`TaskInputs`)."""
+                events: Sequence[RecordedEvent] | None = None, *,
+                visits: Sequence[Mapping[str, Any]] | None = None,
+                aes: Sequence[Mapping[str, Any]] | None = None,
+                clocks: Sequence[Mapping[str, Any]] | None = None) -> TaskInputs:
+    """The clock-free inputs of a consented subject's tasks (`TaskInputs`). `visits`, `aes`
+    and `clocks`: the subject's `planned_visits`, `adverse_events` and `sae_clocks` when the
+    caller has them already (the read models fold them too)."""
     protocol = study.protocol_of(state.protocol_version)
     standing = _Standing(state.subject, state.site)
-    _causality(standing, state, protocol)
+    _causality(standing, state, adverse_events(state, protocol) if aes is None else aes)
     dated = _procedures(standing, state, protocol)
-    rows = planned_visits(state, study.protocol_of) if state.protocol_version is not None \
-        else []
-    infusion, visits = _open_visits(standing, state, rows)
+    rows = (visits if visits is not None else planned_visits(state, study.protocol_of)
+            if state.protocol_version is not None else [])
+    infusion, open_visits = _open_visits(standing, state, rows)
     _reconsent(standing, state, study.protocol_version)
     if events is not None:
         _review(standing, events)
         _signatures(standing, state, events)
-    clocks = tuple(row for row in sae_clocks(state, protocol) if row.get("stopped_at") is None)
+    running = tuple(row for row in (sae_clocks(state, protocol) if clocks is None else clocks)
+                    if row.get("stopped_at") is None)
     return TaskInputs(state.subject, state.site, str(state.phase), tuple(standing.tasks),
-                      tuple(dated + infusion), clocks, tuple(visits),
+                      tuple(dated + infusion), running, tuple(open_visits),
                       protocol.window_opening_lead_days,
                       state.phase == "screening" and state.consent is not None)
 
@@ -309,8 +315,8 @@ def _clocks(ctx: _Ctx, clocks: Iterable[Mapping[str, Any]]) -> list[Task]:
     return tasks
 
 
-def _causality(out: _Standing, s: SubjectState, protocol: Any) -> None:
-    for ae in adverse_events(s, protocol):
+def _causality(out: _Standing, s: SubjectState, aes: Iterable[Mapping[str, Any]]) -> None:
+    for ae in aes:
         if ae["relatedness"] != UNASSESSED:
             continue
         serious = "serious " if ae["serious"] else ""

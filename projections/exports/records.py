@@ -28,8 +28,9 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from events.envelope import RecordedEvent
-from projections.subject_rows import local_date, zone_of
+from projections.subject_rows import zone_of
 from workflow import event_types as T
+from workflow.clinical_time import local_date
 from workflow.forms import FORMS, PHASE_FORM_COMMANDS
 from workflow.study import Study
 from workflow.subject import DATE_FIELDS

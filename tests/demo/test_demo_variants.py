@@ -35,7 +35,10 @@ def test_more_subjects_are_enrolled_under_a_protocol_variant(tmp_path: Path) -> 
     variant = load_protocol_text(loaded[0].payload["content"], "variant")
     assert variant.cohorts == builtin_protocol(2).with_cap(12).cohorts
     amended = [e.payload for e in events if e.type == "ProtocolAmended"]
-    assert amended[-1] == {"version": 102, "from_version": 2}
+    assert {k: v for k, v in amended[-1].items() if k != "preview"} == {
+        "version": 102, "from_version": 2}
+    # the cap and the cohorts change: the admin reviewed the preview (docs/amendments.md)
+    assert amended[-1]["preview"]["reviewed"] is True and amended[-1]["preview"]["changes"] > 0
     # enrolment orders 7..10 under version 102: cohort, consent and infusion agree with it
     places = [e.payload for e in events if e.type == "EnrolmentPlaceTaken"]
     assert sorted(p["order"] for p in places) == list(range(1, 11))

@@ -54,6 +54,7 @@ from sqlalchemy import text
 
 from cli.logging_setup import configure
 from events.envelope import RecordedEvent
+from projections.amendment import preview_of
 from projections.demo_story import protocol_variant, variant_version
 from projections.runner import Runner
 from projections.views import open_view
@@ -89,7 +90,8 @@ def build_study(url: str, coordinators: Sequence[str]) -> dict[str, date]:
         flow.add_user(name, "coordinator", SITE)
     flow.send(ADMIN, M.LoadProtocol(protocol_variant(SUBJECTS),
                                     f"load test: protocol version 2 with cap {SUBJECTS}"))
-    flow.send(ADMIN, M.AmendProtocol(variant_version()))
+    reviewed = preview_of(flow.store, str(variant_version())).digest  # the cap changes
+    flow.send(ADMIN, M.AmendProtocol(variant_version(), reviewed))
     protocol = flow.study().protocol
     ids = [f"S-{n:03d}" for n in range(1, SUBJECTS + 1)]
     d0s: dict[str, date] = {}

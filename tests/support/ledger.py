@@ -18,10 +18,12 @@ from typing import Any
 
 from events.envelope import GENESIS_HASH, NewEvent, RecordedEvent, canonical_json, event_hash
 from events.store import format_utc
-from events.streams import STUDY_STREAM, reminders_stream
+from events.streams import STUDY_STREAM, is_subject_id, reminders_stream
+from workflow.amendment import Preview
 from workflow.commands import messages as M
 from workflow.commands.decision import Context, Decision, context_for
 from workflow.commands.handlers import decide
+from workflow.errors import RuleViolation
 from workflow.identity import Secret
 from workflow.study import Study, User, fold_study
 from workflow.subject import SubjectState, fold_subject
@@ -67,10 +69,24 @@ class Ledger:
         template: Sequence[RecordedEvent] = ()
         if isinstance(message, M.CopySubjects):
             template = self.stream(message.template)
+        amendment = None
+        if isinstance(message, M.AmendProtocol):  # as the executor previews it
+            amendment = self.amendment(study, message.version)
         return context_for(message.loads, study, actor, self.now, subject=subject,
                            events=self.stream(subject) if subject else (),
                            reminders=reminders, template=template,
-                           last_position=self.last_position)
+                           last_position=self.last_position, amendment=amendment)
+
+    def amendment(self, study: Study, version: int) -> Preview | None:
+        from workflow.amendment import candidate_of, preview
+
+        try:
+            candidate = candidate_of(study, version)
+        except RuleViolation:
+            return None
+        subjects = sorted({e.stream_id for e in self.events if is_subject_id(e.stream_id)})
+        return preview(study, candidate, [(s, self.stream(s)) for s in subjects],
+                       self.last_position)
 
     def decide(self, user: str, message: M.Message, *, method: str = "password") -> Decision:
         """The decision, or the refusal raised; nothing is appended."""

@@ -193,6 +193,14 @@ def through_infusion(flow: Desk, subject: str, start: date, clock: FakeClock) ->
     return d0
 
 
+def amend(flow: Desk, version: int) -> None:
+    """The admin previews the amendment and puts it in force with the reviewed digest
+    (`protocol preview`, `protocol amend --reviewed`: docs/amendments.md)."""
+    from projections.amendment import preview_of
+
+    flow.send(ADMIN, M.AmendProtocol(version, preview_of(flow.store, str(version)).digest))
+
+
 def refused(flow: Desk, user: str, message: M.Message, rule: str, *words: str
             ) -> RuleViolation:
     """`message` sent by `user` is refused with `rule`, its sentence holds every one of

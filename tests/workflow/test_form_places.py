@@ -20,6 +20,7 @@ from tests.support.study import (
     COORDINATOR,
     INVESTIGATOR,
     Desk,
+    amend,
     enrol,
     new_study,
     on_day,
@@ -192,7 +193,7 @@ def test_a_protocol_without_the_table_restricts_no_form(desk: tuple[Desk, FakeCl
     no form; a visit's forms are still dated from D0 on."""
     flow, clock = desk
     flow.send(ADMIN, M.LoadProtocol(_without_forms_table(3), "im19_sle_v3.toml"))
-    flow.send(ADMIN, M.AmendProtocol(3))
+    amend(flow, 3)
     screen_eligible(flow, "S-001", CONSENT, clock=clock)
     assert flow.subject("S-001").protocol_version == 3
     flow.send(COORDINATOR, record("S-001", "cart_persistence", "copies_per_ug=1"))

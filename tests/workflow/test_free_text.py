@@ -33,6 +33,7 @@ SAMPLES: dict[type[M.Message], M.Message] = {type(m): m for m in (
     M.ChangePassword("cora", SECRET),
     M.UnlockAccount("cora", "identity checked by phone"),
     M.SetLockoutPolicy(5),
+    M.SetAmendmentReview(False),
     M.LoadProtocol("version = 3\n", "im19_v3.toml"),
     M.AmendProtocol(3),
     M.ConsentSubject("S-001", date(2025, 1, 6), "2.0"),

@@ -209,7 +209,7 @@ def test_amendment_requires_reconsent() -> None:
     enrol(ledger, "S-010", START)
     ledger.at(START + timedelta(days=5))
     ledger.send(COORDINATOR, M.RecordLeukapheresis("S-010", START + timedelta(days=5), "C10"))
-    ledger.send(ADMIN, M.AmendProtocol(2))
+    ledger.send(ADMIN, M.AmendProtocol(2, ledger.amendment(ledger.study(), 2).digest))
     assert ledger.study().protocol.version == 2
     refused(ledger, "reconsent_required", COORDINATOR, M.ReleaseProduct("S-010", "L", "C10"))
     ledger.send(COORDINATOR, M.ReconsentSubject("S-010", "3.0"))

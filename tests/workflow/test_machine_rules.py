@@ -80,6 +80,7 @@ def one_of_each(position: int, query: str) -> list[M.Message]:
         M.AddUser("newbie", "monitor", None, Secret("temporary-password")),
         M.DeactivateUser("otto"), M.ChangePassword("otto", Secret("another-password-1")),
         M.UnlockAccount("otto", "called"), M.SetLockoutPolicy(3),
+        M.SetAmendmentReview(True),
         M.LoadProtocol("version = 1", "x.toml"), M.AmendProtocol(1),
         M.ConsentSubject("S-101", START, "2.0"), M.ReconsentSubject(s, "3.0"),
         M.RecordForm(s, "vitals", ("weight_kg=60",), START),

@@ -17,6 +17,7 @@ from tests.support.study import (
     COORDINATOR,
     INVESTIGATOR,
     Desk,
+    amend,
     enrol,
     new_study,
     on_day,
@@ -531,7 +532,7 @@ def test_reconsent_dates_hold_and_are_corrected_a_voided_checklist_is_a_finding(
     checklist = next(f.position for f in flow.subject("S-001").forms.values()
                      if f.form == "exclusion_checklist")
     flow.send(COORDINATOR, M.VoidRecord("S-001", checklist, "checklist of another subject"))
-    from projections.subject_rows import evaluate_eligibility_on
+    from workflow.eligibility import evaluate_eligibility_on
     state = flow.subject("S-001")
     result = evaluate_eligibility_on(flow.study(), state, START + timedelta(days=3))
     assert result.overall == "eligible"  # as it stood at the confirmation
@@ -547,7 +548,7 @@ def test_a_reconsent_is_dated_after_consent_and_its_date_is_corrected(
     on_day(clock, START + timedelta(days=10))
     text = builtin_protocol_text(2).replace("version = 2\n", "version = 3\n", 1)
     flow.send(ADMIN, M.LoadProtocol(text, "im19_sle_v3.toml"))
-    flow.send(ADMIN, M.AmendProtocol(3))
+    amend(flow, 3)
     refused(flow, M.ReconsentSubject("S-001", "3.0", START - timedelta(days=30)),
             "phase_order", "re-consent on 2025-02-01", "consent on 2025-03-03")
     flow.send(COORDINATOR, M.ReconsentSubject("S-001", "3.0", START + timedelta(days=9)))

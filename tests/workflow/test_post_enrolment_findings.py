@@ -17,7 +17,6 @@ import pytest
 from cli.app import run
 from projections.queries import Clock, eligibility_of
 from projections.reports.html import monitoring_data, render_html
-from projections.subject_rows import eligibility_day, evaluate_eligibility_on
 from projections.views import open_view
 from tests.support.clock import FakeClock
 from tests.support.study import (
@@ -32,6 +31,7 @@ from tests.support.study import (
     through_infusion,
 )
 from workflow.commands import messages as M
+from workflow.eligibility import eligibility_day, evaluate_eligibility_on
 from workflow.errors import RuleViolation
 
 CONSENT = date(2025, 3, 3)

@@ -8,11 +8,11 @@ from datetime import date, datetime
 
 from tests.support.clock import FakeClock
 from tests.support.study import (
-    ADMIN,
     COORDINATOR,
     INVESTIGATOR,
     MONITOR,
     Desk,
+    amend,
     new_study,
     on_day,
     screen_eligible,
@@ -152,7 +152,7 @@ def test_reconsent_after_an_amendment(db_url: str) -> None:
     on_day(clock, date(2025, 2, 3))
     desk.send(COORDINATOR, M.ConsentSubject("S-001", date(2025, 2, 3), "1.0"))
     assert "reconsent" not in [t.kind for t in tasks_of(desk, "S-001")]
-    desk.send(ADMIN, M.AmendProtocol(2))
+    amend(desk, 2)
     (task,) = [t for t in tasks_of(desk, "S-001") if t.kind == "reconsent"]
     assert (task.role, task.command) == (
         "coordinator", "trialflow reconsent S-001 --consent-form-version <VERSION>")

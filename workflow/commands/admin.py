@@ -3,6 +3,8 @@ account lockout, protocol versions. All write to the `study` stream."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from events.envelope import NewEvent
 from events.streams import STUDY_STREAM
 from workflow import event_types as T
@@ -22,6 +24,7 @@ from workflow.commands.messages import (
     DeactivateUser,
     InitialiseStudy,
     LoadProtocol,
+    SetAmendmentReview,
     SetLockoutPolicy,
     UnlockAccount,
 )
@@ -29,6 +32,9 @@ from workflow.errors import InvalidInput, RuleViolation
 from workflow.identity import check_new_password, check_service_secret
 from workflow.protocol import builtin_protocol_text, load_protocol_text, protocol_hash
 from workflow.study import SERVICE_ROLES, SITE_ROLES, User
+
+if TYPE_CHECKING:
+    from workflow.amendment import Preview
 
 SCHEDULER = "scheduler"  # the service account every study starts with
 
@@ -181,10 +187,40 @@ def amend_protocol(m: AmendProtocol, c: Context) -> Decision:
         events.append(NewEvent(T.PROTOCOL_LOADED, {"version": m.version,
                                                    "hash": protocol_hash(text), "content": text,
                                                    "source": "builtin"}))
+    preview = c.amendment
+    assert preview is not None, "the executor previews every loadable version"
+    digest = preview.digest
+    if m.reviewed is not None and m.reviewed != digest:
+        raise RuleViolation(
+            f"The reviewed preview {m.reviewed[:12]}… is not the preview of protocol version "
+            f"{m.version} now ({digest[:12]}…, log position {preview.position}): the log or the "
+            f"protocol changed since; run `trialflow protocol preview {m.version}` again.",
+            rule="preview_changed", field="reviewed")
+    if m.reviewed is None and preview.change_count and study.amendment_review_required:
+        raise RuleViolation(
+            f"Protocol version {m.version} would change {preview.change_count} item(s) "
+            f"({_subjects_changed(preview)} subject(s)): review them with `trialflow protocol "
+            f"preview {m.version}` and amend with --reviewed DIGEST (the digest it prints).",
+            rule="preview_not_reviewed", field="reviewed")
+    reviewed = {"digest": digest, "position": preview.position,
+                "changes": preview.change_count, "subjects_changed": _subjects_changed(preview),
+                "reviewed": m.reviewed is not None}
     events.append(NewEvent(T.PROTOCOL_AMENDED, {"version": m.version,
-                                                "from_version": study.protocol_version}))
+                                                "from_version": study.protocol_version,
+                                                "preview": reviewed}))
     return decided(STUDY_STREAM, events, {"version": m.version,
-                                          "from_version": study.protocol_version})
+                                          "from_version": study.protocol_version,
+                                          "preview": reviewed})
+
+
+def _subjects_changed(preview: Preview) -> int:
+    return sum(1 for s in preview.subjects if s["changes"])
+
+
+def set_amendment_review(m: SetAmendmentReview, c: Context) -> Decision:
+    return decided(STUDY_STREAM, [NewEvent(T.AMENDMENT_REVIEW_SET, {"required": m.required})],
+                   {"required": m.required,
+                    "previous": c.study.amendment_review_required})
 
 
 def _origin(c: Context) -> dict[str, object]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from events.envelope import NewEvent, RecordedEvent, canonical_json
 from events.upcasting import REGISTRY
@@ -21,6 +21,9 @@ from workflow.monitoring import MonitoringState, fold_monitoring
 from workflow.reminders import Reminder, fold_reminders
 from workflow.study import Study, User
 from workflow.subject import SubjectState, fold_onto, fold_subject
+
+if TYPE_CHECKING:
+    from workflow.amendment import Preview  # imported where previews are made: heavy
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Context:
     reminders: Mapping[str, Reminder] = field(default_factory=dict)
     template: tuple[RecordedEvent, ...] = ()  # CopySubjects: the template subject's stream
     last_position: int = 0  # CopySubjects: the log's head when loaded
+    amendment: Preview | None = None  # AmendProtocol: its preview at the log's head
     # where the command came from (the operating-system account, the database login): kept
     # with a credential change and a signature, so an auditor can tell who typed them
     origin: Mapping[str, str | None] = field(default_factory=dict)
@@ -100,7 +104,7 @@ def decided(stream: str, events: Sequence[NewEvent], summary: Mapping[str, Any],
 def context_for(message_loads: str, study: Study, actor: User, now: datetime, *,
                 subject: str | None = None, events: Sequence[RecordedEvent] = (),
                 reminders: Sequence[RecordedEvent] = (), template: Sequence[RecordedEvent] = (),
-                last_position: int = 0,
+                last_position: int = 0, amendment: Preview | None = None,
                 origin: Mapping[str, str | None] | None = None,
                 folded: tuple[SubjectState, MonitoringState] | None = None) -> Context:
     """The context of a message from the events the executor read (a pure fold: tests build
@@ -118,6 +122,8 @@ def context_for(message_loads: str, study: Study, actor: User, now: datetime, *,
     if message_loads == "reminders":
         return Context(study, actor, now, today, reminders=fold_reminders(reminders),
                        origin=came)
+    if message_loads == "amendment":
+        return Context(study, actor, now, today, amendment=amendment, origin=came)
     if message_loads == "template":
         return Context(study, actor, now, today, template=tuple(template),
                        last_position=last_position, origin=came)

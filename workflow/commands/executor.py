@@ -34,9 +34,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
+
+if TYPE_CHECKING:
+    from workflow.amendment import Preview
 
 from events.envelope import NewEvent, RecordedEvent, canonical_json
 from events.errors import (
@@ -80,7 +83,7 @@ from workflow.identity import (
 )
 from workflow.monitoring import MonitoringState, fold_monitoring, monitoring_onto
 from workflow.study import Study, User, apply_study, load_study
-from workflow.subject import SubjectState, fold_onto, fold_subject
+from workflow.subject import SubjectState, fold_onto, fold_subject, subject_streams
 
 CONFLICT_RETRIES: Final = 5
 # The first OPTIMISTIC_TRIES tries decide without the append lock and append at the versions
@@ -458,6 +461,11 @@ class Executor:
             return _Loaded(context_for(message.loads, study, user, now, reminders=reminders,
                                        origin=origin),
                            versions)
+        if message.loads == "amendment":
+            assert isinstance(message, M.AmendProtocol)
+            return _Loaded(context_for(message.loads, study, user, now,
+                                       amendment=self._amendment(study, message.version),
+                                       origin=origin), versions)
         if message.loads == "template":
             assert isinstance(message, M.CopySubjects)
             last = self.store.last_position()
@@ -465,6 +473,18 @@ class Executor:
                                        template=self.store.read_stream(message.template),
                                        last_position=last, origin=origin), versions)
         return _Loaded(context_for(message.loads, study, user, now, origin=origin), versions)
+
+    def _amendment(self, study: Study, version: int) -> Preview | None:
+        """The preview of putting `version` in force, over every subject stream at the log's
+        head (None when the version cannot be loaded: the decision says why)."""
+        from workflow.amendment import candidate_of, preview
+
+        try:
+            candidate = candidate_of(study, version)
+        except RuleViolation:
+            return None
+        head = self.store.last_position()
+        return preview(study, candidate, subject_streams(self.store, head), head)
 
     def _subject_stream(self, subject: str) -> _Stream:
         """The subject's stream read and folded, from the streams this executor keeps brought

@@ -32,6 +32,7 @@ DECISIONS: Final[dict[type[M.Message], Decide]] = {
     M.ChangePassword: admin.change_password,
     M.UnlockAccount: admin.unlock_account,
     M.SetLockoutPolicy: admin.set_lockout_policy,
+    M.SetAmendmentReview: admin.set_amendment_review,
     M.LoadProtocol: admin.load_protocol,
     M.AmendProtocol: admin.amend_protocol,
     M.ConsentSubject: lifecycle.consent,

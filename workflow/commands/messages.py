@@ -9,7 +9,8 @@ refused.
 
 `loads` says what the executor loads for the decision besides the study: the subject's stream
 (`subject`), the subject holding a query (`query`), the subject's reminders (`reminders`), a
-template subject (`template`) or nothing more (`study`). `command` is the CLI command that
+template subject (`template`), the preview of a protocol amendment over every subject
+(`amendment`) or nothing more (`study`). `command` is the CLI command that
 sends the message (docs/cli.md prints the table of messages, commands and roles).
 """
 
@@ -337,8 +338,28 @@ class LoadProtocol(Message):
 
 @dataclass(frozen=True)
 class AmendProtocol(Message):
+    """`reviewed`: the digest of the preview the admin reviewed (`protocol preview`); the
+    executor computes the preview again (`loads = "amendment"`) and the decision compares."""
+
     version: int
+    reviewed: str | None = None
+    loads: ClassVar[str] = "amendment"
     command: ClassVar[str] = "protocol amend"
+
+    def __post_init__(self) -> None:
+        if self.reviewed is not None and not _SHA256.fullmatch(self.reviewed):
+            raise InvalidInput("--reviewed must be the 64-character digest `trialflow protocol "
+                               "preview` printed.", field="reviewed")
+
+
+@dataclass(frozen=True)
+class SetAmendmentReview(Message):
+    required: bool
+    command: ClassVar[str] = "protocol review-policy"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.required, bool):
+            raise InvalidInput("The review policy is required or optional.", field="required")
 
 
 # ---------------------------------------------------------------------- a subject's lifecycle

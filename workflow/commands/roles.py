@@ -47,6 +47,7 @@ PERMISSIONS: Final[dict[type[M.Message], Permission]] = {
     M.ChangePassword: Permission(PEOPLE, note="one's own; an admin's for others is temporary"),
     M.UnlockAccount: Permission(ADMIN),
     M.SetLockoutPolicy: Permission(ADMIN),
+    M.SetAmendmentReview: Permission(ADMIN),
     M.LoadProtocol: Permission(ADMIN),
     M.AmendProtocol: Permission(ADMIN),
     M.ConsentSubject: Permission(SITE_WRITERS, note="own site"),
