@@ -265,7 +265,6 @@ def preview_text(data: dict[str, Any]) -> str:
 @click.pass_obj
 def protocol_amend(env: Env, version: int, reviewed: str | None,
                    command_id: str | None) -> None:
-    reviewed = None if reviewed is None else reviewed.strip().lower()
     show(env, f"Protocol version {version} is in force",
          send(env, M.AmendProtocol(version, reviewed), command_id))
 

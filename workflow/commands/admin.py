@@ -14,6 +14,7 @@ from workflow.commands.decision import (
     Decision,
     EndSessions,
     SetPassword,
+    Write,
     decided,
 )
 from workflow.commands.messages import (
@@ -208,9 +209,11 @@ def amend_protocol(m: AmendProtocol, c: Context) -> Decision:
     events.append(NewEvent(T.PROTOCOL_AMENDED, {"version": m.version,
                                                 "from_version": study.protocol_version,
                                                 "preview": reviewed}))
-    return decided(STUDY_STREAM, events, {"version": m.version,
-                                          "from_version": study.protocol_version,
-                                          "preview": reviewed})
+    # the log must still be where the preview read it: an event since makes the command
+    # conflict, and the executor previews and decides again
+    return Decision((Write(STUDY_STREAM, tuple(events)),),
+                    {"version": m.version, "from_version": study.protocol_version,
+                     "preview": reviewed}, expects_head=True)
 
 
 def _subjects_changed(preview: Preview) -> int:

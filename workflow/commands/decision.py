@@ -39,7 +39,7 @@ class Context:
     events: tuple[RecordedEvent, ...] = ()  # the subject's stream as loaded
     reminders: Mapping[str, Reminder] = field(default_factory=dict)
     template: tuple[RecordedEvent, ...] = ()  # CopySubjects: the template subject's stream
-    last_position: int = 0  # CopySubjects: the log's head when loaded
+    last_position: int = 0  # CopySubjects, AmendProtocol: the log's head when loaded
     amendment: Preview | None = None  # AmendProtocol: its preview at the log's head
     # where the command came from (the operating-system account, the database login): kept
     # with a credential change and a signature, so an auditor can tell who typed them
@@ -123,7 +123,8 @@ def context_for(message_loads: str, study: Study, actor: User, now: datetime, *,
         return Context(study, actor, now, today, reminders=fold_reminders(reminders),
                        origin=came)
     if message_loads == "amendment":
-        return Context(study, actor, now, today, amendment=amendment, origin=came)
+        return Context(study, actor, now, today, amendment=amendment,
+                       last_position=last_position, origin=came)
     if message_loads == "template":
         return Context(study, actor, now, today, template=tuple(template),
                        last_position=last_position, origin=came)

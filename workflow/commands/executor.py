@@ -463,9 +463,10 @@ class Executor:
                            versions)
         if message.loads == "amendment":
             assert isinstance(message, M.AmendProtocol)
+            head = self.store.last_position()
             return _Loaded(context_for(message.loads, study, user, now,
-                                       amendment=self._amendment(study, message.version),
-                                       origin=origin), versions)
+                                       amendment=self._amendment(study, message.version, head),
+                                       last_position=head, origin=origin), versions)
         if message.loads == "template":
             assert isinstance(message, M.CopySubjects)
             last = self.store.last_position()
@@ -474,16 +475,17 @@ class Executor:
                                        last_position=last, origin=origin), versions)
         return _Loaded(context_for(message.loads, study, user, now, origin=origin), versions)
 
-    def _amendment(self, study: Study, version: int) -> Preview | None:
+    def _amendment(self, study: Study, version: int, head: int) -> Preview | None:
         """The preview of putting `version` in force, over every subject stream at the log's
-        head (None when the version cannot be loaded: the decision says why)."""
+        `head` (None when the version cannot be loaded: the decision says why). The decision
+        expects the log still at `head` when it appends: an event in between makes the command
+        conflict and be previewed and decided again."""
         from workflow.amendment import candidate_of, preview
 
         try:
             candidate = candidate_of(study, version)
         except RuleViolation:
             return None
-        head = self.store.last_position()
         return preview(study, candidate, subject_streams(self.store, head), head)
 
     def _subject_stream(self, subject: str) -> _Stream:

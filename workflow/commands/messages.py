@@ -347,9 +347,13 @@ class AmendProtocol(Message):
     command: ClassVar[str] = "protocol amend"
 
     def __post_init__(self) -> None:
-        if self.reviewed is not None and not _SHA256.fullmatch(self.reviewed):
+        if self.reviewed is None:
+            return
+        digest = self.reviewed.strip().lower() if isinstance(self.reviewed, str) else ""
+        if not _SHA256.fullmatch(digest):
             raise InvalidInput("--reviewed must be the 64-character digest `trialflow protocol "
                                "preview` printed.", field="reviewed")
+        _set(self, "reviewed", digest)
 
 
 @dataclass(frozen=True)
