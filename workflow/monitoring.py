@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from events.envelope import RecordedEvent
 from events.store import EventStore
@@ -99,8 +99,16 @@ def monitoring_onto(state: MonitoringState, events: Iterable[RecordedEvent]) -> 
     """The next `events` of the stream folded into a copy of `state` (left as it was)."""
     state = replace(state, forms=dict(state.forms), queries=dict(state.queries))
     for event in events:
-        apply_monitoring(state, event)
+        if event.type in _REVIEWED:
+            apply_monitoring(state, event)
+        else:  # most of a stream: nothing to review in it (issue 17: every catch-up folds it)
+            state.version = event.version
     return state
+
+
+_REVIEWED: Final = frozenset({T.FORM_RECORDED, T.INFUSION_GIVEN, T.FORM_CORRECTED,
+                              T.RECORD_VOIDED, T.SOURCE_VERIFIED, T.QUERY_OPENED,
+                              T.QUERY_ANSWERED, T.QUERY_CLOSED})  # what apply_monitoring reads
 
 
 def apply_monitoring(m: MonitoringState, event: RecordedEvent) -> None:
