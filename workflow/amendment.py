@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime
+from functools import cached_property
 from typing import Any, Final
 
 from events.envelope import RecordedEvent
@@ -126,25 +127,50 @@ def outlook(study: Study, state: SubjectState, events: Sequence[RecordedEvent]) 
     day eligibility is judged on is the read model's: the last event's day at the site). A
     rule that cannot judge the subject under this protocol (a place beyond its enrolment cap,
     a visit not in its schedule) says so as the model's one item."""
+    subject = _Judged(study, state, events)
     out: Outlook = {}
     for model, rule in _RULES:
         found: dict[str, Any] = {}
         try:
-            rule(found, study, state, events)
+            rule(found, subject)
         except (InvalidInput, RuleViolation) as error:
             found = {"cannot be judged": str(error)}
         out[model] = found
     return out
 
 
-Rule = Callable[[dict[str, Any], Study, SubjectState, Sequence[RecordedEvent]], None]
+@dataclass
+class _Judged:
+    """One subject under one study, with the rule outputs several models share."""
+
+    study: Study
+    state: SubjectState
+    events: Sequence[RecordedEvent]
+
+    @cached_property
+    def protocol(self) -> Protocol:
+        return self.study.protocol_of(self.state.protocol_version)
+
+    @cached_property
+    def visits(self) -> list[dict[str, Any]]:
+        return planned_visits(self.state, self.study.protocol_of)
+
+    @cached_property
+    def adverse_events(self) -> list[dict[str, Any]]:
+        return adverse_events(self.state, self.protocol)
+
+    @cached_property
+    def clocks(self) -> list[dict[str, Any]]:
+        return sae_clocks(self.state, self.protocol)
 
 
-def _eligibility(out: dict[str, Any], study: Study, state: SubjectState,
-                 events: Sequence[RecordedEvent]) -> None:
-    day = eligibility_day(study, state, local_date(events[-1].recorded_at,
-                                                   study.zone(state.site)))
-    result = evaluate_eligibility_on(study, state, day)
+Rule = Callable[[dict[str, Any], _Judged], None]
+
+
+def _eligibility(out: dict[str, Any], j: _Judged) -> None:
+    day = eligibility_day(j.study, j.state, local_date(j.events[-1].recorded_at,
+                                                       j.study.zone(j.state.site)))
+    result = evaluate_eligibility_on(j.study, j.state, day)
     out["overall"] = result.overall
     for criterion in result.criteria:
         out[criterion.code] = criterion.status
@@ -152,57 +178,48 @@ def _eligibility(out: dict[str, Any], study: Study, state: SubjectState,
         out[f"exclusion {code}"] = answer or "unanswered"
 
 
-def _visits(out: dict[str, Any], study: Study, state: SubjectState,
-            events: Sequence[RecordedEvent]) -> None:
-    for row in planned_visits(state, study.protocol_of):
+def _visits(out: dict[str, Any], j: _Judged) -> None:
+    for row in j.visits:
         out[row["visit"]] = _visit_text(row)
 
 
-def _deviation_rows(out: dict[str, Any], study: Study, state: SubjectState,
-                    events: Sequence[RecordedEvent]) -> None:
-    _deviations(out, deviations(state, study.protocol_of))
+def _deviation_rows(out: dict[str, Any], j: _Judged) -> None:
+    _deviations(out, deviations(j.state, j.study.protocol_of))
 
 
-def _safety(out: dict[str, Any], study: Study, state: SubjectState,
-            events: Sequence[RecordedEvent]) -> None:
-    protocol = study.protocol_of(state.protocol_version)
-    window = safety_window(state, protocol)
+def _safety(out: dict[str, Any], j: _Judged) -> None:
+    window = safety_window(j.state, j.protocol)
     if window is not None:
         out["safety window"] = f"{window['window_start']}..{window['window_end']}"
-    for ae in adverse_events(state, protocol):
+    for ae in j.adverse_events:
         out[f"AE at position {ae['position']}"] = (
             f"{ae['period']}" + (", counts for the primary endpoint"
                                  if ae["counts_for_primary"] else ""))
-    for clock in sae_clocks(state, protocol):
+    for clock in j.clocks:
         out[f"{clock['clock']} clock of the AE at position {clock['ae_position']}"] = (
             f"due {clock['due_at']}" + ("" if clock["stopped_at"] is None
                                         else f", stopped {clock['stopped_at']}"))
 
 
-def _reminders(out: dict[str, Any], study: Study, state: SubjectState,
-               events: Sequence[RecordedEvent]) -> None:
-    protocol = study.protocol_of(state.protocol_version)
-    rows = planned_visits(state, study.protocol_of)
-    for _, obligation in sorted(planned_obligations(rows, sae_clocks(state, protocol))):
+def _reminders(out: dict[str, Any], j: _Judged) -> None:
+    for _, obligation in sorted(planned_obligations(j.visits, j.clocks)):
         out[obligation] = "planned"
 
 
-def _tasks(out: dict[str, Any], study: Study, state: SubjectState,
-           events: Sequence[RecordedEvent]) -> None:
-    inputs = task_inputs(study, state, events)
+def _tasks(out: dict[str, Any], j: _Judged) -> None:
+    inputs = task_inputs(j.study, j.state, j.events, visits=j.visits, aes=j.adverse_events,
+                         clocks=j.clocks)
     for kind, ref, action in (*((t.kind, t.ref, t.action) for t in inputs.standing),
                               *((d["kind"], d.get("ref"), d["action"]) for d in inputs.dated)):
         out[f"{kind} {ref}" if ref else kind] = action
 
 
-def _endpoints(out: dict[str, Any], study: Study, state: SubjectState,
-               events: Sequence[RecordedEvent]) -> None:
-    _flatten(out, "", subject_endpoints(state, study.protocol_of(state.protocol_version)))
+def _endpoints(out: dict[str, Any], j: _Judged) -> None:
+    _flatten(out, "", subject_endpoints(j.state, j.protocol))
 
 
-def _cohort_rule(out: dict[str, Any], study: Study, state: SubjectState,
-                 events: Sequence[RecordedEvent]) -> None:
-    _cohort(out, state, study.protocol_of(state.protocol_version))
+def _cohort_rule(out: dict[str, Any], j: _Judged) -> None:
+    _cohort(out, j.state, j.protocol)
 
 
 _RULES: Final[tuple[tuple[str, Rule], ...]] = (
