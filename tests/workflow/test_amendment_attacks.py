@@ -35,7 +35,12 @@ from tests.support.study import (
     open_desk,
     refused,
 )
-from tests.workflow.test_amendment_preview import build, candidate_text, tables
+from tests.workflow.test_amendment_preview import (
+    build,
+    candidate_text,
+    tables,
+    with_candidate_file,
+)
 from workflow import event_types as T
 from workflow.commands import messages as M
 from workflow.errors import InvalidInput, RuleViolation
@@ -48,14 +53,23 @@ def url_of(desk: Desk) -> str:
     return desk.executor.app.engine.url.render_as_string(hide_password=False)
 
 
-@pytest.fixture
-def loaded(db_url: str, tmp_path: Path) -> tuple[Desk, Path]:
+def load_candidate(url: str, folder: Path) -> tuple[Desk, Path]:
     """The study of test_amendment_preview with candidate version 3 loaded (not in force)."""
-    path = tmp_path / "im19_sle_v3.toml"
-    path.write_text(candidate_text(), encoding="utf-8")
-    desk = build(db_url)
+    desk, path = with_candidate_file(url, folder)
     desk.send(ADMIN, M.LoadProtocol(path.read_text(encoding="utf-8"), str(path)))
     return desk, path
+
+
+@pytest.fixture
+def loaded(db_url: str, tmp_path: Path) -> tuple[Desk, Path]:
+    """On SQLite and PostgreSQL: for what the store takes part in (races, command ids, DDL)."""
+    return load_candidate(db_url, tmp_path)
+
+
+@pytest.fixture
+def loaded_file(sqlite_url: str, tmp_path: Path) -> tuple[Desk, Path]:
+    """On a SQLite file: for the decisions' own rules, which no store changes."""
+    return load_candidate(sqlite_url, tmp_path)
 
 
 def amended_event(desk: Desk, positions: Any) -> Any:
@@ -120,8 +134,8 @@ def test_a_race_that_changes_nothing_is_previewed_again_and_accepted(
 
 
 def test_the_scheduler_and_a_coordinator_may_neither_amend_nor_relax_the_policy(
-        loaded: tuple[Desk, Path]) -> None:
-    desk, _ = loaded
+        loaded_file: tuple[Desk, Path]) -> None:
+    desk, _ = loaded_file
     reviewed = preview_of(desk.store, "3").digest
     for user in (SCHEDULER, COORDINATOR):
         refused(desk, user, M.AmendProtocol(3, reviewed), "role")
@@ -183,8 +197,8 @@ def test_a_builtin_version_not_loaded_needs_the_review_and_the_digest_reproduces
     assert desk.study().protocol_version == 2
 
 
-def test_amending_back_needs_its_own_review(loaded: tuple[Desk, Path]) -> None:
-    desk, _ = loaded
+def test_amending_back_needs_its_own_review(loaded_file: tuple[Desk, Path]) -> None:
+    desk, _ = loaded_file
     forward = preview_of(desk.store, "3").digest
     desk.send(ADMIN, M.AmendProtocol(3, forward))
     back = preview_of(desk.store, "2")
@@ -201,8 +215,8 @@ def test_amending_back_needs_its_own_review(loaded: tuple[Desk, Path]) -> None:
     assert desk.study().protocol_version == 3
 
 
-def test_the_policy_back_to_required_applies_again(loaded: tuple[Desk, Path]) -> None:
-    desk, _ = loaded
+def test_the_policy_back_to_required_applies_again(loaded_file: tuple[Desk, Path]) -> None:
+    desk, _ = loaded_file
     desk.send(ADMIN, M.SetAmendmentReview(False))
     desk.send(ADMIN, M.SetAmendmentReview(True))
     refused(desk, ADMIN, M.AmendProtocol(3), "preview_not_reviewed")
@@ -212,8 +226,8 @@ def test_the_policy_back_to_required_applies_again(loaded: tuple[Desk, Path]) ->
 
 
 def test_the_digest_ignores_unrelated_events_and_follows_the_consequences(
-        loaded: tuple[Desk, Path]) -> None:
-    desk, _ = loaded
+        loaded_file: tuple[Desk, Path]) -> None:
+    desk, _ = loaded_file
     first = preview_of(desk.store, "3")
     desk.add_user("nina", "coordinator", "PKU3")
     desk.send(ADMIN, M.SetLockoutPolicy(7))
@@ -246,8 +260,8 @@ def cli(url: str, *argv: str, user: str | None = None) -> tuple[int, str, str]:
 
 
 def test_cli_malformed_reviewed_is_one_clear_sentence_and_writes_nothing(
-        loaded: tuple[Desk, Path]) -> None:
-    desk, _ = loaded
+        loaded_file: tuple[Desk, Path]) -> None:
+    desk, _ = loaded_file
     url, head = url_of(desk), desk.store.last_position()
     digest = preview_of(desk.store, "3").digest
     for bad in ("abc", "g" * 64, digest[:63], digest + "0", ""):

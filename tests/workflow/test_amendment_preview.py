@@ -74,11 +74,21 @@ def build(url: str) -> Desk:
     return desk
 
 
+def with_candidate_file(url: str, folder: Path) -> tuple[Desk, Path]:
+    path = folder / "im19_sle_v3.toml"
+    path.write_text(candidate_text(), encoding="utf-8")
+    return build(url), path
+
+
 @pytest.fixture
 def study(db_url: str, tmp_path: Path) -> tuple[Desk, Path]:
-    path = tmp_path / "im19_sle_v3.toml"
-    path.write_text(candidate_text(), encoding="utf-8")
-    return build(db_url), path
+    return with_candidate_file(db_url, tmp_path)
+
+
+@pytest.fixture
+def study_file(sqlite_url: str, tmp_path: Path) -> tuple[Desk, Path]:
+    """On a SQLite file only: for rules no store takes part in."""
+    return with_candidate_file(sqlite_url, tmp_path)
 
 
 def tables(engine: Engine) -> dict[str, list[str]]:
@@ -163,8 +173,8 @@ def test_a_relevant_change_after_the_review_makes_the_digest_stale(
 
 
 def test_review_policy_optional_records_the_unreviewed_preview(
-        study: tuple[Desk, Path]) -> None:
-    desk, path = study
+        study_file: tuple[Desk, Path]) -> None:
+    desk, path = study_file
     desk.send(ADMIN, M.SetAmendmentReview(False))
     desk.send(ADMIN, M.LoadProtocol(path.read_text(encoding="utf-8"), str(path)))
     digest = preview_of(desk.store, "3").digest
@@ -204,9 +214,9 @@ def test_a_cap_below_a_subjects_place_is_said_not_raised(sqlite_url: str,
                for c in changes_of(data, "S-002", "deviations"))
 
 
-def test_a_file_reusing_a_loaded_version_is_refused(study: tuple[Desk, Path],
+def test_a_file_reusing_a_loaded_version_is_refused(study_file: tuple[Desk, Path],
                                                     tmp_path: Path) -> None:
-    desk, _ = study
+    desk, _ = study_file
     path = tmp_path / "v2-changed.toml"
     path.write_text(builtin_protocol_text(2).replace("window_days = 7", "window_days = 6", 1),
                     encoding="utf-8")
