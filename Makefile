@@ -32,15 +32,10 @@ browser:
 
 # Test files run in parallel, one file per worker at a time (`--dist loadfile` keeps each
 # module's fixtures, such as a private PostgreSQL server, in one process); WORKERS=0 runs them
-# serially. mypy runs beside the tests (they leave a core idle a third of the time) and its
-# report follows theirs; either failing fails the target.
+# serially.
 WORKERS ?= auto
-test: $(STAMP) browser
-	$(BIN)/ruff check .
-	@$(BIN)/mypy > $(VENV)/mypy.log 2>&1 & types=$$!; \
-	$(BIN)/python -m pytest -q $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile); \
-	tests=$$?; wait $$types; typed=$$?; echo "$(BIN)/mypy"; cat $(VENV)/mypy.log; \
-	[ $$tests -eq 0 ] && [ $$typed -eq 0 ]
+test: lint browser
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
