@@ -218,18 +218,8 @@ def _endpoints(out: dict[str, Any], j: _Judged) -> None:
     _flatten(out, "", subject_endpoints(j.state, j.protocol))
 
 
-def _cohort_rule(out: dict[str, Any], j: _Judged) -> None:
-    _cohort(out, j.state, j.protocol)
-
-
-_RULES: Final[tuple[tuple[str, Rule], ...]] = (
-    ("eligibility", _eligibility), ("cohort", _cohort_rule), ("visits", _visits),
-    ("deviations", _deviation_rows), ("safety", _safety), ("reminders", _reminders),
-    ("tasks", _tasks), ("endpoints", _endpoints),
-)
-
-
-def _cohort(out: dict[str, Any], state: SubjectState, protocol: Protocol) -> None:
+def _cohort(out: dict[str, Any], j: _Judged) -> None:
+    state, protocol = j.state, j.protocol
     if state.enrolment_order is None:
         return
     try:
@@ -247,6 +237,13 @@ def _cohort(out: dict[str, Any], state: SubjectState, protocol: Protocol) -> Non
     else:
         dose = f"{cohort.flat_dose:g} cells (flat)"
     out["CAR-T dose"] = dose
+
+
+_RULES: Final[tuple[tuple[str, Rule], ...]] = (
+    ("eligibility", _eligibility), ("cohort", _cohort), ("visits", _visits),
+    ("deviations", _deviation_rows), ("safety", _safety), ("reminders", _reminders),
+    ("tasks", _tasks), ("endpoints", _endpoints),
+)
 
 
 def _visit_text(row: Mapping[str, Any]) -> str:

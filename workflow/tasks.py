@@ -281,15 +281,14 @@ class _Ctx:
 
     def on_day(self, spec: Mapping[str, Any]) -> Task:
         """A `dated` input (`due`: its day; `start`: the day it becomes actionable) at
-        today."""
-        due = date.fromisoformat(spec["due"])
+        today, by `dated`'s rule."""
         start = spec.get("start")
-        if start is not None and self.today < date.fromisoformat(start):
-            state = "upcoming"
-        else:
-            state = "overdue" if self.today > due else "due"
-        return _task(self.subject, self.site, state, spec, due_at=self.end_of(due),
-                     days_left=(due - self.today).days)
+        return self.dated(spec["kind"], tuple(spec["roles"]), spec["action"], spec["command"],
+                          due=date.fromisoformat(spec["due"]),
+                          start=None if start is None else date.fromisoformat(start),
+                          window_start=spec.get("window_start"),
+                          window_end=spec.get("window_end"), position=spec.get("position"),
+                          ref=spec.get("ref"), extra=dict(spec.get("extra") or {}))
 
 
 # --- safety: reporting clocks and causality -------------------------------------------------
