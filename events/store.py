@@ -647,6 +647,18 @@ class EventStore:
             params.append(up_to_position)
         return from_rows(self._fetch(sql + " ORDER BY version", params))
 
+    def read_prefixed(self, prefix: str, *, after: int = 0) -> list[RecordedEvent]:
+        """Every event after position `after` of the streams whose id starts with `prefix`,
+        in position order: one statement (a range of the stream index) for a family of
+        streams, such as every subject's reminders."""
+        if not prefix:
+            raise ValueError("read_prefixed needs a prefix")
+        bound = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the first id past the prefix's range
+        return from_rows(self._fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id >= {self._mark} "
+            f"AND stream_id < {self._mark} AND position > {self._mark} ORDER BY position",
+            (prefix, bound, after)))
+
     def read_all(
         self, *, after: int = 0, up_to: int | None = None, batch_size: int = 1000
     ) -> Iterator[RecordedEvent]:

@@ -19,7 +19,9 @@ reminders stop when a subject leaves the study or completes it; SAE clocks never
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -28,7 +30,7 @@ import structlog
 
 from events.errors import EventStoreError, IntegrityFailure, StoreUnavailable
 from events.store import EventStore
-from events.streams import reminders_stream
+from events.streams import REMINDERS_PREFIX
 from projections.notifiers import Notifier
 from projections.queries import Clock, ae_windows, visit_list
 from projections.subject_rows import zone_of
@@ -89,11 +91,54 @@ def due_obligations(view: View, now: datetime) -> tuple[list[Obligation], set[tu
     return wanted, planned_obligations(visits, clocks)
 
 
-def issued_reminders(store: EventStore, subjects: Sequence[str]) -> dict[str, Reminder]:
-    found: dict[str, Reminder] = {}
-    for subject in subjects:
-        found.update(fold_reminders(store.read_stream(reminders_stream(subject))))
-    return found
+class _Folded:
+    """Every subject's reminders folded up to `position`, kept per store for the life of the
+    process (a long-running scheduler, the demo): each read folds only what was appended
+    since. The log is append-only and a position is visible only after every lower one, so
+    the fold up to a position never changes."""
+
+    def __init__(self) -> None:
+        self.reminders: dict[str, Reminder] = {}
+        self.position = 0
+        self.lock = threading.Lock()
+
+    def up_to_date(self, store: EventStore) -> dict[str, Reminder]:
+        with self.lock:
+            if self.position and store.last_position() < self.position:
+                self.reminders, self.position = {}, 0  # another database (restored) now
+            events = store.read_prefixed(REMINDERS_PREFIX, after=self.position)
+            if events:
+                fold_reminders(events, self.reminders)
+                self.position = events[-1].position
+            return {key: _copy(r) for key, r in self.reminders.items()}
+
+
+def _copy(reminder: Reminder) -> Reminder:
+    """A copy the caller owns (the kept fold goes on changing)."""
+    return replace(reminder, delivered=dict(reminder.delivered),
+                   attempts=dict(reminder.attempts), retry_at=dict(reminder.retry_at),
+                   last_error=dict(reminder.last_error))
+
+
+_FOLDED: dict[int, _Folded] = {}  # by id() of a live store (an EventStore is not hashable)
+_FOLDED_LOCK = threading.Lock()
+
+
+def _folded(store: EventStore) -> _Folded:
+    with _FOLDED_LOCK:
+        folded = _FOLDED.get(id(store))
+        if folded is None:
+            folded = _FOLDED[id(store)] = _Folded()
+            weakref.finalize(store, _FOLDED.pop, id(store), None)  # gone with its store
+        return folded
+
+
+def issued_reminders(store: EventStore, subjects: Collection[str]) -> dict[str, Reminder]:
+    """The reminders of `subjects` as the log holds them now (one statement reads what was
+    appended to any reminder stream since the last call)."""
+    wanted = set(subjects)
+    return {key: reminder for key, reminder in _folded(store).up_to_date(store).items()
+            if reminder.subject in wanted}
 
 
 def message_of(reminder: Reminder) -> dict[str, Any]:

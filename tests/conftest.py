@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.pg import fresh_database
+from tests.support.pg import drop_spares, fresh_database
 
 
 @pytest.fixture
@@ -145,6 +145,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Record each file's seconds after a whole run (`make test`, or pytest without arguments
     and without selecting tests): a few tests of a file say little about the whole file."""
+    drop_spares()  # the PostgreSQL databases this process kept for reuse (tests/support/pg.py)
     config = session.config
     cache = getattr(config, "cache", None)
     if cache is None or hasattr(config, "workerinput") or not _session_seconds:

@@ -142,8 +142,11 @@ class Reminder:
                 "retry_at": dict(self.retry_at), "cancelled": self.cancelled}
 
 
-def fold_reminders(events: Iterable[RecordedEvent]) -> dict[str, Reminder]:
-    found: dict[str, Reminder] = {}
+def fold_reminders(events: Iterable[RecordedEvent],
+                   into: dict[str, Reminder] | None = None) -> dict[str, Reminder]:
+    """The reminders of `events` (one subject's stream, or several in position order),
+    folded onto `into` when given (its reminders are updated in place)."""
+    found: dict[str, Reminder] = {} if into is None else into
     for event in events:
         p = event.payload
         if event.type == T.REMINDER_ISSUED:

@@ -186,6 +186,23 @@ class StoreContract:
         heads = store.stream_heads()
         assert heads["S-0"][0] == 9 and heads["S-1"][0] == 8 and heads["S-2"][0] == 8
 
+    def test_read_prefixed_reads_one_family_of_streams_in_position_order(
+            self, store: EventStore) -> None:
+        # ids sorting on both sides of the range: subject ids (capital letters) before it,
+        # "study" after it; and a narrower prefix that leaves out another subject's stream
+        for stream in ["reminders-S-2", "S-1", "reminders-S-1", "study", "reminders-S-2",
+                       "REMINDERS-S-1", "reminders-T-1"]:
+            store.append(stream, None, [ev(stream=stream)], ctx())
+        found = store.read_prefixed("reminders-")
+        assert [(e.position, e.stream_id, e.version) for e in found] == [
+            (1, "reminders-S-2", 1), (3, "reminders-S-1", 1), (5, "reminders-S-2", 2),
+            (7, "reminders-T-1", 1)]
+        assert [e.position for e in store.read_prefixed("reminders-S-")] == [1, 3, 5]
+        assert [e.position for e in store.read_prefixed("reminders-", after=3)] == [5, 7]
+        assert store.read_prefixed("reminders-", after=7) == []
+        with pytest.raises(ValueError):
+            store.read_prefixed("")
+
     # ------------------------------------------------------------- refusals by the database
     @pytest.mark.parametrize("sql", [
         "UPDATE events SET payload = '{}'",

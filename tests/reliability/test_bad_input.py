@@ -49,6 +49,7 @@ import signal
 import sqlite3
 import tempfile
 import traceback
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,12 +147,19 @@ def _counts(path: Path) -> tuple[int, int, int]:
     return int(last), int(rows), int(commands)
 
 
+_DISPOSED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def _dispose_engines() -> None:
-    """Close the pooled connections of every engine the CLI built (its pools outlive `run`)."""
+    """Close the pooled connections of every engine the CLI built (its pools outlive `run`),
+    once: an engine of an earlier case is not used again (disposing all of them at every case
+    cost a sixth of the matrices' time as they piled up)."""
     from events import engine as engine_module
 
     for engine in list(getattr(engine_module, "_ENGINES", ())):
-        engine.dispose()
+        if engine not in _DISPOSED:
+            engine.dispose()
+            _DISPOSED.add(engine)
 
 
 def _to_lymphodepletion(flow: Desk, subject: str, start: date, clock: FakeClock) -> None:
