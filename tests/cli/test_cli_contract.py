@@ -210,7 +210,7 @@ def _start_up_ratios(argvs: dict[str, list[str]], targets: dict[str, float]
                      ) -> dict[str, tuple[float, float, float]]:
     """Each command's best time divided by the bare `import sqlalchemy`'s, as
     (ratio, best, bare): bench.startup's rounds (each runs every command once in a rotated
-    order, after a warm-up round), five rounds and up to three times five while a target is
+    order, after a warm-up round), three rounds and up to five times three while a target is
     missed, so a busy spell of the machine falls on both sides alike. The time is the
     process's CPU time (user + system, from wait4): on a busy machine the wall time of one
     run is mostly the wait for a core, the CPU time is the work the command costs."""
@@ -218,8 +218,8 @@ def _start_up_ratios(argvs: dict[str, list[str]], targets: dict[str, float]
 
     found: dict[str, list[tuple[float, float]]] = {name: [] for name in argvs}
     ratios: dict[str, tuple[float, float, float]] = {}
-    for _ in range(3):
-        for name, more in best_of(argvs, 5).items():
+    for _ in range(5):
+        for name, more in best_of(argvs, 3).items():
             found[name] += more
         bare = min(cpu for _, cpu in found[BARE])
         ratios = {name: (min(cpu for _, cpu in runs) / bare, min(cpu for _, cpu in runs), bare)

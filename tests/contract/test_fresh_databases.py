@@ -101,8 +101,9 @@ def test_a_database_given_back_unlike_a_new_one_is_dropped_not_kept() -> None:
     with pg.fresh_database() as url:
         name = url.rsplit("/", 1)[1]
         _execute(name, "CREATE TABLE kept (x int)")
-    assert pg._spare[-1] == name
+    kept = pg._spare[-1]
+    assert kept != name  # kept under a new name: no URL is handed out twice
     with pg.fresh_database() as again:
-        assert again == url
-        with psycopg.connect(pg.admin_dsn(name)) as conn:
+        assert again == pg.url_for(kept) and again != url
+        with psycopg.connect(pg.admin_dsn(kept)) as conn:
             assert conn.execute("SELECT to_regclass('public.kept')").fetchone() == (None,)

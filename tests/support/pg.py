@@ -5,7 +5,8 @@ With CI=true a missing server fails the run; elsewhere the tests skip and say wh
 "Fresh" is checked, not assumed. Creating and dropping a database costs 0.1 s on a quiet
 machine and 0.3 s under the suite's load (its copy of the template goes through the WAL), and
 about 900 tests use one; so a test process keeps the databases its tests gave back and hands
-them out again. Given back, a database is emptied (its other sessions ended, every schema
+them out again, each time under a new name (a URL is never handed out twice). Given back, a
+database is emptied (its other sessions ended, every schema
 dropped, `public` made again as PostgreSQL makes it) and then compared with a database just
 created: its schemas and their privileges, every object outside the system schemas, its
 database-level privileges, settings and options, its extensions, event triggers,
@@ -173,11 +174,22 @@ def _give_back(name: str) -> None:
     if REUSE:
         try:
             if reset(name):
-                _spare.append(name)
+                _spare.append(_renamed(name))
                 return
         except psycopg.Error:
-            pass  # not reusable: dropped below
+            pass  # not reusable (or still in use by a session ending): dropped below
     _drop(name)
+
+
+def _renamed(name: str) -> str:
+    """The database under a new unique name: a URL is never handed out twice, so whatever a
+    test keeps by URL (a secret file, a session token) never meets another test's study."""
+    import psycopg
+
+    new = f"tf_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" RENAME TO "{new}"')
+    return new
 
 
 def _drop(name: str) -> None:
