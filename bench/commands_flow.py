@@ -35,6 +35,7 @@ from tests.support.study import (
     COORDINATOR,
     INVESTIGATOR,
     Desk,
+    amend,
     new_study,
     on_day,
     screen_eligible,
@@ -128,7 +129,7 @@ def prepare(url: str, subjects: int, rounds: int) -> FlowMix:
     cap = 2 * (subjects + rounds + 2)
     version = variant_version()
     desk.send(ADMIN, M.LoadProtocol(protocol_variant(cap), f"bench variant, cap {cap}"))
-    desk.send(ADMIN, M.AmendProtocol(version))
+    amend(desk, version)  # previewed and reviewed, as an admin amends (docs/amendments.md)
     assert through_infusion(desk, INFUSED_TEMPLATE, START, clock) == D0
     study = desk.study()
     first = len(study.taken_places()) + 1

@@ -631,6 +631,18 @@ class EventStore:
         )
         return int(rows[0][0]) if rows else 0
 
+    def read_streams_since(self, versions: Sequence[tuple[str, int]], *,
+                           also: Sequence[tuple[str, Sequence[Any]]] = ()
+                           ) -> tuple[list[list[RecordedEvent]], list[list[Any]]]:
+        """Each stream's events after the version given, and the rows of the `also` queries,
+        read together (`fetch_many`: one round trip on PostgreSQL)."""
+        sql = (f"SELECT {_COLUMNS} FROM events WHERE stream_id = {self._mark} "
+               f"AND version > {self._mark} ORDER BY version")
+        rows = fetch_many(self.engine, [*((sql, (stream, version)) for stream, version in versions),
+                                        *also])
+        cut = len(versions)
+        return [from_rows(found) for found in rows[:cut]], rows[cut:]
+
     def read_stream(self, stream_id: str, *, up_to_version: int | None = None,
                     up_to_position: int | None = None,
                     after_version: int | None = None) -> list[RecordedEvent]:
@@ -791,6 +803,29 @@ def fetch_rows(engine: Engine, sql: str, params: Sequence[Any] = ()) -> list[Any
             if attempt == attempts or not lost_connection(error):
                 raise
     return rows
+
+
+def fetch_many(engine: Engine, queries: Sequence[tuple[str, Sequence[Any]]]
+               ) -> list[list[Any]]:
+    """The rows of several queries, each its own transaction as in `fetch_rows`, read
+    together: on PostgreSQL sent at once in psycopg's pipeline mode (one round trip for all),
+    on SQLite one after the other on one pooled connection."""
+    if engine.dialect.name == "sqlite":
+        with driver_connection(engine) as driver:
+            return [driver.execute(sql, tuple(params)).fetchall() for sql, params in queries]
+    attempts = _attempts(engine)
+    found: list[list[Any]] = []
+    for attempt in range(1, attempts + 1):
+        try:
+            with driver_connection(engine, unpinged=True) as driver, _autocommit(driver):
+                with driver.pipeline():
+                    cursors = [driver.execute(sql, tuple(params)) for sql, params in queries]
+                found = [cursor.fetchall() for cursor in cursors]
+            break
+        except StoreUnavailable as error:
+            if attempt == attempts or not lost_connection(error):
+                raise
+    return found
 
 
 class _Trip:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from sqlalchemy import (
     Column,
@@ -287,10 +288,19 @@ class SessionRow:
 
 def session_of(engine: Engine, token: str) -> SessionRow | None:
     """The session a token opens (checked at every command: one read, its own transaction)."""
+    return session_from(fetch_rows(engine, *session_query(engine, token)))
+
+
+def session_query(engine: Engine, token: str) -> tuple[str, tuple[str]]:
+    """The read of `session_of` (SQL and parameters), for a caller that reads it together
+    with others (`EventStore.read_streams_since`)."""
     sqlite = engine.dialect.name == "sqlite"
     mark = "?" if sqlite else "%s"
-    rows = fetch_rows(engine, f"SELECT name, expires_at FROM {table('sessions', sqlite=sqlite)} "
-                              f"WHERE token_hash = {mark}", (token_hash(token),))
+    return (f"SELECT name, expires_at FROM {table('sessions', sqlite=sqlite)} "
+            f"WHERE token_hash = {mark}", (token_hash(token),))
+
+
+def session_from(rows: Sequence[Any]) -> SessionRow | None:
     return None if not rows else SessionRow(str(rows[0][0]), moment(rows[0][1]))
 
 

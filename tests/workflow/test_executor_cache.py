@@ -251,3 +251,60 @@ def test_a_command_folds_only_what_is_new_whatever_the_size_of_the_study(
     assert study_applied == []  # nothing new in the study stream: nothing folded
     # the S-001 event appended by the previous command, then the preview of this one's
     assert len(subject_applied) == 2 and subject_applied[0] == last - 1
+
+
+def test_a_command_reads_the_study_its_session_and_its_subject_together(
+        desks: tuple[Desk, Desk], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the study and the subject are kept folded, a coordinator's command (proven by a
+    session) reads the study's events since, the session's row and the subject's events
+    since in one `fetch_many` (one round trip on PostgreSQL) and nothing else before its
+    append; what it reads is what separate reads would have read (the kept folds equal the
+    log)."""
+    import events.store as store_module
+    import workflow.identity as identity_module
+
+    first, other = desks
+    _vitals(first, 70)
+    _vitals(other, 71)  # the subject moved on in another process: read ahead by the next one
+    other.send(ADMIN, M.AddSite("SITE2", "Europe/Paris"))  # and the study too
+    batches: list[list[str]] = []
+    singles: list[str] = []
+    fetch_many, fetch_rows = store_module.fetch_many, store_module.fetch_rows
+
+    def counting_many(engine: Any, queries: Any) -> Any:
+        batches.append([sql.split(" FROM ")[1].split()[0] for sql, _ in queries])
+        return fetch_many(engine, queries)
+
+    def counting_rows(engine: Any, sql: str, params: Any = ()) -> Any:
+        singles.append(sql)
+        return fetch_rows(engine, sql, params)
+
+    monkeypatch.setattr(store_module, "fetch_many", counting_many)
+    monkeypatch.setattr(store_module, "fetch_rows", counting_rows)
+    monkeypatch.setattr(identity_module, "fetch_rows", counting_rows)
+    _vitals(first, 72)
+    assert len(batches) == 1 and len(batches[0]) == 3, batches
+    assert batches[0][0] == batches[0][1] == "events" and "sessions" in batches[0][2]
+    assert singles == []
+    _kept_equals_the_log(first, "S-001")
+    assert "SITE2" in first.executor.study().sites
+
+
+def test_a_session_ended_between_two_commands_is_refused_when_read_ahead(
+        desks: tuple[Desk, Desk]) -> None:
+    first, _ = desks
+    _vitals(first, 70)  # the session is known; the next command reads it ahead
+    import sqlalchemy as sa
+
+    from workflow.identity import table
+
+    engine = first.store.engine
+    sessions = table("sessions", sqlite=engine.dialect.name == "sqlite")
+    with engine.begin() as conn:  # ended meanwhile (as a logout in another process would)
+        assert conn.execute(sa.text(f"DELETE FROM {sessions} WHERE name = :name"),
+                            {"name": COORDINATOR}).rowcount >= 1
+    before = first.store.last_position()
+    with pytest.raises(RuleViolation) as caught:
+        _vitals(first, 71)
+    assert caught.value.rule == "authentication_failed"
+    assert [e.type for e in first.store.read_all(after=before)] == ["AuthenticationFailed"]

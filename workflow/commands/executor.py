@@ -105,6 +105,7 @@ SUBJECTS_KEPT: Final = 1024  # subjects' streams an executor keeps folded (least
 ADMIN_LOCK: Final = timedelta(minutes=15)  # an admin's lock lapses: no permanent lock-out
 
 log = structlog.get_logger("trialflow.executor")
+_UNREAD: Final = object()  # a session row not read ahead (`Executor._read_ahead`)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,15 @@ class _Stream:
     events: tuple[RecordedEvent, ...]
     state: SubjectState
     review: MonitoringState
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """What `Executor._read_ahead` read for a command's first try."""
+
+    study: list[RecordedEvent]  # the study's events since the kept fold
+    subject: list[RecordedEvent] | None  # a subject command's events since its kept fold
+    session: object  # the session token's row (None: no such session), or _UNREAD
 
 
 @dataclass
@@ -148,22 +158,24 @@ class Executor:
         # subject -> its stream as read and folded (least recently used first)
         self._subjects: OrderedDict[str, _Stream] = OrderedDict()
 
-    def study(self) -> Study:
+    def study(self, read: Sequence[RecordedEvent] | None = None) -> Study:
         """The study as its stream stands now: the folded stream this executor keeps, brought
         up to date with the events appended since (one indexed read, usually of nothing, and
         only those events folded), so a command's cost does not grow with the study stream.
         The object is this executor's and changes with the next call (an executor serves one
         thread at a time). It is only a cache: every append it decides is refused (and
         retried on a fresh read) when the stream moved on in between (`unchanged`, checked
-        under the append lock)."""
+        under the append lock). `read`: the events since, read already (`_read_ahead`)."""
         with self._study_lock:
             if self._study is None:
                 self._study = load_study(self.store)
                 return self._study
             try:
-                for event in self.store.read_stream(STUDY_STREAM,
-                                                    after_version=self._study.version):
-                    apply_study(self._study, event)
+                since = self._study.version
+                for event in read if read is not None else self.store.read_stream(
+                        STUDY_STREAM, after_version=since):
+                    if event.version > self._study.version:
+                        apply_study(self._study, event)
             except BaseException:
                 self._study = None  # half applied: fold it afresh next time
                 raise
@@ -174,8 +186,10 @@ class Executor:
                 command_id: str | None = None) -> Outcome:
         if isinstance(message, M.InitialiseStudy):
             return self._initialise(message, credential, command_id)
-        study = self.study()
-        actor = self._authenticate(credential, study)
+        ahead = self._read_ahead(message, credential)
+        study = self.study(ahead.study if ahead is not None else None)
+        actor = self._authenticate(credential, study,
+                                   ahead.session if ahead is not None else _UNREAD)
         given = command_id is not None  # a new id is no repeat: nothing to look up
         command_id = command_id or self.store.new_id()
         request_hash = self._request_hash(actor.name, message)
@@ -183,13 +197,16 @@ class Executor:
         if repeat is not None:
             return repeat
         hashed: dict[tuple[str, str], tuple[Statement, ...]] = {}
+        ahead_box: list[_Ahead | None] = [ahead]
 
         def prepared(study: Study) -> tuple[LockedAppend, Decision]:
             """Load, decide and shape the append (or raise the refusal, or `_Repeated`)."""
             user = self._known(study, actor.name)
             if study.account_locked(user.name, self.clock()):  # locked by a guess meanwhile
                 raise _locked(user.name)
-            loaded = self._load(message, study, user)
+            read, ahead_box[0] = ahead_box[0], None  # read ahead for the first try only
+            loaded = self._load(message, study, user,
+                                read.subject if read is not None else None)
             try:
                 decision = decide(message, loaded.context, method=credential.method)
             except (RuleViolation, InvalidInput):
@@ -308,7 +325,11 @@ class Executor:
         return self._login[0]
 
     # ------------------------------------------------------------------ authentication
-    def _authenticate(self, credential: Credential, study: Study) -> User:
+    def _authenticate(self, credential: Credential, study: Study,
+                      session: object = _UNREAD) -> User:
+        """The user `credential` proves. `session`: a session token's row as read ahead
+        (`_read_ahead`: a `SessionRow`, or None when no session has that token), else
+        `_UNREAD` (read it now)."""
         now = self.clock()
         login = self.database_login()
         personal = login if login is not None and login in study.users else None
@@ -341,7 +362,7 @@ class Executor:
                 tries is not None and not user.service and tries > study.max_failed_attempts)):
             self._record_failure(study, name, credential.method, "account_locked", tries, now)
             raise _locked(name)
-        if not self._verify(credential, user):
+        if not self._verify(credential, user, session):
             reason = "unknown_user" if user is None else "wrong_" + (
                 "password" if isinstance(credential, Password) else "session")
             self._record_failure(study, name, credential.method, reason, tries, now)
@@ -355,12 +376,15 @@ class Executor:
             identity.clear_attempts(self.engine, name)
         return user
 
-    def _verify(self, credential: Password | SessionToken, user: User | None) -> bool:
+    def _verify(self, credential: Password | SessionToken, user: User | None,
+                session: object = _UNREAD) -> bool:
         if isinstance(credential, Password):
             stored = (identity.stored_credential(self.engine, credential.name)
                       if user is not None else None)
             return identity.matches(stored, credential.secret.value, self.kdf)
-        row = identity.session_of(self.engine, credential.token.value)
+        row = identity.session_of(self.engine, credential.token.value) if session is _UNREAD \
+            else session
+        assert row is None or isinstance(row, identity.SessionRow)
         if row is None or row.name != credential.name or user is None:
             return False
         now = self.clock()
@@ -436,8 +460,10 @@ class Executor:
                                 rule="unknown_user", field="user")
         return user
 
-    def _load(self, message: M.Message, study: Study, user: User) -> _Loaded:
-        """Read what `message` needs (I/O only; the context is a pure fold of it)."""
+    def _load(self, message: M.Message, study: Study, user: User,
+              read: Sequence[RecordedEvent] | None = None) -> _Loaded:
+        """Read what `message` needs (I/O only; the context is a pure fold of it). `read`: the
+        subject's events since the kept fold, read ahead (`_read_ahead`)."""
         now = self.clock()
         origin = self._who()
         versions = {STUDY_STREAM: study.version}
@@ -448,7 +474,7 @@ class Executor:
             assert isinstance(message, M.QueryMessage)
             subject = self._subject_of_query(message.query_position)
         if subject is not None:
-            kept = self._subject_stream(subject)
+            kept = self._subject_stream(subject, read if message.loads == "subject" else None)
             versions[subject] = kept.state.version
             return _Loaded(context_for(message.loads, study, user, now, subject=subject,
                                        events=kept.events, origin=origin,
@@ -488,19 +514,45 @@ class Executor:
             return None
         return preview(study, candidate, subject_streams(self.store, head), head)
 
-    def _subject_stream(self, subject: str) -> _Stream:
+    def _read_ahead(self, message: M.Message, credential: Credential) -> _Ahead | None:
+        """What a command's first try will read, read together (one round trip on
+        PostgreSQL instead of up to three): the study's events since the kept fold, a session
+        token's row, a subject command's events since its kept fold. None on the first
+        command (the study is folded whole) or when there is nothing to put together."""
+        if self._study is None:
+            return None
+        subject = str(getattr(message, "subject")) if message.loads == "subject" else None  # noqa: B009
+        token = credential.token.value if isinstance(credential, SessionToken) else None
+        if subject is None and token is None:
+            return None
+        versions = [(STUDY_STREAM, self._study.version)]
+        if subject is not None:
+            with self._study_lock:
+                cached = self._subjects.get(subject)
+            versions.append((subject, cached.state.version if cached is not None else 0))
+        also = [identity.session_query(self.engine, token)] if token is not None else []
+        streams, rows = self.store.read_streams_since(versions, also=also)
+        return _Ahead(streams[0], streams[1] if subject is not None else None,
+                      identity.session_from(rows[0]) if token is not None else _UNREAD)
+
+    def _subject_stream(self, subject: str,
+                        read: Sequence[RecordedEvent] | None = None) -> _Stream:
         """The subject's stream read and folded, from the streams this executor keeps brought
         up to date (one indexed read of the events since; a fold of those only). A cache:
         the append it leads to expects the version read, so a stream that moved on is a
         conflict, retried on a fresh read."""
         with self._study_lock:
             cached = self._subjects.get(subject)
+        since = cached.state.version if cached is not None else 0
+        if read is not None and any(event.version <= since for event in read):
+            read = None  # read ahead of a fold that moved on since: read again
         if cached is None:
-            events = tuple(self.store.read_stream(subject))
+            events = tuple(read if read is not None else self.store.read_stream(subject))
             stream = _Stream(events, fold_subject(subject, events),
                              fold_monitoring(subject, events))
         else:
-            newer = self.store.read_stream(subject, after_version=cached.state.version)
+            newer = read if read is not None else self.store.read_stream(
+                subject, after_version=since)
             stream = cached if not newer else _Stream(
                 (*cached.events, *newer), fold_onto(cached.state, newer),
                 monitoring_onto(cached.review, newer))
