@@ -100,11 +100,14 @@ def rows(results: Sequence[BackendResult]) -> list[tuple[str, ...]]:
 
 
 def stall_note(backend: str, m: Measurement) -> str:
+    without = m.ratio_without_stalls()
+    rest = (f"without them the ratio is {without:.0%}" if without is not None else
+            "every transaction of a side took that long, so there is no ratio without them")
     return (
         f"{backend} {m.workload}: {m.ours.stalls} of ours' and {m.raw.stalls} of raw's "
         f"{m.raw.transactions:,} transactions stalled (>= {STALL_SECONDS * 1000:.0f} ms, "
         f"{m.ours.stall_seconds:.1f} s and {m.raw.stall_seconds:.1f} s in all); they are "
-        f"included in the table; without them the ratio is {m.ratio_without_stalls():.0%}"
+        f"included in the table; {rest}"
     )
 
 

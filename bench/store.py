@@ -99,14 +99,19 @@ class Measurement:
     def stalled(self) -> bool:
         return bool(self.ours.stalls or self.raw.stalls)
 
-    def ratio_without_stalls(self) -> float:
-        """The ratio over the transactions that did not stall (same events per transaction)."""
+    def ratio_without_stalls(self) -> float | None:
+        """The ratio over the transactions that did not stall (same events per transaction);
+        None when every transaction of a side took that long (on a slow machine a batch of
+        1,000 events may: then "stall" says nothing about the network)."""
 
-        def rate(side: Side) -> float:
+        def rate(side: Side) -> float | None:
             kept = side.transactions - side.stalls
+            if kept <= 0 or side.seconds <= side.stall_seconds:
+                return None
             return self.events * kept / side.transactions / (side.seconds - side.stall_seconds)
 
-        return rate(self.ours) / rate(self.raw)
+        ours, raw = rate(self.ours), rate(self.raw)
+        return None if ours is None or raw is None else ours / raw
 
 
 @dataclass
