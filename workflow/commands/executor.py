@@ -129,6 +129,7 @@ class _Ahead:
 
     study: list[RecordedEvent]  # the study's events since the kept fold
     subject: list[RecordedEvent] | None  # a subject command's events since its kept fold
+    subject_since: int  # the version of that kept fold (0: none was kept)
     session: object  # the session token's row (None: no such session), or _UNREAD
 
 
@@ -206,7 +207,8 @@ class Executor:
                 raise _locked(user.name)
             read, ahead_box[0] = ahead_box[0], None  # read ahead for the first try only
             loaded = self._load(message, study, user,
-                                read.subject if read is not None else None)
+                                (read.subject_since, read.subject)
+                                if read is not None and read.subject is not None else None)
             try:
                 decision = decide(message, loaded.context, method=credential.method)
             except (RuleViolation, InvalidInput):
@@ -461,9 +463,9 @@ class Executor:
         return user
 
     def _load(self, message: M.Message, study: Study, user: User,
-              read: Sequence[RecordedEvent] | None = None) -> _Loaded:
+              read: tuple[int, Sequence[RecordedEvent]] | None = None) -> _Loaded:
         """Read what `message` needs (I/O only; the context is a pure fold of it). `read`: the
-        subject's events since the kept fold, read ahead (`_read_ahead`)."""
+        subject's events after a version, read ahead (`_read_ahead`)."""
         now = self.clock()
         origin = self._who()
         versions = {STUDY_STREAM: study.version}
@@ -526,17 +528,19 @@ class Executor:
         if subject is None and token is None:
             return None
         versions = [(STUDY_STREAM, self._study.version)]
+        since = 0
         if subject is not None:
             with self._study_lock:
                 cached = self._subjects.get(subject)
-            versions.append((subject, cached.state.version if cached is not None else 0))
+            since = cached.state.version if cached is not None else 0
+            versions.append((subject, since))
         also = [identity.session_query(self.engine, token)] if token is not None else []
         streams, rows = self.store.read_streams_since(versions, also=also)
-        return _Ahead(streams[0], streams[1] if subject is not None else None,
+        return _Ahead(streams[0], streams[1] if subject is not None else None, since,
                       identity.session_from(rows[0]) if token is not None else _UNREAD)
 
     def _subject_stream(self, subject: str,
-                        read: Sequence[RecordedEvent] | None = None) -> _Stream:
+                        read: tuple[int, Sequence[RecordedEvent]] | None = None) -> _Stream:
         """The subject's stream read and folded, from the streams this executor keeps brought
         up to date (one indexed read of the events since; a fold of those only). A cache:
         the append it leads to expects the version read, so a stream that moved on is a
@@ -544,15 +548,16 @@ class Executor:
         with self._study_lock:
             cached = self._subjects.get(subject)
         since = cached.state.version if cached is not None else 0
-        if read is not None and any(event.version <= since for event in read):
-            read = None  # read ahead of a fold that moved on since: read again
+        # events read ahead after exactly the version kept now, else read again (the fold
+        # moved on, or was let go, since they were read)
+        newer = read[1] if read is not None and read[0] == since else None
         if cached is None:
-            events = tuple(read if read is not None else self.store.read_stream(subject))
+            events = tuple(newer if newer is not None else self.store.read_stream(subject))
             stream = _Stream(events, fold_subject(subject, events),
                              fold_monitoring(subject, events))
         else:
-            newer = read if read is not None else self.store.read_stream(
-                subject, after_version=since)
+            if newer is None:
+                newer = self.store.read_stream(subject, after_version=since)
             stream = cached if not newer else _Stream(
                 (*cached.events, *newer), fold_onto(cached.state, newer),
                 monitoring_onto(cached.review, newer))
