@@ -19,61 +19,35 @@ from events.errors import ConcurrencyConflict
 from events.store import AppendContext, EventStore, StreamAppend, Unchanged
 from events.streams import STUDY_STREAM
 from tests.support.clock import FakeClock
+from tests.support.executors import START, kept_is_the_log, two_desks, vitals
 from tests.support.study import (
     ADMIN,
     COORDINATOR,
     INVESTIGATOR,
     Desk,
     new_study,
-    on_day,
-    open_desk,
     refused,
     screen_eligible,
 )
 from workflow.commands import messages as M
 from workflow.errors import RuleViolation
-from workflow.monitoring import fold_monitoring
 from workflow.study import load_study
-from workflow.subject import fold_subject
-
-START = date(2025, 3, 3)
 
 
 @pytest.fixture
 def desks(db_url: str) -> tuple[Desk, Desk]:
-    clock = FakeClock()
-    first = new_study(db_url, clock)
-    screen_eligible(first, "S-001", START, clock=clock)
-    on_day(clock, date(2025, 3, 10))
-    return first, open_desk(db_url, clock)
-
-
-def _vitals(desk: Desk, heart_rate: int) -> int:
-    message = M.RecordForm("S-001", "vitals", (f"heart_rate={heart_rate}",), date(2025, 3, 9))
-    return desk.send(COORDINATOR, message).result.positions[0]
-
-
-def _kept_equals_the_log(desk: Desk, subject: str) -> None:
-    """The executor's fold, brought up to date as its next command would (the events since
-    its last load, its own last append among them), is the fold of the whole log."""
-    kept = desk.executor._subject_stream(subject)
-    assert kept is desk.executor._subjects[subject]
-    events = desk.store.read_stream(subject)
-    assert [e.position for e in kept.events] == [e.position for e in events]
-    assert kept.state == fold_subject(subject, events)
-    assert kept.review == fold_monitoring(subject, events)
-    assert desk.executor.study() == load_study(desk.store)
+    return two_desks(db_url)
 
 
 def test_each_executor_sees_what_the_other_appended(desks: tuple[Desk, Desk]) -> None:
     first, second = desks
-    a = _vitals(second, 70)  # second folds S-001 now
-    b = _vitals(first, 71)  # first appends behind second's back
-    c = _vitals(second, 72)  # second reads the event since its fold, at the right version
+    a = vitals(second, 70)  # second folds S-001 now
+    b = vitals(first, 71)  # first appends behind second's back
+    c = vitals(second, 72)  # second reads the event since its fold, at the right version
     assert a < b < c
     for desk in (first, second):
-        _vitals(desk, 73)
-        _kept_equals_the_log(desk, "S-001")
+        vitals(desk, 73)
+        kept_is_the_log(desk, "S-001")
     heart_rates = [f.values["heart_rate"] for f in first.subject("S-001").forms_of("vitals")
                    if "heart_rate" in f.values]
     assert heart_rates[-5:] == [70, 71, 72, 73, 73]
@@ -81,9 +55,9 @@ def test_each_executor_sees_what_the_other_appended(desks: tuple[Desk, Desk]) ->
 
 def test_a_refusal_leaves_the_kept_fold_as_the_log(desks: tuple[Desk, Desk]) -> None:
     first, _ = desks
-    _vitals(first, 70)
+    vitals(first, 70)
     refused(first, COORDINATOR, M.ConsentSubject("S-001", START, "2.0"), "already_consented")
-    _kept_equals_the_log(first, "S-001")
+    kept_is_the_log(first, "S-001")
 
 
 def test_a_study_change_between_load_and_append_is_a_conflict_then_a_fresh_decision(
@@ -92,7 +66,7 @@ def test_a_study_change_between_load_and_append_is_a_conflict_then_a_fresh_decis
     deactivates cora. The append sees the study stream moved on (checked under the lock) and
     conflicts; the retry reads the study again and refuses: nothing of cora's is written."""
     first, second = desks
-    _vitals(second, 70)
+    vitals(second, 70)
     store: EventStore = second.store
     original = store.append_streams
     calls: list[tuple[Unchanged, ...] | None] = []
@@ -122,7 +96,7 @@ def test_a_place_taken_for_another_subject_meanwhile_is_no_conflict(
     decided, so it appends at once (no conflict, no retry)."""
     first, second = desks
     screen_eligible(first, "S-002", START)
-    _vitals(second, 70)
+    vitals(second, 70)
     store: EventStore = second.store
     original = store.append_streams
     calls = 0
@@ -135,7 +109,7 @@ def test_a_place_taken_for_another_subject_meanwhile_is_no_conflict(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(store, "append_streams", enrol_first)
-    _vitals(second, 71)
+    vitals(second, 71)
     assert calls == 1  # appended on the first try
     assert second.executor.study().place_of("S-002") is not None
 
@@ -231,7 +205,7 @@ def test_a_command_folds_only_what_is_new_whatever_the_size_of_the_study(
     for n in range(2, 7):  # five more subjects enrolled (the cap is 6): places in the study
         screen_eligible(first, f"S-{n:03d}", START)
         first.send(INVESTIGATOR, M.ConfirmEligibility(f"S-{n:03d}"))
-    _vitals(first, 70)  # the executor now keeps S-001 and the study folded
+    vitals(first, 70)  # the executor now keeps S-001 and the study folded
     study_applied: list[str] = []
     subject_applied: list[int] = []
     apply_study, apply_subject = executor_module.apply_study, subject_module.apply_subject
@@ -247,7 +221,7 @@ def test_a_command_folds_only_what_is_new_whatever_the_size_of_the_study(
     monkeypatch.setattr(executor_module, "apply_study", counting_study)
     monkeypatch.setattr(study_module, "apply_study", counting_study)  # a whole fold too
     monkeypatch.setattr(subject_module, "apply_subject", counting_subject)
-    last = _vitals(first, 71)
+    last = vitals(first, 71)
     assert study_applied == []  # nothing new in the study stream: nothing folded
     # the S-001 event appended by the previous command, then the preview of this one's
     assert len(subject_applied) == 2 and subject_applied[0] == last - 1
@@ -264,8 +238,8 @@ def test_a_command_reads_the_study_its_session_and_its_subject_together(
     import workflow.identity as identity_module
 
     first, other = desks
-    _vitals(first, 70)
-    _vitals(other, 71)  # the subject moved on in another process: read ahead by the next one
+    vitals(first, 70)
+    vitals(other, 71)  # the subject moved on in another process: read ahead by the next one
     other.send(ADMIN, M.AddSite("SITE2", "Europe/Paris"))  # and the study too
     batches: list[list[str]] = []
     singles: list[str] = []
@@ -282,18 +256,18 @@ def test_a_command_reads_the_study_its_session_and_its_subject_together(
     monkeypatch.setattr(store_module, "fetch_many", counting_many)
     monkeypatch.setattr(store_module, "fetch_rows", counting_rows)
     monkeypatch.setattr(identity_module, "fetch_rows", counting_rows)
-    _vitals(first, 72)
+    vitals(first, 72)
     assert len(batches) == 1 and len(batches[0]) == 3, batches
     assert batches[0][0] == batches[0][1] == "events" and "sessions" in batches[0][2]
     assert singles == []
-    _kept_equals_the_log(first, "S-001")
+    kept_is_the_log(first, "S-001")
     assert "SITE2" in first.executor.study().sites
 
 
 def test_a_session_ended_between_two_commands_is_refused_when_read_ahead(
         desks: tuple[Desk, Desk]) -> None:
     first, _ = desks
-    _vitals(first, 70)  # the session is known; the next command reads it ahead
+    vitals(first, 70)  # the session is known; the next command reads it ahead
     import sqlalchemy as sa
 
     from workflow.identity import table
@@ -305,6 +279,6 @@ def test_a_session_ended_between_two_commands_is_refused_when_read_ahead(
                             {"name": COORDINATOR}).rowcount >= 1
     before = first.store.last_position()
     with pytest.raises(RuleViolation) as caught:
-        _vitals(first, 71)
+        vitals(first, 71)
     assert caught.value.rule == "authentication_failed"
     assert [e.type for e in first.store.read_all(after=before)] == ["AuthenticationFailed"]

@@ -11,6 +11,7 @@ import pytest
 
 from events.errors import IdempotencyMismatch
 from tests.support.clock import FakeClock
+from tests.support.executors import START, kept_is_the_log, two_desks, vitals, vitals_message
 from tests.support.study import (
     ADMIN,
     COORDINATOR,
@@ -20,33 +21,17 @@ from tests.support.study import (
     on_day,
     open_desk,
     refused,
-    screen_eligible,
 )
 from workflow.commands import messages as M
 from workflow.errors import RuleViolation
 from workflow.identity import SessionToken
-from workflow.monitoring import fold_monitoring
 from workflow.study import load_study
 from workflow.subject import fold_subject
-
-START = date(2025, 3, 3)
 
 
 @pytest.fixture
 def desks(db_url: str) -> tuple[Desk, Desk]:
-    clock = FakeClock()
-    first = new_study(db_url, clock)
-    screen_eligible(first, "S-001", START, clock=clock)
-    on_day(clock, date(2025, 3, 10))
-    return first, open_desk(db_url, clock)
-
-
-def _vitals_message(heart_rate: int) -> M.RecordForm:
-    return M.RecordForm("S-001", "vitals", (f"heart_rate={heart_rate}",), date(2025, 3, 9))
-
-
-def _vitals(desk: Desk, heart_rate: int) -> int:
-    return desk.send(COORDINATOR, _vitals_message(heart_rate)).result.positions[0]
+    return two_desks(db_url)
 
 
 def _appends(desk: Desk, monkeypatch: pytest.MonkeyPatch, before: Any = None) -> list[int]:
@@ -64,20 +49,6 @@ def _appends(desk: Desk, monkeypatch: pytest.MonkeyPatch, before: Any = None) ->
     return calls
 
 
-def _kept_is_the_log(desk: Desk, subject: str, *, as_is: bool = False) -> None:
-    """The kept folds are a fresh fold of the log: `as_is`, as they are (after a refusal:
-    nothing to bring up to date), else brought up to date as the next command would."""
-    if not as_is:
-        desk.executor.study()
-        desk.executor._subject_stream(subject)
-    kept = desk.executor._subjects[subject]
-    events = desk.store.read_stream(subject)
-    assert [e.position for e in kept.events] == [e.position for e in events]
-    assert kept.state == fold_subject(subject, events)
-    assert kept.review == fold_monitoring(subject, events)
-    assert desk.executor._study == load_study(desk.store)
-
-
 def _token(desk: Desk, name: str) -> SessionToken:
     credential = desk.actors.credential(name)
     assert isinstance(credential, SessionToken)
@@ -86,11 +57,11 @@ def _token(desk: Desk, name: str) -> SessionToken:
 
 def test_another_users_session_token_is_refused(desks: tuple[Desk, Desk]) -> None:
     first, _ = desks
-    _vitals(first, 70)  # the study and S-001 kept: the next command reads ahead
+    vitals(first, 70)  # the study and S-001 kept: the next command reads ahead
     otto = _token(first, "otto")  # a real, live session, of another user
     before, subject = first.store.last_position(), first.store.read_stream("S-001")
     with pytest.raises(RuleViolation) as caught:
-        first.executor.execute(_vitals_message(71), SessionToken(COORDINATOR, otto.token))
+        first.executor.execute(vitals_message(71), SessionToken(COORDINATOR, otto.token))
     assert caught.value.rule == "authentication_failed"
     failed = list(first.store.read_all(after=before))
     assert [(e.type, e.payload["reason"]) for e in failed] == [
@@ -101,15 +72,15 @@ def test_another_users_session_token_is_refused(desks: tuple[Desk, Desk]) -> Non
 def test_an_expired_session_read_ahead_is_refused_and_writes_nothing(
         desks: tuple[Desk, Desk]) -> None:
     first, _ = desks
-    _vitals(first, 70)
+    vitals(first, 70)
     token, expires = first.actors.sessions[COORDINATOR]
     first.clock.set(expires)  # expired at this very moment
     before = first.store.last_position()
     with pytest.raises(RuleViolation) as caught:
-        first.executor.execute(_vitals_message(71), SessionToken(COORDINATOR, token))
+        first.executor.execute(vitals_message(71), SessionToken(COORDINATOR, token))
     assert caught.value.rule == "session_expired"
     assert first.store.last_position() == before
-    _vitals(first, 72)  # Actors logs in again: a fresh session is accepted
+    vitals(first, 72)  # Actors logs in again: a fresh session is accepted
     assert first.store.last_position() == before + 1
 
 
@@ -119,7 +90,7 @@ def test_a_session_and_a_user_made_by_another_process_are_seen_by_the_next_comma
     another process adds both and logs nina in: nina's token works on the first executor,
     whose read-ahead brings the study up to date (decided on the first try)."""
     first, second = desks
-    _vitals(first, 70)
+    vitals(first, 70)
     second.send(ADMIN, M.AddSite("NEW", "Europe/Paris"))
     second.add_user("nina", "coordinator", "NEW")
     nina = _token(second, "nina")
@@ -130,17 +101,17 @@ def test_a_session_and_a_user_made_by_another_process_are_seen_by_the_next_comma
     assert calls == [1]  # no conflict: the first try saw the new site and user
     assert first.subject("S-100").site == "NEW"
     assert outcome.result.positions
-    _kept_is_the_log(first, "S-100")
+    kept_is_the_log(first, "S-100")
 
 
 def test_another_sites_coordinator_is_refused_and_the_kept_folds_stay_the_log(
         desks: tuple[Desk, Desk]) -> None:
     first, second = desks
-    _vitals(first, 70)
-    _vitals(second, 71)  # S-001 moved on behind first's back: read ahead by otto's command
+    vitals(first, 70)
+    vitals(second, 71)  # S-001 moved on behind first's back: read ahead by otto's command
     second.send(ADMIN, M.AddSite("THIRD", "Europe/Paris"))  # and the study too
-    refused(first, "otto", _vitals_message(72), "site", "otto", "S-001")
-    _kept_is_the_log(first, "S-001", as_is=True)
+    refused(first, "otto", vitals_message(72), "site", "otto", "S-001")
+    kept_is_the_log(first, "S-001", as_is=True)
     kept = first.executor._study
     assert kept is not None and "THIRD" in kept.sites
 
@@ -148,10 +119,10 @@ def test_another_sites_coordinator_is_refused_and_the_kept_folds_stay_the_log(
 def test_a_user_deactivated_by_another_executor_is_refused_on_the_first_try(
         desks: tuple[Desk, Desk], monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = desks
-    _vitals(first, 70)  # cora's session is live and known to first
+    vitals(first, 70)  # cora's session is live and known to first
     second.send(ADMIN, M.DeactivateUser(COORDINATOR))  # her session stays: no logout
     calls = _appends(first, monkeypatch)
-    refused(first, COORDINATOR, _vitals_message(71), "user_deactivated", COORDINATOR)
+    refused(first, COORDINATOR, vitals_message(71), "user_deactivated", COORDINATOR)
     assert calls == []  # refused at once from the study read ahead, not after a conflict
 
 
@@ -176,23 +147,23 @@ def test_a_conflict_is_retried_on_a_fresh_read_not_on_the_read_ahead(
     append conflicts and the retry reads the subject again (reusing the empty read-ahead
     would decide on the stale fold again and conflict on every try)."""
     first, second = desks
-    _vitals(second, 70)
+    vitals(second, 70)
     second.executor._subject_stream("S-001")  # kept up to date: nothing new to read ahead
     raced: list[int] = []
 
     def race(n: int) -> None:
         if n == 1:
-            raced.append(_vitals(first, 71))
+            raced.append(vitals(first, 71))
 
     calls = _appends(second, monkeypatch, race)
-    mine = _vitals(second, 72)
+    mine = vitals(second, 72)
     assert calls == [1, 2]  # one conflict, then appended on a fresh read
     assert raced[0] < mine
     rates = [f.values["heart_rate"] for f in first.subject("S-001").forms_of("vitals")
              if "heart_rate" in f.values]
     assert rates[-3:] == [70, 71, 72]
     for desk in desks:
-        _kept_is_the_log(desk, "S-001")
+        kept_is_the_log(desk, "S-001")
 
 
 def test_a_subject_read_ahead_of_a_fold_that_moved_on_is_read_again(
@@ -200,12 +171,12 @@ def test_a_subject_read_ahead_of_a_fold_that_moved_on_is_read_again(
     """The guard in `_subject_stream`: events read ahead after another version than the one
     kept now (the fold moved on between the read-ahead and the load) are read again."""
     first, second = desks
-    _vitals(first, 70)
-    _vitals(second, 71)
-    ahead = first.executor._read_ahead(_vitals_message(0), _token(first, COORDINATOR))
+    vitals(first, 70)
+    vitals(second, 71)
+    ahead = first.executor._read_ahead(vitals_message(0), _token(first, COORDINATOR))
     assert ahead is not None and ahead.subject is not None and len(ahead.subject) == 2
     first.executor._subject_stream("S-001")  # the kept fold takes 70 and 71 meanwhile
-    _vitals(second, 72)
+    vitals(second, 72)
     kept = first.executor._subject_stream("S-001", (ahead.subject_since, ahead.subject))
     events = first.store.read_stream("S-001")
     assert [e.position for e in kept.events] == [e.position for e in events]
@@ -219,9 +190,9 @@ def test_a_subject_read_ahead_of_a_fold_let_go_meanwhile_is_read_again(
     alone made S-001 look unconsented at the stream's head version (an append would not have
     conflicted). They are used only when the version kept now is the one they follow."""
     first, second = desks
-    _vitals(first, 70)
-    _vitals(second, 71)
-    ahead = first.executor._read_ahead(_vitals_message(0), _token(first, COORDINATOR))
+    vitals(first, 70)
+    vitals(second, 71)
+    ahead = first.executor._read_ahead(vitals_message(0), _token(first, COORDINATOR))
     assert ahead is not None and ahead.subject is not None and ahead.subject_since > 0
     del first.executor._subjects["S-001"]  # let go between the read-ahead and the load
     kept = first.executor._subject_stream("S-001", (ahead.subject_since, ahead.subject))
@@ -233,15 +204,15 @@ def test_a_subject_read_ahead_of_a_fold_let_go_meanwhile_is_read_again(
 def test_a_repeated_command_id_returns_the_first_result_on_either_executor(
         desks: tuple[Desk, Desk]) -> None:
     first, second = desks
-    _vitals(first, 70)
-    _vitals(second, 70)
-    outcome = first.send(COORDINATOR, _vitals_message(71), command_id="cmd-vitals-71")
-    _vitals(second, 72)  # S-001 moved on since: the repeat must not decide again
+    vitals(first, 70)
+    vitals(second, 70)
+    outcome = first.send(COORDINATOR, vitals_message(71), command_id="cmd-vitals-71")
+    vitals(second, 72)  # S-001 moved on since: the repeat must not decide again
     before = first.store.last_position()
     for desk in (first, second):
-        again = desk.send(COORDINATOR, _vitals_message(71), command_id="cmd-vitals-71")
+        again = desk.send(COORDINATOR, vitals_message(71), command_id="cmd-vitals-71")
         assert again.result.positions == outcome.result.positions
         assert again.summary == {"repeated": True}
     with pytest.raises(IdempotencyMismatch):
-        first.send(COORDINATOR, _vitals_message(99), command_id="cmd-vitals-71")
+        first.send(COORDINATOR, vitals_message(99), command_id="cmd-vitals-71")
     assert first.store.last_position() == before
