@@ -39,7 +39,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 from sqlalchemy import Engine
@@ -62,6 +62,8 @@ from events.errors import (
 from events.migrations.v003_guards import APPEND_FUNCTION
 from events.streams import check_stream_id
 from events.translate import driver_connection, lost_connection
+
+_T = TypeVar("_T")
 
 CLOCK_TOLERANCE: Final = timedelta(seconds=60)  # writer's clock vs the store's (host skew)
 APPEND_LOCK_KEY: Final = 7_320_002  # pg_advisory_xact_lock id shared by every appender
@@ -788,21 +790,11 @@ def fetch_rows(engine: Engine, sql: str, params: Sequence[Any] = ()) -> list[Any
     ping first: on PostgreSQL three round trips fewer, and psycopg keeps its prepared
     statements). On PostgreSQL the query itself checks the connection: a read can always be
     retried, on a fresh connection when the pooled one was dead."""
-    rows: list[Any]
     if engine.dialect.name == "sqlite":
         with driver_connection(engine) as driver:
-            rows = driver.execute(sql, tuple(params)).fetchall()
+            rows: list[Any] = driver.execute(sql, tuple(params)).fetchall()
         return rows
-    attempts = _attempts(engine)
-    for attempt in range(1, attempts + 1):
-        try:
-            with driver_connection(engine, unpinged=True) as driver, _autocommit(driver):
-                rows = driver.execute(sql, tuple(params)).fetchall()
-            break
-        except StoreUnavailable as error:
-            if attempt == attempts or not lost_connection(error):
-                raise
-    return rows
+    return _unpinged_read(engine, lambda driver: driver.execute(sql, tuple(params)).fetchall())
 
 
 def fetch_many(engine: Engine, queries: Sequence[tuple[str, Sequence[Any]]]
@@ -813,19 +805,28 @@ def fetch_many(engine: Engine, queries: Sequence[tuple[str, Sequence[Any]]]
     if engine.dialect.name == "sqlite":
         with driver_connection(engine) as driver:
             return [driver.execute(sql, tuple(params)).fetchall() for sql, params in queries]
+
+    def read(driver: Any) -> list[list[Any]]:
+        with driver.pipeline():
+            cursors = [driver.execute(sql, tuple(params)) for sql, params in queries]
+        return [cursor.fetchall() for cursor in cursors]
+
+    return _unpinged_read(engine, read)
+
+
+def _unpinged_read(engine: Engine, read: Callable[[Any], _T]) -> _T:
+    """`read(driver)` on an unpinged PostgreSQL connection in autocommit mode: the query
+    itself checks the connection, and a read found dead before answering is tried again on
+    a fresh one (up to every pooled connection)."""
     attempts = _attempts(engine)
-    found: list[list[Any]] = []
     for attempt in range(1, attempts + 1):
         try:
             with driver_connection(engine, unpinged=True) as driver, _autocommit(driver):
-                with driver.pipeline():
-                    cursors = [driver.execute(sql, tuple(params)) for sql, params in queries]
-                found = [cursor.fetchall() for cursor in cursors]
-            break
+                return read(driver)
         except StoreUnavailable as error:
             if attempt == attempts or not lost_connection(error):
                 raise
-    return found
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class _Trip:

@@ -300,5 +300,9 @@ def test_connections_the_server_dropped_are_replaced_without_an_error(postgres_u
     with app.engine.connect() as conn:  # SQLAlchemy's own users: pinged, then replaced
         assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 1
     assert store.find_command(result.command_id) is not None
+    fill_pool()
+    _terminate_other_backends(postgres_url)
+    read, rows = store.read_streams_since([("S-1", 0)], also=[("SELECT count(*) FROM events", ())])
+    assert [e.version for e in read[0]] == [1] and rows == [[(1,)]]  # fetch_many: pipelined
     assert verify(store).events == 1
     app.engine.dispose()
