@@ -91,10 +91,14 @@ def study_file(sqlite_url: str, tmp_path: Path) -> tuple[Desk, Path]:
     return with_candidate_file(sqlite_url, tmp_path)
 
 
-def tables(engine: Engine) -> dict[str, list[str]]:
-    """Every read-model table and the checkpoints, row by row."""
+def tables(engine: Engine, *, stamped: bool = True) -> dict[str, list[str]]:
+    """Every read-model table and the checkpoints, row by row; `stamped=False` leaves out the
+    checkpoints' `updated_at` (the wall clock of the last catch-up, not what was folded)."""
     with engine.connect() as conn:
-        return {t.name: sorted(repr(tuple(r)) for r in conn.execute(t.select()).all())
+        return {t.name: sorted(repr(tuple(r)) for r in conn.execute(
+                    t.select() if stamped or "updated_at" not in t.c
+                    else t.select().with_only_columns(
+                        *(c for c in t.c if c.name != "updated_at"))).all())
                 for t in metadata.sorted_tables}
 
 
