@@ -148,17 +148,18 @@ def test_a_query_behind_a_held_checkpoint_lock_folds_the_lag(desk: tuple[str, De
     flow.send(COORDINATOR, M.RecordForm("S-001", "vitals", ("weight_kg=59", "height_cm=162"),
                                         today() - timedelta(days=1)))  # not in the tables
     dispose_engines()
+    now = datetime.now(UTC).isoformat()  # one clock for both answers (a day may turn between)
     with holding(study, "SELECT * FROM projection_checkpoints FOR UPDATE"):
         started = time.monotonic()
         held = trialflow(["--db", url, "--log-level", "info", "--json", "eligibility",
-                          "S-001"], env)
+                          "S-001", "--now", now], env)
         waited = time.monotonic() - started
     assert held.returncode == 0, held.stderr
     assert waited >= 0.5
     folded = [json.loads(line) for line in held.stderr.splitlines()
               if "read models not caught up" in line]
     assert [line["reason"] for line in folded] == ["database_busy"], held.stderr
-    caught_up = trialflow(["--db", url, "--json", "eligibility", "S-001"], env)
+    caught_up = trialflow(["--db", url, "--json", "eligibility", "S-001", "--now", now], env)
     assert caught_up.returncode == 0, caught_up.stderr
     assert json.loads(held.stdout) == json.loads(caught_up.stdout)
 
