@@ -19,6 +19,7 @@ from typing import Any, Final
 from sqlalchemy import Engine
 
 from events.store import EventStore
+from projections.kept_streams import KeptStreams
 from projections.subject_rows import Rows
 from workflow.study import Study
 
@@ -58,15 +59,22 @@ def _fold(subjects: Sequence[str], wanted: dict[str, list[str]], head: int
 
 
 def fold_chunk(store: EventStore, study: Study, subjects: Sequence[str],
-               wanted: dict[str, list[str]], head: int) -> dict[str, list[Any]]:
+               wanted: dict[str, list[str]], head: int, kept: KeptStreams | None = None
+               ) -> dict[str, list[Any]]:
     """The rows, by table, of `subjects` folded up to `head` for the projections each wants,
-    encoded for the database's INSERT (`runner.encode_rows`)."""
+    encoded for the database's INSERT (`runner.encode_rows`); with `kept`, each stream is
+    folded onto what was kept of it (projections/kept_streams.py)."""
     from projections.runner import encode_rows, subject_rows_of
     from projections.subject_rows import fold_context
 
     rows: dict[str, list[dict[str, Any]]] = {}
     for subject in subjects:
-        ctx = fold_context(study, subject, store.read_stream(subject, up_to_position=head))
+        if kept is None:
+            ctx = fold_context(study, subject, store.read_stream(subject, up_to_position=head))
+        else:
+            stream = kept.stream(store, subject, head)
+            ctx = None if stream is None else fold_context(study, subject, stream.events,
+                                                           stream.state)
         for name in wanted[subject]:
             found: Rows = subject_rows_of(name, ctx)
             for table_name, table_rows in found.items():

@@ -20,7 +20,7 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 from sqlalchemy import (
@@ -47,6 +47,7 @@ from events.store import EventStore
 from events.streams import STUDY_STREAM, is_subject_id
 from events.translate import translated
 from projections import parallel, registry
+from projections.kept_streams import KeptStreams, kept_streams
 from projections.schema import ensure_schema
 from projections.study_facts import changed_facts, facts_of, study_from_facts
 from projections.subject_rows import Rows, SubjectContext
@@ -62,6 +63,7 @@ FOLD_FACTS: Final = ("stream", "site", "protocol", "in_force")  # what subject f
 CHUNK: Final = 200  # subjects written per batch of statements
 
 Progress = Callable[[int, int], None]  # (subjects done, subjects in all)
+_T = TypeVar("_T")
 
 
 def is_subject_stream(stream_id: str) -> bool:
@@ -100,7 +102,7 @@ class Runner:
             lagging = {name: at for name, at in marks.items() if at < head}
             result = CatchUp(head)
             if lagging:
-                self._apply(conn, lagging, head, result)
+                self._apply(conn, lagging, head, result, kept=kept_streams(self.store))
             return result
 
     def rebuild(self, names: Sequence[str] = registry.NAMES,
@@ -161,23 +163,39 @@ class Runner:
                 self._schema_seen = True
             else:  # committed with the catch-up, or not at all
                 ensure_schema(conn, names, self.tables)
-        query = _checkpoints_query(self.tables.checkpoints, tuple(names),
-                                   not is_sqlite(self.engine))
-        rows = {r.name: r for r in conn.execute(query).all()}
+        rows = self._checkpoints(conn, names)
         if len(rows) < len(names) or any(
-                int(rows[n].version) != registry.VERSIONS[n] for n in names if n in rows):
+                rows[n][0] != registry.VERSIONS[n] for n in names if n in rows):
             ensure_schema(conn, names, self.tables)
-            rows = {r.name: r for r in conn.execute(query).all()}
-        return {name: int(rows[name].position) for name in names}
+            rows = self._checkpoints(conn, names)
+        return {name: rows[name][1] for name in names}
+
+    def _checkpoints(self, conn: Connection, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """name -> (version, position) of `names`' checkpoints (PostgreSQL: locked FOR
+        UPDATE; SQLite: the transaction holds the write lock)."""
+        table = self.tables.checkpoints
+        if conn.dialect.name == "sqlite":  # on the driver: a catch-up's fixed cost (issue 17)
+            sql = _sqlite_checkpoints(table, conn.dialect, len(names))
+            found = _on_driver(conn, sql, lambda cursor: cursor.execute(sql, tuple(names))
+                               .fetchall())
+        else:
+            found = conn.execute(_checkpoints_query(table, tuple(names))).all()
+        return {str(r[0]): (int(r[1]), int(r[2])) for r in found}
 
     def _set_checkpoint(self, conn: Connection, names: Sequence[str], position: int) -> None:
-        conn.execute(_move_checkpoints(self.tables.checkpoints), {
-            "names": list(names), "new_position": position,
-            "new_updated_at": datetime.now(UTC).isoformat(timespec="seconds")})
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        table = self.tables.checkpoints
+        if conn.dialect.name == "sqlite":
+            sql = _sqlite_move(table, conn.dialect, len(names))
+            _on_driver(conn, sql, lambda cursor: cursor.execute(sql, (position, stamp, *names)))
+            return
+        conn.execute(_move_checkpoints(table), {
+            "names": list(names), "new_position": position, "new_updated_at": stamp})
 
     # ------------------------------------------------------------------ applying
     def _apply(self, conn: Connection, lagging: dict[str, int], head: int, result: CatchUp,
-               progress: Progress | None = None) -> None:
+               progress: Progress | None = None, *, kept: KeptStreams | None = None) -> None:
+        """`kept`: the streams to fold onto (a catch-up; a rebuild folds every one afresh)."""
         study_at = lagging.get(registry.STUDY)
         subject_lag = {n: at for n, at in lagging.items() if n != registry.STUDY}
         scan_from = min([at for at in lagging.values() if at > 0], default=None)
@@ -185,7 +203,7 @@ class Runner:
         study_new = ([] if study_at is None else
                      self.store.read_stream(STUDY_STREAM, up_to_position=head) if study_at == 0
                      else [e for e in scanned if e.position > study_at])
-        study = self._study(conn, study_new)
+        study = self._study(conn, study_new, study_at, head, kept)
         if study_at is not None:
             result.applied[registry.STUDY] = len(study_new)
         refold_all = {n for n, at in subject_lag.items() if at == 0 or any(
@@ -206,7 +224,7 @@ class Runner:
             folded = parallel.fold_in_parallel(self.engine, study, chunks, wanted, head)
         else:
             chunks = [subjects[i:i + CHUNK] for i in range(0, len(subjects), CHUNK)]
-            folded = ((c, parallel.fold_chunk(self.store, study, c, wanted, head))
+            folded = ((c, parallel.fold_chunk(self.store, study, c, wanted, head, kept))
                       for c in chunks)
         done = 0
         for chunk, rows in folded:
@@ -233,8 +251,16 @@ class Runner:
                 touched[event.stream_id] = event.position
         return study_events, touched
 
-    def _study(self, conn: Connection, new_events: Sequence[RecordedEvent]) -> Study:
-        """The study's facts moved to the head (in the same transaction)."""
+    def _study(self, conn: Connection, new_events: Sequence[RecordedEvent],
+               study_at: int | None, head: int, kept: KeptStreams | None) -> Study:
+        """The study's facts moved to the head (in the same transaction). `study_at`: the
+        study read model's checkpoint, read under the lock; with no study event since, the
+        facts kept for it are those in the table (`kept`, a catch-up's)."""
+        if not new_events and kept is not None and study_at is not None:
+            found = kept.study_at(study_at)
+            if found is not None:
+                kept.keep_study(head, found)  # no study event up to the head: the same facts
+                return found
         facts = self.tables.study_facts
         query = select(facts.c.kind, facts.c.key, facts.c.value)
         if not new_events:  # subject folds need no users or places: O(1) in the study's size
@@ -242,6 +268,8 @@ class Runner:
         rows = conn.execute(query).all()
         study = study_from_facts((r.kind, r.key, r.value) for r in rows)
         if not new_events:
+            if kept is not None and study_at is not None:
+                kept.keep_study(head, study)
             return study
         old = {(r.kind, r.key): r.value for r in rows}  # the rows as stored, not re-derived
         for event in new_events:
@@ -301,11 +329,28 @@ _TABLES: Final = {table.name: table for tables in registry.TABLES.values() for t
 
 
 @functools.cache
-def _checkpoints_query(checkpoints: Table, names: tuple[str, ...], for_update: bool
-                       ) -> Select[Any]:
-    """The checkpoint rows of `names` (PostgreSQL: locked FOR UPDATE), built once."""
-    query = select(checkpoints).where(checkpoints.c.name.in_(names))
-    return query.with_for_update() if for_update else query
+def _checkpoints_query(checkpoints: Table, names: tuple[str, ...]) -> Select[Any]:
+    """The checkpoint rows of `names`, locked FOR UPDATE (PostgreSQL), built once."""
+    return select(checkpoints.c.name, checkpoints.c.version, checkpoints.c.position).where(
+        checkpoints.c.name.in_(names)).with_for_update()
+
+
+@functools.cache
+def _sqlite_checkpoints(checkpoints: Table, dialect: Any, count: int) -> str:
+    """`_checkpoints_query` as plain SQL for SQLite (no FOR UPDATE there)."""
+    return (f"SELECT name, version, position FROM {_quoted(checkpoints, dialect)} "
+            f"WHERE name IN ({', '.join('?' * count)})")
+
+
+@functools.cache
+def _sqlite_move(checkpoints: Table, dialect: Any, count: int) -> str:
+    """`_move_checkpoints` as plain SQL for SQLite: (position, updated_at, *names)."""
+    return (f"UPDATE {_quoted(checkpoints, dialect)} SET position = ?, updated_at = ? "
+            f"WHERE name IN ({', '.join('?' * count)})")
+
+
+def _quoted(table: Table, dialect: Any) -> str:
+    return str(dialect.identifier_preparer.quote(table.name))
 
 
 @functools.cache
@@ -362,16 +407,20 @@ def _replace_sqlite(conn: Connection, table: Table, subjects: Sequence[str],
     wraps it, so it is translated like any other, with the rows `encode_rows` made."""
     insert_sql, _, _ = _sqlite_insert(table, conn.dialect)
     delete_sql = _sqlite_delete(table, conn.dialect, len(subjects))
-    driver: Any = conn.connection.driver_connection
+    _on_driver(conn, delete_sql, lambda cursor: cursor.execute(delete_sql, tuple(subjects)))
+    if rows:
+        _on_driver(conn, insert_sql, lambda cursor: cursor.executemany(insert_sql, rows))
+
+
+def _on_driver(conn: Connection, statement: str, run: Callable[[Any], _T]) -> _T:
+    """`run(cursor)` on the driver's cursor, in the connection's transaction; a driver error
+    is wrapped as SQLAlchemy wraps it (naming `statement`), so it is translated like any
+    other."""
     error_type: type[Exception] = conn.dialect.loaded_dbapi.Error
-    statement = delete_sql
     try:
-        cursor = driver.cursor()
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(delete_sql, tuple(subjects))
-            if rows:
-                statement = insert_sql
-                cursor.executemany(insert_sql, rows)
+            return run(cursor)
         finally:
             cursor.close()
     except error_type as error:
@@ -381,8 +430,7 @@ def _replace_sqlite(conn: Connection, table: Table, subjects: Sequence[str],
 
 @functools.cache
 def _sqlite_delete(table: Table, dialect: Any, count: int) -> str:
-    name = dialect.identifier_preparer.quote(table.name)
-    return f"DELETE FROM {name} WHERE subject IN ({', '.join('?' * count)})"
+    return f"DELETE FROM {_quoted(table, dialect)} WHERE subject IN ({', '.join('?' * count)})"
 
 
 @functools.cache

@@ -20,11 +20,10 @@ reminders stop when a subject leaves the study or completes it; SAE clocks never
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -32,6 +31,7 @@ from events.errors import EventStoreError, IntegrityFailure, StoreUnavailable
 from events.store import EventStore
 from events.streams import REMINDERS_PREFIX
 from projections.notifiers import Notifier
+from projections.per_store import PerStore
 from projections.queries import Clock, ae_windows, visit_list
 from projections.subject_rows import zone_of
 from projections.views import View, open_view
@@ -120,17 +120,11 @@ def _copy(reminder: Reminder) -> Reminder:
                    last_error=dict(reminder.last_error))
 
 
-_FOLDED: dict[int, _Folded] = {}  # by id() of a live store (an EventStore is not hashable)
-_FOLDED_LOCK = threading.Lock()
+_FOLDED: Final = PerStore(_Folded)
 
 
 def _folded(store: EventStore) -> _Folded:
-    with _FOLDED_LOCK:
-        folded = _FOLDED.get(id(store))
-        if folded is None:
-            folded = _FOLDED[id(store)] = _Folded()
-            weakref.finalize(store, _FOLDED.pop, id(store), None)  # gone with its store
-        return folded
+    return _FOLDED.of(store)
 
 
 def issued_reminders(store: EventStore, subjects: Collection[str]) -> dict[str, Reminder]:

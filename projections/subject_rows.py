@@ -82,12 +82,14 @@ class SubjectContext:
                                                                   self.zone))
 
 
-def fold_context(study: Study, subject: str, events: Sequence[RecordedEvent]
-                 ) -> SubjectContext | None:
-    """None when the stream holds no consent (nothing to show)."""
+def fold_context(study: Study, subject: str, events: Sequence[RecordedEvent],
+                 state: SubjectState | None = None) -> SubjectContext | None:
+    """None when the stream holds no consent (nothing to show); `state`: the stream's fold
+    when the caller has it already (projections/kept_streams.py)."""
     if not events:
         return None
-    state = fold_subject(subject, events)
+    if state is None:
+        state = fold_subject(subject, events)
     if not state.consented:
         return None
     return SubjectContext(study, state, events)
