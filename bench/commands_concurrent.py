@@ -144,7 +144,7 @@ def run(rounds: int) -> tuple[list[Result], list[Result], str]:
     with psycopg.connect(_conninfo("postgres"), autocommit=True) as admin:
         row = admin.execute("SHOW server_version").fetchone()
     version = str(row[0]) if row else "?"
-    results = []
+    results: list[Result] = []
     with _fresh_databases("concurrent") as (name,):
         url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
         mix = prepare(url, 2 * sum(WRITERS) * SUBJECTS_PER_WRITER, rounds * sum(WRITERS))
@@ -169,7 +169,7 @@ HEADERS: Final = ("Writers", "Commands", "Seconds", "Commands/s", "× one writer
 
 def rows(results: Sequence[Result]) -> list[tuple[str, ...]]:
     one = results[0].rate
-    out = []
+    out: list[tuple[str, ...]] = []
     for r in results:
         busy = sum(s.seconds for s in r.shares)
         share = sum(s.append_s for s in r.shares) / busy if busy else 0.0

@@ -122,7 +122,7 @@ def run(directory: Path, sizes: Sequence[int], rounds: int) -> list[Study]:
 
 
 def table(studies: Sequence[Study], version_s: float) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for study in studies:
         q = statistics.quantiles(study.times, n=10)
         rows.append((f"{study.subjects:,}", f"{len(study.times):,}",
