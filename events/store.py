@@ -633,6 +633,16 @@ class EventStore:
         )
         return int(rows[0][0]) if rows else 0
 
+    def stream_head_at(self, stream_id: str, position: int) -> tuple[int, str] | None:
+        """The version and hash of the stream's last event at or before `position` (None:
+        the stream had no event yet)."""
+        rows = self._fetch(
+            f"SELECT version, hash FROM events WHERE stream_id = {self._mark} "
+            f"AND position <= {self._mark} ORDER BY version DESC LIMIT 1",
+            (stream_id, position),
+        )
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
     def read_streams_since(self, versions: Sequence[tuple[str, int]], *,
                            also: Sequence[tuple[str, Sequence[Any]]] = ()
                            ) -> tuple[list[list[RecordedEvent]], list[list[Any]]]:

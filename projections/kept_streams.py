@@ -13,10 +13,12 @@ folded onto.
 Only catch-ups use it: a rebuild folds every stream afresh, as its name promises, and a
 parallel catch-up (a protocol amendment refolding every subject) folds in worker processes.
 
-The study's facts that subject folds read are kept the same way, for the position of the
-study read model's checkpoint they were read at: a catch-up whose checkpoint is still there,
-with no study event since, uses them instead of reading the facts table again (a study event
-reads it, as before, and keeps nothing).
+The study's facts that subject folds read are kept the same way, for the study stream they
+fold: its last event's version and hash at the study read model's checkpoint (one indexed
+row). A catch-up with no study event since its checkpoint, whose study stream there ends in
+the event kept, uses them instead of reading the facts table again. A study event reads the
+table, as before, and keeps nothing; so does a log whose study stream differs (put back to
+an older copy, another study's file), whatever the positions.
 The kept state only spares work: the rows written are those of a fold of the whole stream,
 since `fold_onto` gives exactly that (tests/projections/test_kept_streams.py checks tables
 caught up this way against a rebuild).
@@ -41,6 +43,9 @@ from workflow.subject import SubjectState, fold_onto, fold_subject
 SUBJECTS_KEPT: Final = 128
 
 
+StudyHead = tuple[int, str] | None  # the study stream's last (version, hash); None: empty
+
+
 @dataclass(frozen=True)
 class KeptStream:
     """A subject's stream up to some version, and its fold (never changed: a newer read
@@ -56,20 +61,22 @@ class KeptStreams:
     def __init__(self, size: int = SUBJECTS_KEPT) -> None:
         self._size = size
         self._streams: OrderedDict[str, KeptStream] = OrderedDict()
-        self._study: tuple[int, Study] | None = None
+        self._study: tuple[StudyHead, Study] | None = None
         self._lock = threading.Lock()
 
-    def study_at(self, position: int) -> Study | None:
-        """The study's facts as subject folds read them at `position`, if kept for exactly
-        that position (the facts at a position are a fold of the log up to it)."""
+    def study_for(self, head: StudyHead) -> Study | None:
+        """The study's facts as subject folds read them, if kept for the study stream ending
+        in exactly `head` (its last event's version and hash: the hashes chain every event to
+        the one before, so equal heads are equal streams, and the facts are their fold)."""
         with self._lock:
             kept = self._study
-        return kept[1] if kept is not None and kept[0] == position else None
+        return kept[1] if kept is not None and kept[0] == head else None
 
-    def keep_study(self, position: int, study: Study) -> None:
-        """`study` is the facts at `position`; no caller changes it afterwards."""
+    def keep_study(self, head: StudyHead, study: Study) -> None:
+        """`study` is the facts of the study stream ending in `head`; no caller changes it
+        afterwards."""
         with self._lock:
-            self._study = (position, study)
+            self._study = (head, study)
 
     def __len__(self) -> int:
         return len(self._streams)

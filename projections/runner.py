@@ -47,7 +47,7 @@ from events.store import EventStore
 from events.streams import STUDY_STREAM, is_subject_id
 from events.translate import translated
 from projections import parallel, registry
-from projections.kept_streams import KeptStreams, kept_streams
+from projections.kept_streams import KeptStreams, StudyHead, kept_streams
 from projections.schema import ensure_schema
 from projections.study_facts import changed_facts, facts_of, study_from_facts
 from projections.subject_rows import Rows, SubjectContext
@@ -203,7 +203,7 @@ class Runner:
         study_new = ([] if study_at is None else
                      self.store.read_stream(STUDY_STREAM, up_to_position=head) if study_at == 0
                      else [e for e in scanned if e.position > study_at])
-        study = self._study(conn, study_new, study_at, head, kept)
+        study = self._study(conn, study_new, study_at, kept)
         if study_at is not None:
             result.applied[registry.STUDY] = len(study_new)
         refold_all = {n for n, at in subject_lag.items() if at == 0 or any(
@@ -252,14 +252,18 @@ class Runner:
         return study_events, touched
 
     def _study(self, conn: Connection, new_events: Sequence[RecordedEvent],
-               study_at: int | None, head: int, kept: KeptStreams | None) -> Study:
+               study_at: int | None, kept: KeptStreams | None) -> Study:
         """The study's facts moved to the head (in the same transaction). `study_at`: the
         study read model's checkpoint, read under the lock; with no study event since, the
-        facts kept for it are those in the table (`kept`, a catch-up's)."""
-        if not new_events and kept is not None and study_at is not None:
-            found = kept.study_at(study_at)
+        facts kept (`kept`, a catch-up's) for the study stream as it ends at the checkpoint
+        are those in the table."""
+        ends: StudyHead = None
+        keeping = not new_events and kept is not None and study_at is not None
+        if keeping:
+            assert kept is not None and study_at is not None
+            ends = self.store.stream_head_at(STUDY_STREAM, study_at)
+            found = kept.study_for(ends)
             if found is not None:
-                kept.keep_study(head, found)  # no study event up to the head: the same facts
                 return found
         facts = self.tables.study_facts
         query = select(facts.c.kind, facts.c.key, facts.c.value)
@@ -268,8 +272,9 @@ class Runner:
         rows = conn.execute(query).all()
         study = study_from_facts((r.kind, r.key, r.value) for r in rows)
         if not new_events:
-            if kept is not None and study_at is not None:
-                kept.keep_study(head, study)
+            if keeping:
+                assert kept is not None
+                kept.keep_study(ends, study)
             return study
         old = {(r.kind, r.key): r.value for r in rows}  # the rows as stored, not re-derived
         for event in new_events:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from events.store import EventStore
+from events.streams import STUDY_STREAM
 from projections.kept_streams import KeptStreams, kept_streams
 from projections.runner import Runner
 from projections.views import View
@@ -41,6 +42,13 @@ def stream_reads(store: EventStore) -> Iterator[list[dict[str, Any]]]:
         del store.read_stream
 
 
+def kept_facts(store: EventStore, position: int | None = None) -> Study | None:
+    """The study's facts `store`'s catch-ups keep, if kept for the study stream as it ends at
+    `position` (default: the head)."""
+    at = store.last_position() if position is None else position
+    return kept_streams(store).study_for(store.stream_head_at(STUDY_STREAM, at))
+
+
 def _in_tables(flow: Desk, position: int | None = None) -> dict[str, list[str]]:
     """The read-model tables as stored (no catch-up first)."""
     head = flow.store.last_position() if position is None else position
@@ -60,7 +68,7 @@ def test_catch_ups_fold_onto_what_they_kept_and_write_what_a_whole_fold_writes(
     # one read, from the version kept (its stored event proves the rest), none of the stream
     assert reads == [{"stream": "S-001", "after_version": version - 2,
                       "up_to_position": flow.store.last_position()}]
-    assert kept.study_at(flow.store.last_position()) is not None
+    assert kept_facts(flow.store) is not None
     causality = [f for f in flow.subject("S-002").forms.values() if f.form == "causality"]
     before = _in_tables(flow)
     flow.send(COORDINATOR, M.VoidRecord("S-002", causality[0].position, "entered for the "
@@ -139,18 +147,17 @@ def test_the_study_s_facts_kept_give_way_to_a_study_event(db_url: str) -> None:
     """A site added (a study event: every subject is refolded) reads the facts again; its
     time zone is in the rows the next catch-ups write from the facts they keep."""
     flow, runner = _trial(db_url, subjects=1, steps=11)
-    kept = kept_streams(flow.store)
-    before = kept.study_at(flow.store.last_position())
+    before = kept_facts(flow.store)
     assert before is not None and "THIRD" not in before.sites
     flow.send(ADMIN, M.AddSite("THIRD", "America/Chicago"))
     runner.catch_up()
-    after = kept.study_at(flow.store.last_position())
+    after = kept_facts(flow.store)
     assert after is None  # a study event's catch-up keeps nothing: the next reads the table
     on_day(flow.clock, date(2025, 3, 1))
     flow.send(COORDINATOR, M.RecordForm("S-001", "vitals", ("heart_rate=70",),
                                         date(2025, 3, 1)))
     runner.catch_up()
-    kept_now = kept.study_at(flow.store.last_position())
+    kept_now = kept_facts(flow.store)
     assert kept_now is not None and kept_now.sites["THIRD"] == "America/Chicago"
     assert _in_tables(flow) == memory_snapshot(flow.store)
 

@@ -70,9 +70,11 @@ def on_day(clock: FakeClock, day: date) -> None:
     clock.set(datetime.fromisoformat(f"{day.isoformat()}T04:00:00+00:00"))
 
 
-def open_desk(url: str, clock: FakeClock) -> Desk:
-    """A desk on an existing study made by `new_study` (the same passwords)."""
-    app = build_app(url, clock=clock, kdf=TEST_KDF)
+def open_desk(url: str, clock: FakeClock, *, recorded_by_clock: bool = False) -> Desk:
+    """A desk on an existing study made by `new_study` (the same passwords);
+    `recorded_by_clock` as there."""
+    app = build_app(url, clock=clock, kdf=TEST_KDF,
+                    store_clock=clock if recorded_by_clock else None)
     actors = Actors(Executor(app))
     for name in load_study(app.store).users:
         if name == SCHEDULER:
