@@ -200,7 +200,7 @@ def test_study_lock_refuses_subject_writes_and_unlock_restores_them(db: str) -> 
         ("cora", ("correct", "S-001", str(vitals), "weight_kg=60", "--reason", "typo")),
         ("cora", ("screen-fail", "S-001", "--reason", "age")),
         ("cora", ("off-study", "S-001", "--reason", "consent_withdrawn")),
-        ("cora", ("query", "answer", qid, "weight_kg=60", "--text", "fixed")),
+        ("cora", ("query", "answer", qid, "weight_kg=61", "--text", "fixed")),
         ("mona", ("query", "open", "S-001", str(vitals), "--field", "height_cm", "--text",
                   "?")),
         ("mona", ("query", "close", qid, "--reason", "x")),

@@ -16,6 +16,7 @@ from tests.support.study import (
     ADMIN,
     COORDINATOR,
     INVESTIGATOR,
+    MONITOR,
     Desk,
     amend,
     enrol,
@@ -29,6 +30,7 @@ from tests.support.study import (
 )
 from workflow import event_types as T
 from workflow.commands import messages as M
+from workflow.commands.mend import _differs
 from workflow.deviations import deviations
 from workflow.errors import InvalidInput, RuleViolation
 from workflow.phase_order import history_problems
@@ -559,3 +561,42 @@ def test_a_reconsent_is_dated_after_consent_and_its_date_is_corrected(
                                            "date on the signed form"))
     assert flow.subject("S-001").reconsents[reconsent] == date(2025, 3, 11)
     refused(flow, M.VoidRecord("S-001", reconsent, "x"), "not_voidable")
+
+
+def test_a_correction_that_changes_nothing_is_refused(desk: tuple[Desk, FakeClock]) -> None:
+    """Each value already the one recorded: refused (`no_change`), naming the subject, the
+    record and the field, and nothing is written; a value checked and found right is said by
+    answering or closing the query. 58 and 58.0 are one weight; one field really changed is a
+    correction, the unchanged ones shown as their own previous values."""
+    flow, clock = desk
+    enrol(flow, "S-001", START, clock)
+    vitals = flow.subject("S-001").forms_of("vitals")[0]
+    assert vitals.values["weight_kg"] == 58
+    error = refused(flow, M.CorrectRecord("S-001", vitals.position, ("weight_kg=58.0",),
+                                          "typo"),
+                    "no_change", "Subject S-001", f"vitals at position {vitals.position}",
+                    "weight_kg is already 58")
+    assert error.field == "weight_kg" and error.subject == "S-001"
+    (corrected,) = written(flow, COORDINATOR, M.CorrectRecord(
+        "S-001", vitals.position, ("weight_kg=58", "height_cm=163"), "height re-measured"))
+    assert corrected.payload["changes"] == {"weight_kg": 58.0, "height_cm": 163.0}
+    assert corrected.payload["previous"]["weight_kg"] == 58
+    refused(flow, M.CorrectRecord("S-001", vitals.position, ("height_cm=163",), "again"),
+            "no_change", "height_cm is already 163")
+    confirmed = position_of(flow, "S-001", T.ELIGIBILITY_CONFIRMED)
+    day = flow.subject("S-001").eligibility_confirmed_on
+    assert day is not None
+    refused(flow, M.CorrectRecord("S-001", confirmed, (f"confirmed_on={day}",), "x"),
+            "no_change", f"eligibility confirmation at position {confirmed}")
+    query = flow.send(MONITOR, M.OpenQuery("S-001", vitals.position, "weight_kg",
+                                          "58 kg on the source?")).summary["query"]
+    refused(flow, M.AnswerQuery(query, "checked", ("weight_kg=58",)), "no_change",
+            "weight_kg is already 58")
+    flow.send(COORDINATOR, M.AnswerQuery(query, "58 kg on the source"))  # no correction
+    assert [e.type for e in flow.store.read_stream("S-001")][-1] == T.QUERY_ANSWERED
+
+
+def test_a_flag_is_not_a_count() -> None:
+    assert not _differs(58.0, 58) and not _differs(True, True) and not _differs(None, None)
+    assert _differs(True, 1) and _differs(False, 0) and _differs(1, True) and _differs(59, 58)
+    assert _differs("2025-03-05", "2025-03-06") and _differs(58, None)

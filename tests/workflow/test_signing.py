@@ -108,7 +108,7 @@ def test_a_correction_of_another_form_or_subject_leaves_it_valid(ledger: Ledger)
     on_original = sign(ledger, "S-001", vitals)  # signed after its correction: earlier version
     on_first = sign(ledger, "S-001", first)
     # another form of the same subject, another instance of a repeated form, another subject
-    correct(ledger, "S-001", form_at(ledger, "S-001", "demographics"), "sex=female")
+    correct(ledger, "S-001", form_at(ledger, "S-001", "demographics"), "sex=male")
     second_treatment = ledger.subject("S-001").forms_of("prior_treatment")[1].position
     correct(ledger, "S-001", second_treatment, "stop_date=2022-02-01")
     correct(ledger, "S-002", form_at(ledger, "S-002", "vitals"), "weight_kg=70")

@@ -10,7 +10,7 @@ for the infusion and its regimen, the infusion window. A mend that moves a dose'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
@@ -100,6 +100,7 @@ def correction_events(c: Context, position: int, tokens: Sequence[str], reason: 
                     "infused_at"):
             not_future(subject, name, to_date(str(value)), c.today)
     previous = {name: current.get(name) for name in changes}
+    _check_changes_something(subject, found, changes, previous)
     event = NewEvent(T.FORM_CORRECTED, {"target_position": position, "form": found.form,
                                         "changes": changes, "previous": previous},
                      reason=reason.strip())
@@ -132,6 +133,7 @@ def _act_correction(c: Context, state: SubjectState, found: Target, tokens: Sequ
     not_future(subject, field, day, c.today)
     previous = {field: _act_date(state, found).isoformat()}
     changes = {field: day.isoformat()}
+    _check_changes_something(subject, found, changes, previous)
     event = NewEvent(T.FORM_CORRECTED, {"target_position": found.position, "form": found.form,
                                         "changes": changes, "previous": previous},
                      reason=reason)
@@ -142,6 +144,28 @@ def _act_correction(c: Context, state: SubjectState, found: Target, tokens: Sequ
         recheck_confirmation(c, after, ("screening_window_open", "eligible"))
     return [event], {"form": found.form, "changes": changes, "previous": previous,
                      **implied_deviations(c, state, after)}
+
+
+def _check_changes_something(subject: str, found: Target, changes: Mapping[str, Any],
+                             previous: Mapping[str, Any]) -> None:
+    """Refuse (rule `no_change`) a correction whose every value is the one recorded: the audit
+    trail would show a change that is none (a value checked and found right is said by
+    answering the query, or closing it, not by a correction)."""
+    if any(_differs(value, previous.get(name)) for name, value in changes.items()):
+        return
+    name, value = next(iter(changes.items()))
+    raise RuleViolation(
+        f"Subject {subject}: the correction of the {found.form.replace('_', ' ')} at position "
+        f"{found.position} changes nothing ({name} is already {value}); nothing was written.",
+        rule="no_change", subject=subject, field=name)
+
+
+def _differs(new: Any, old: Any) -> bool:
+    """Values as a correction and the record hold them: 72 and 72.0 are one value, True and 1
+    are not (a flag is not a count)."""
+    if isinstance(new, bool) or isinstance(old, bool):
+        return new is not old
+    return bool(new != old)
 
 
 def recheck_confirmation(c: Context, after: SubjectState, guards: Sequence[str]) -> None:
