@@ -127,7 +127,19 @@ class NewEvent:
 
 _CURRENT_VERSIONS: Final = REGISTRY.current_versions  # type -> current schema version
 _upcast: Final = REGISTRY.upcast
-_loads: Final = json.loads
+_raw_decode: Final = json.JSONDecoder().raw_decode  # the decoder json.loads uses by default
+
+
+def _loads(text: Any) -> Any:
+    """`json.loads` of a stored payload, calling the decoder's scanner directly when the text
+    is an object with nothing around it, as the store writes every payload (a third less
+    time per event than `json.loads`, which looks for whitespace before and after); any other
+    text goes to `json.loads` itself, so the result, and the error, are always its own."""
+    if text.__class__ is str and text[:1] == "{":
+        value, end = _raw_decode(text)
+        if end == len(text):
+            return value
+    return json.loads(text)
 
 
 class _DecodedPayload:

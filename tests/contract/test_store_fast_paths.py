@@ -306,3 +306,23 @@ def test_connections_the_server_dropped_are_replaced_without_an_error(postgres_u
     assert [e.version for e in read[0]] == [1] and rows == [[(1,)]]  # fetch_many: pipelined
     assert verify(store).events == 1
     app.engine.dispose()
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": 1, "b": [1.5, null, true], "c": {"d": "\\u00e9"}}', ' {"a": 1}', '{"a": 1} \n',
+    '{"a": 1}x', '{"a": 1}{"b": 2}', '{', '{"a": NaN}', '[1]', '"text"', "", b'{"a": 1}',
+    canonical_json({"weight_kg": 58.5, "flags": [True, False], "note": "line\nbreak"}),
+])
+def test_payload_decoding_is_json_loads(text: str | bytes) -> None:
+    """A stored payload is decoded by the scanner directly when it is an object with nothing
+    around it (events/envelope.py `_loads`); whatever the text, the value or the error is
+    exactly `json.loads`'s."""
+    from events.envelope import _loads
+
+    def outcome(decode: Any) -> tuple[str, Any]:
+        try:
+            return "value", decode(text)
+        except (TypeError, ValueError) as error:
+            return type(error).__name__, str(error)
+
+    assert repr(outcome(_loads)) == repr(outcome(json.loads))
