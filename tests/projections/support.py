@@ -33,6 +33,15 @@ def snapshot(view: View) -> Snapshot:
     return out
 
 
+def table_snapshot(store: EventStore, position: int | None = None) -> Snapshot:
+    """The read-model tables as stored, with no catch-up first (`position`: the head the
+    view is told it is at; default the log's)."""
+    from workflow.study import Study
+
+    head = store.last_position() if position is None else position
+    return snapshot(View(head, Study(), "tables", engine=store.engine))
+
+
 def memory_snapshot(store: EventStore, position: int | None = None) -> Snapshot:
     return snapshot(memory_view(store, store.last_position() if position is None
                                 else position))

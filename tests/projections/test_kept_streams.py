@@ -16,11 +16,10 @@ from events.store import EventStore
 from events.streams import STUDY_STREAM
 from projections.kept_streams import KeptStreams, kept_streams
 from projections.runner import Runner
-from projections.views import View
-from tests.projections.support import lifecycle, memory_snapshot, snapshot
+from tests.projections.support import lifecycle, memory_snapshot, table_snapshot
 from tests.projections.test_runner import _tables, _trial
 from tests.support.clock import FakeClock
-from tests.support.study import ADMIN, COORDINATOR, Desk, on_day, open_desk
+from tests.support.study import ADMIN, COORDINATOR, on_day, open_desk
 from workflow.commands import messages as M
 from workflow.study import Study
 
@@ -49,12 +48,6 @@ def kept_facts(store: EventStore, position: int | None = None) -> Study | None:
     return kept_streams(store).study_for(store.stream_head_at(STUDY_STREAM, at))
 
 
-def _in_tables(flow: Desk, position: int | None = None) -> dict[str, list[str]]:
-    """The read-model tables as stored (no catch-up first)."""
-    head = flow.store.last_position() if position is None else position
-    return snapshot(View(head, Study(), "tables", engine=flow.store.engine))
-
-
 def test_catch_ups_fold_onto_what_they_kept_and_write_what_a_whole_fold_writes(
         db_url: str) -> None:
     flow, runner = _trial(db_url, subjects=2)  # a catch-up after every command
@@ -70,16 +63,16 @@ def test_catch_ups_fold_onto_what_they_kept_and_write_what_a_whole_fold_writes(
                       "up_to_position": flow.store.last_position()}]
     assert kept_facts(flow.store) is not None
     causality = [f for f in flow.subject("S-002").forms.values() if f.form == "causality"]
-    before = _in_tables(flow)
+    before = table_snapshot(flow.store)
     flow.send(COORDINATOR, M.VoidRecord("S-002", causality[0].position, "entered for the "
                                         "wrong adverse event"))  # mended: the kept fold follows
     runner.catch_up()
-    caught_up = _in_tables(flow)
+    caught_up = table_snapshot(flow.store)
     assert caught_up == memory_snapshot(flow.store)
     assert [r for r in before["rm_adverse_events"] if '"subject": "S-002"' in r] != [
         r for r in caught_up["rm_adverse_events"] if '"subject": "S-002"' in r]
     runner.rebuild()
-    assert _in_tables(flow) == caught_up
+    assert table_snapshot(flow.store) == caught_up
 
 
 def test_a_rebuild_folds_every_stream_afresh(sqlite_url: str) -> None:
@@ -126,7 +119,7 @@ def test_a_log_put_back_to_an_older_copy_is_folded_afresh(tmp_path: Path) -> Non
     other.store.engine.dispose()
     assert flow.store.stream_version("S-001") > kept_version.state.version
     runner.catch_up()
-    assert _in_tables(flow) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
 
 
 def test_a_catch_up_to_before_the_kept_version_reads_the_stream_whole(
@@ -138,9 +131,9 @@ def test_a_catch_up_to_before_the_kept_version_reads_the_stream_whole(
         runner.catch_up(up_to=head - 4)
     assert [r for r in reads if r["stream"] == "S-001"] == [
         {"stream": "S-001", "up_to_position": head - 4}]
-    assert _in_tables(flow, head - 4) == memory_snapshot(flow.store, head - 4)
+    assert table_snapshot(flow.store, head - 4) == memory_snapshot(flow.store, head - 4)
     runner.catch_up()
-    assert _in_tables(flow) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
 
 
 def test_the_study_s_facts_kept_give_way_to_a_study_event(db_url: str) -> None:
@@ -159,7 +152,7 @@ def test_the_study_s_facts_kept_give_way_to_a_study_event(db_url: str) -> None:
     runner.catch_up()
     kept_now = kept_facts(flow.store)
     assert kept_now is not None and kept_now.sites["THIRD"] == "America/Chicago"
-    assert _in_tables(flow) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
 
 
 def test_the_streams_kept_are_bounded_least_recent_out(sqlite_url: str) -> None:

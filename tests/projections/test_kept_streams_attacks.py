@@ -16,13 +16,11 @@ from events.store import EventStore
 from projections import registry, shadow
 from projections.kept_streams import kept_streams
 from projections.runner import Runner
-from projections.views import View
-from tests.projections.support import lifecycle, memory_snapshot, snapshot
+from tests.projections.support import lifecycle, memory_snapshot, table_snapshot
 from tests.projections.test_kept_streams import _copy, kept_facts
 from tests.support.clock import FakeClock
 from tests.support.study import ADMIN, COORDINATOR, Desk, new_study, open_desk
 from workflow.commands import messages as M
-from workflow.study import Study
 from workflow.subject import fold_subject
 
 START = "2025-01-06T04:00:00+00:00"  # noon in Shanghai, 20:00 the day before in Los Angeles
@@ -58,11 +56,6 @@ def _vitals(desk: Desk, subject: str, day: date, user: str = COORDINATOR) -> Non
     desk.send(user, M.RecordForm(subject, "vitals", ("heart_rate=70",), day))
 
 
-def _in_tables(store: EventStore) -> dict[str, list[str]]:
-    """The read-model tables as stored (no catch-up first)."""
-    return snapshot(View(store.last_position(), Study(), "tables", engine=store.engine))
-
-
 # Guard: KeptStreams.study_for keys the kept Study by the study stream's last event (version
 # and hash) at the checkpoint, not by the checkpoint's position: a database put back to an
 # older copy whose log then went another way, with a study event, up to the very position the
@@ -95,7 +88,7 @@ def test_study_facts_kept_across_a_log_put_back_to_an_older_copy(tmp_path: Path)
     _vitals(other, "S-301", LA_DAY, user="tina")
     other.store.engine.dispose()
     runner.catch_up()  # no study event since the checkpoint: the kept (lost) facts are used
-    assert _in_tables(flow.store) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
 
 
 # Guard: the hash in KeptStreams.study_for's key, not only the study stream's version: two
@@ -125,7 +118,7 @@ def test_study_facts_of_another_branch_at_the_same_study_version(tmp_path: Path)
     _vitals(other, "S-301", LA_DAY, user="tina")
     other.store.engine.dispose()
     runner.catch_up()  # no study event: the kept Tokyo facts must not be used
-    assert _in_tables(flow.store) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
     kept = kept_facts(flow.store)
     assert kept is not None and kept.sites["THIRD"] == "America/Los_Angeles"
 
@@ -145,11 +138,11 @@ def test_two_stores_on_one_database_never_share_stale_facts(db_url: str) -> None
     _vitals(flow, "S-301", LA_DAY, user="tina")
     _vitals(flow, "S-001", date(2025, 1, 6))
     runner1.catch_up()  # its kept facts are for an older position: read again
-    assert _in_tables(flow.store) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
     _vitals(flow, "S-301", LA_DAY, user="tina")
     runner2.catch_up()  # store2 kept facts with THIRD at the study event's position only
     runner1.catch_up()
-    assert _in_tables(flow.store) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
     engine2.dispose()
 
 
@@ -190,9 +183,9 @@ def test_kept_states_and_facts_are_never_changed_by_later_folds(sqlite_url: str)
     assert later.state.visit_records.keys() != earlier.state.visit_records.keys()
     now = kept_facts(flow.store)
     assert now is facts and now == facts_before  # the same kept object, never changed
-    assert _in_tables(flow.store) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
     runner.rebuild()
-    assert _in_tables(flow.store) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
 
 
 # Guard: study_for's exact study head and the catch-up only keeping facts when no study event
@@ -210,13 +203,13 @@ def test_up_to_back_and_forth_over_a_study_event(sqlite_url: str) -> None:
     for back, forward in ((before_site, head - 1), (before_site - 2, before_site),
                           (before_site, head)):
         runner.rebuild(up_to=back)
-        assert snapshot(View(back, Study(), "tables", engine=flow.store.engine)) == (
+        assert table_snapshot(flow.store, back) == (
             memory_snapshot(flow.store, back))
         runner.catch_up(up_to=forward)
-        assert snapshot(View(forward, Study(), "tables", engine=flow.store.engine)) == (
+        assert table_snapshot(flow.store, forward) == (
             memory_snapshot(flow.store, forward))
     runner.catch_up()
-    assert _in_tables(flow.store) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
 
 
 # Guard: KeptStreams' lock and the catch-up transaction's lock (BEGIN IMMEDIATE / FOR
@@ -250,7 +243,7 @@ def test_two_threads_catch_up_on_one_store_while_a_writer_appends(db_url: str) -
             thread.join()
     assert errors == []
     runner.catch_up()
-    assert _in_tables(flow.store) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
 
 
 # Guard: the driver-level checkpoint SQL (_sqlite_checkpoints, _sqlite_move) quotes the
@@ -275,7 +268,7 @@ def test_driver_checkpoints_move_the_right_table_set(db_url: str) -> None:
                for r in shadowed.values())
     runner.catch_up()
     assert [p["lag"] for p in runner.status()] == [0] * len(registry.NAMES)
-    assert _in_tables(flow.store) == memory_snapshot(flow.store)
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)
 
 
 # Guard: PerStore lets a store's kept state go with the store (weakref.finalize), so a

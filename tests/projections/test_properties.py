@@ -12,11 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projections.runner import Runner
-from projections.views import View, open_view
-from tests.projections.support import lifecycle, memory_snapshot, snapshot
+from projections.views import open_view
+from tests.projections.support import lifecycle, memory_snapshot, snapshot, table_snapshot
 from tests.support.clock import FakeClock
 from tests.support.study import new_study
-from workflow.study import Study
 
 STEPS = 16  # steps of one subject's lifecycle (tests/projections/support.py)
 
@@ -61,6 +60,6 @@ def test_catch_up_rebuild_and_as_of_agree(history: tuple[list[int], list[bool], 
         for point in points:
             position = max(1, int(head * point))
             runner.rebuild(up_to=position)
-            tables = snapshot(View(position, Study(), "tables", engine=flow.store.engine))
+            tables = table_snapshot(flow.store, position)
             assert tables == memory_snapshot(flow.store, position)
         flow.store.engine.dispose()

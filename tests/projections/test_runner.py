@@ -14,13 +14,12 @@ from sqlalchemy import func, select
 from projections import registry
 from projections import tables as t
 from projections.runner import Runner
-from projections.views import View, open_view
-from tests.projections.support import lifecycle, memory_snapshot, snapshot
+from projections.views import open_view
+from tests.projections.support import lifecycle, memory_snapshot, snapshot, table_snapshot
 from tests.support.clock import FakeClock
 from tests.support.study import COORDINATOR, Desk, new_study, open_desk
 from workflow.bootstrap import build_app
 from workflow.commands import messages as M
-from workflow.study import Study
 
 
 def _trial(url: str, subjects: int = 2, steps: int | None = None) -> tuple[Desk, Runner]:
@@ -69,7 +68,7 @@ def test_as_of_position_equals_rebuild_of_the_first_events(sqlite_url: str) -> N
     for position in (head // 3, head // 2, head - 5):
         runner.rebuild(up_to=position)
         assert _checkpoints(flow) == {position}
-        in_tables = snapshot(View(position, Study(), "tables", engine=flow.store.engine))
+        in_tables = table_snapshot(flow.store, position)
         assert in_tables == memory_snapshot(flow.store, position)
     runner.catch_up()  # from an old checkpoint, incrementally, to the head
     assert _tables(flow) == memory_snapshot(flow.store)
