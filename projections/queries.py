@@ -179,7 +179,7 @@ def post_enrolment_findings(view: View) -> list[dict[str, Any]]:
 
 
 def study_status(view: View, clock: Clock) -> dict[str, Any]:
-    from workflow.machine import STATES, TERMINAL
+    from workflow.phases import STATES, TERMINAL
 
     subjects = view.subjects()
     protocol = view.study.protocol

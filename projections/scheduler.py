@@ -40,7 +40,7 @@ from workflow.commands import messages as M
 from workflow.commands.executor import Executor
 from workflow.errors import WorkflowError
 from workflow.identity import Credential
-from workflow.machine import TERMINAL
+from workflow.phases import TERMINAL
 from workflow.reminders import (
     Obligation,
     Reminder,

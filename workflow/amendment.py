@@ -39,7 +39,7 @@ from workflow.dose_basis import dosing_weight
 from workflow.eligibility import eligibility_day, evaluate_eligibility_on
 from workflow.endpoints import subject_endpoints
 from workflow.errors import InvalidInput, RuleViolation
-from workflow.machine import TERMINAL
+from workflow.phases import TERMINAL
 from workflow.protocol import Protocol, builtin_protocol_text, load_protocol_text, protocol_hash
 from workflow.reminders import planned_obligations
 from workflow.safety import adverse_events, sae_clocks, safety_window

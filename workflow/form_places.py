@@ -31,7 +31,7 @@ from datetime import date
 from typing import Final
 
 from workflow.errors import RuleViolation
-from workflow.machine import TERMINAL
+from workflow.phases import TERMINAL
 from workflow.protocol import FormPlace, Protocol
 from workflow.subject import SubjectState
 

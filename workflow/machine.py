@@ -16,13 +16,8 @@ from typing import Any, Final
 from transitions import Machine, MachineError
 
 from workflow.errors import RuleViolation
+from workflow.phases import ACTIVE, STATES, TERMINAL
 
-STATES: Final = (
-    "screening", "cell_collection", "lymphodepletion", "infusion", "follow_up", "completed",
-    "screen_failed", "off_study",
-)
-TERMINAL: Final = frozenset({"completed", "screen_failed", "off_study"})
-ACTIVE: Final = tuple(s for s in STATES if s not in TERMINAL)
 FORWARD_GUARDS: Final = ["reconsented"]
 
 TRANSITIONS: Final[list[dict[str, Any]]] = [

@@ -34,7 +34,7 @@ from typing import Final, NoReturn
 from workflow.errors import InvalidInput
 from workflow.forms import FORMS, PHASE_FORM_COMMANDS
 from workflow.instruments.codes import EXCLUSION_CHECKLIST, VISITS
-from workflow.machine import STATES
+from workflow.phases import STATES
 
 DEFAULT_VERSION: Final = 2
 BUILTIN_FILES: Final[dict[int, str]] = {1: "im19_sle_v1.toml", 2: "im19_sle_v2.toml"}

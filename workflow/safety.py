@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from workflow.adverse_events import (
     ae_period,
@@ -46,9 +46,11 @@ from workflow.adverse_events import (
 from workflow.errors import InvalidInput
 from workflow.instruments.codes import RELATED, SERIOUS_CRITERIA
 from workflow.instruments.study_days import date_of_day, study_day
-from workflow.protocol import Protocol
 from workflow.records import RecordedForm
 from workflow.subject import SubjectState
+
+if TYPE_CHECKING:  # only named in annotations: reads need no protocol parser
+    from workflow.protocol import Protocol
 
 UNASSESSED: Final = "unassessed"
 FATAL_OR_LIFE_THREATENING: Final = ("death", "life_threatening")

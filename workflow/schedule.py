@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import date, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from workflow.instruments.study_days import VisitWindow as Window
 from workflow.instruments.study_days import infusion_window, visit_status, visit_windows
-from workflow.protocol import Protocol
 from workflow.subject import SubjectState
+
+if TYPE_CHECKING:  # only named in annotations: reads need no protocol parser
+    from workflow.protocol import Protocol
 
 SCREENING: Final = "screening"
 INFUSION: Final = "D0"

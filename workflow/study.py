@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property, lru_cache
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo
 
 from events.envelope import RecordedEvent
@@ -15,7 +15,9 @@ from events.store import EventStore
 from events.streams import STUDY_STREAM
 from workflow import event_types as T
 from workflow.errors import RuleViolation
-from workflow.protocol import Protocol, builtin_protocol, default_protocol, load_protocol_text
+
+if TYPE_CHECKING:  # the parser is imported where a protocol is read: reads of the tables
+    from workflow.protocol import Protocol  # need none (docs/performance.md, start-up)
 
 ROLES = ("coordinator", "investigator", "monitor", "data_manager", "auditor", "scheduler",
          "admin")
@@ -84,6 +86,8 @@ class Study:
     @cached_property
     def protocol(self) -> Protocol:
         if self.protocol_version is None:
+            from workflow.protocol import default_protocol
+
             return default_protocol()
         return self.protocol_of(self.protocol_version)
 
@@ -94,6 +98,8 @@ class Study:
             return self.protocol
         text = self.protocol_texts.get(version)
         if text is None:
+            from workflow.protocol import builtin_protocol
+
             return builtin_protocol(version)
         return _parsed(text, version)
 
@@ -157,6 +163,8 @@ class Study:
 
 @lru_cache(maxsize=16)
 def _parsed(text: str, version: int) -> Protocol:
+    from workflow.protocol import load_protocol_text
+
     return load_protocol_text(text, f"protocol version {version}")
 
 

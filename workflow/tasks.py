@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from events.envelope import RecordedEvent
 from workflow import event_types as T
-from workflow.machine import TERMINAL
+from workflow.phases import TERMINAL
 from workflow.safety import UNASSESSED, adverse_events, clock_state, sae_clocks
 from workflow.schedule import INFUSION, SCREENING, planned_visits, visit_state
 

@@ -25,7 +25,8 @@ from workflow.commands import messages as M
 from workflow.commands.roles import PERMISSIONS
 from workflow.errors import InvalidInput, RuleViolation
 from workflow.identity import Secret
-from workflow.machine import STATES, TRANSITIONS, check_phase, mermaid
+from workflow.machine import TRANSITIONS, check_phase, mermaid
+from workflow.phases import STATES
 
 TRIGGERS = sorted({t["trigger"] for t in TRANSITIONS})
 ALLOWED = {

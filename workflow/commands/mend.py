@@ -39,7 +39,6 @@ from workflow.errors import InvalidInput, RuleViolation
 from workflow.form_places import check_form_place, form_place_refusal
 from workflow.forms import assessment_date, localise_times, parse_form, validate_values
 from workflow.guards import GUARDS, Facts
-from workflow.machine import TERMINAL
 from workflow.mending import (
     Target,
     already_recorded,
@@ -51,6 +50,7 @@ from workflow.mending import (
     void_trigger,
 )
 from workflow.phase_order import check_history
+from workflow.phases import TERMINAL
 from workflow.subject import DATED_ACTS, SubjectState, to_date
 
 
