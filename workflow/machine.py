@@ -111,14 +111,14 @@ def decide(subject: str, phase: str | None, trigger: str, guards: Mapping[str, G
                             "first.", rule="not_consented", subject=subject)
     check_phase(subject, phase, trigger)
     model = SubjectModel(subject, phase, guards, facts)
-    MACHINE.add_model(model, initial=phase)
+    # The event fired on the model as it is, without registering it with the machine
+    # (`add_model` gave it a method per trigger and per state, and changed the shared machine's
+    # list of models at every decision): the machine reads and sets `model.state` only.
     try:
-        fired = getattr(model, trigger)(model)
+        fired = MACHINE.events[trigger].trigger(model, model)
     except MachineError:  # check_phase agrees with the machine; kept as a safety net
         check_phase(subject, "(unknown)", trigger)
         raise
-    finally:
-        MACHINE.remove_model(model)
     if not fired:
         assert model.refusal is not None
         raise model.refusal
