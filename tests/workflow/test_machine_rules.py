@@ -4,6 +4,7 @@ the door's other rules; a stateful test of the machine. All decisions, no databa
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -25,7 +26,7 @@ from workflow.commands import messages as M
 from workflow.commands.roles import PERMISSIONS
 from workflow.errors import InvalidInput, RuleViolation
 from workflow.identity import Secret
-from workflow.machine import TRANSITIONS, check_phase, mermaid
+from workflow.machine import MACHINE, TRANSITIONS, check_phase, decide, mermaid
 from workflow.phases import STATES
 
 TRIGGERS = sorted({t["trigger"] for t in TRANSITIONS})
@@ -54,6 +55,28 @@ def test_every_trigger_from_every_state(state: str, trigger: str) -> None:
         with pytest.raises(RuleViolation) as caught:
             check_phase("S-1", state, trigger)
         assert caught.value.rule == "phase" and "S-1" in caught.value.message
+
+
+@pytest.mark.parametrize("spec", TRANSITIONS, ids=lambda t: f"{t['trigger']}-{t['source']}")
+def test_every_transition_fires_to_its_phase_or_names_its_failed_guard(
+        spec: dict[str, Any]) -> None:
+    """`decide` fires the event on the subject's model itself: every transition from every
+    phase it leaves reaches its phase (or stays, for a transition in place) when its guards
+    pass, and is refused with the first guard that fails; the shared machine keeps no
+    model."""
+    sources = [spec["source"]] if isinstance(spec["source"], str) else list(spec["source"])
+    guards: list[str] = list(spec.get("conditions", []))
+    for source in sources:
+        passing = {name: (lambda facts: None) for name in guards}
+        assert decide("S-1", source, str(spec["trigger"]), passing, None) == (
+            spec["dest"] or source)
+        for failing in guards:
+            refusal = RuleViolation(f"Subject S-1: {failing}.", rule=failing)
+            chosen = {**passing, failing: lambda facts, r=refusal: r}
+            with pytest.raises(RuleViolation) as caught:
+                decide("S-1", source, str(spec["trigger"]), chosen, None)
+            assert caught.value is refusal
+    assert MACHINE.models == []
 
 
 def test_no_automatic_shortcuts_and_diagram_from_the_machine() -> None:
