@@ -56,17 +56,31 @@ def _vitals(desk: Desk, subject: str, day: date, user: str = COORDINATOR) -> Non
     desk.send(user, M.RecordForm(subject, "vitals", ("heart_rate=70",), day))
 
 
+def _branching(tmp_path: Path) -> tuple[Path, Desk, Runner, Path]:
+    """A study on a file, caught up with its facts kept, and an older copy of it saved: the
+    file's path, the desk and runner of the live process, the copy's path."""
+    path = tmp_path / "trialflow.db"
+    flow, runner = _study(f"sqlite:///{path}")
+    older = tmp_path / "older.db"
+    _copy(path, older)
+    return path, flow, runner, older
+
+
+def _put_back(flow: Desk, older: Path, path: Path) -> Desk:
+    """The older copy put back in place under the live process; a fresh desk on it (another
+    process writing the other branch)."""
+    flow.store.engine.dispose()
+    _copy(older, path)
+    return _desk(f"sqlite:///{path}", FakeClock(START))
+
+
 # Guard: KeptStreams.study_for keys the kept Study by the study stream's last event (version
 # and hash) at the checkpoint, not by the checkpoint's position: a database put back to an
 # older copy whose log then went another way, with a study event, up to the very position the
 # facts were kept for (found by this review when the key was the position; then the lost
 # branch's facts were used, and S-301's local dates came out in UTC).
 def test_study_facts_kept_across_a_log_put_back_to_an_older_copy(tmp_path: Path) -> None:
-    path = tmp_path / "trialflow.db"
-    url = f"sqlite:///{path}"
-    flow, runner = _study(url)
-    older = tmp_path / "older.db"
-    _copy(path, older)
+    path, flow, runner, older = _branching(tmp_path)
     start = flow.store.last_position()
     scratch = tmp_path / "scratch.db"  # the other branch's length, learnt on a copy
     _copy(older, scratch)
@@ -79,15 +93,14 @@ def test_study_facts_kept_across_a_log_put_back_to_an_older_copy(tmp_path: Path)
     assert flow.store.last_position() == start + length
     runner.catch_up()
     assert kept_facts(flow.store, start + length) is not None  # kept: no THIRD site
-    flow.store.engine.dispose()
-    _copy(older, path)  # the older copy put back under the live process
-    other = _desk(url, FakeClock(START))
+    other = _put_back(flow, older, path)
     _third_site(other)  # the other branch, to the very position the facts were kept for
     assert other.store.last_position() == start + length
     runner.catch_up()  # a study event: reads the table (right), keeps nothing
     _vitals(other, "S-301", LA_DAY, user="tina")
     other.store.engine.dispose()
-    runner.catch_up()  # no study event since the checkpoint: the kept (lost) facts are used
+    runner.catch_up()  # no study event since the checkpoint: the lost branch's kept facts
+    # have the same position but another study head, so the table is read
     assert table_snapshot(flow.store) == memory_snapshot(flow.store)
 
 
@@ -96,11 +109,7 @@ def test_study_facts_kept_across_a_log_put_back_to_an_older_copy(tmp_path: Path)
 # the other in Los Angeles (after the older copy is put back). A key of the version alone
 # would fold S-301 with Tokyo's facts, a day ahead of Los Angeles at START.
 def test_study_facts_of_another_branch_at_the_same_study_version(tmp_path: Path) -> None:
-    path = tmp_path / "trialflow.db"
-    url = f"sqlite:///{path}"
-    flow, runner = _study(url)
-    older = tmp_path / "older.db"
-    _copy(path, older)
+    path, flow, runner, older = _branching(tmp_path)
     flow.send(ADMIN, M.AddSite("THIRD", "Asia/Tokyo"))
     flow.add_user("tina", "coordinator", "THIRD")
     runner.catch_up()
@@ -109,9 +118,7 @@ def test_study_facts_of_another_branch_at_the_same_study_version(tmp_path: Path)
     tokyo = kept_facts(flow.store)
     assert tokyo is not None and tokyo.sites["THIRD"] == "Asia/Tokyo"
     version = flow.study().version
-    flow.store.engine.dispose()
-    _copy(older, path)  # the older copy put back under the live process
-    other = _desk(url, FakeClock(START))
+    other = _put_back(flow, older, path)
     _third_site(other)  # THIRD in Los Angeles, tina, and S-301 there
     assert other.study().version == version  # the same study version, another stream
     runner.catch_up()  # study events: the table is read, nothing kept
