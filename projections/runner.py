@@ -53,7 +53,7 @@ from projections.study_facts import changed_facts, facts_of, study_from_facts
 from projections.subject_rows import Rows, SubjectContext
 from workflow import event_types as T
 from workflow.errors import InvalidInput
-from workflow.study import Study, apply_study
+from workflow.study import Study, apply_study, fold_study
 
 log = structlog.get_logger("trialflow.projections")
 
@@ -102,7 +102,8 @@ class Runner:
             lagging = {name: at for name, at in marks.items() if at < head}
             result = CatchUp(head)
             if lagging:
-                self._apply(conn, lagging, head, result, kept=kept_streams(self.store))
+                self._apply(conn, lagging, head, result, kept=kept_streams(self.store),
+                            study_ahead=marks[registry.STUDY] > head)
             return result
 
     def rebuild(self, names: Sequence[str] = registry.NAMES,
@@ -194,8 +195,12 @@ class Runner:
 
     # ------------------------------------------------------------------ applying
     def _apply(self, conn: Connection, lagging: dict[str, int], head: int, result: CatchUp,
-               progress: Progress | None = None, *, kept: KeptStreams | None = None) -> None:
-        """`kept`: the streams to fold onto (a catch-up; a rebuild folds every one afresh)."""
+               progress: Progress | None = None, *, kept: KeptStreams | None = None,
+               study_ahead: bool = False) -> None:
+        """`kept`: the streams to fold onto (a catch-up; a rebuild folds every one afresh).
+        `study_ahead`: the study's checkpoint is past `head` (a catch-up of some projections
+        moved it; `catch_up(up_to=…)` of the others then folds the study stream to `head` in
+        memory rather than read the table's later facts)."""
         study_at = lagging.get(registry.STUDY)
         subject_lag = {n: at for n, at in lagging.items() if n != registry.STUDY}
         scan_from = min([at for at in lagging.values() if at > 0], default=None)
@@ -203,7 +208,10 @@ class Runner:
         study_new = ([] if study_at is None else
                      self.store.read_stream(STUDY_STREAM, up_to_position=head) if study_at == 0
                      else [e for e in scanned if e.position > study_at])
-        study = self._study(conn, study_new, study_at, kept)
+        if study_ahead:  # the table is past `head`: the subjects' folds take the study at it
+            study = fold_study(self.store.read_stream(STUDY_STREAM, up_to_position=head))
+        else:
+            study = self._study(conn, study_new, study_at, kept)
         if study_at is not None:
             result.applied[registry.STUDY] = len(study_new)
         refold_all = {n for n, at in subject_lag.items() if at == 0 or any(

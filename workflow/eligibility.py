@@ -666,8 +666,8 @@ def _drug_dose_on(lines: Sequence[_Line], day: date,
 
 def _steroid_doses(lines: Sequence[_Line], days: Sequence[date]
                    ) -> dict[date, tuple[Decimal | None, str]]:
-    """The total prednisone-equivalent glucocorticoid dose on each day (None: not known, and
-    why), converting each line to prednisone once."""
+    """The total prednisone-equivalent glucocorticoid dose on each of the consecutive `days`
+    (None: not known, and why), converting each line to prednisone once."""
     groups = {drug: [line for line in lines if line.drug == drug]
               for drug in sorted({line.drug for line in lines})}
     converted: dict[int, tuple[Decimal | None, str]] = {}
@@ -677,8 +677,18 @@ def _steroid_doses(lines: Sequence[_Line], days: Sequence[date]
             converted[id(line)] = _prednisone_mg(line)
         return converted[id(line)]
 
+    # each drug's dose changes only on a line's first day (start or change), or the day after
+    # its stop: between two such days it is the day before's (the criterion asks every day)
+    changes = {day for line in lines for day in (line.begin, line.start, line.changed)
+               if day is not None}
+    changes |= {line.stop + timedelta(days=1) for line in lines
+                if line.stop is not None and line.stop < date.max}
     doses: dict[date, tuple[Decimal | None, str]] = {}
+    last: tuple[Decimal | None, str] | None = None
     for day in days:
+        if last is not None and day not in changes:
+            doses[day] = last
+            continue
         total: Decimal | None = Decimal(0)
         why = ""
         for group in groups.values():
@@ -688,7 +698,7 @@ def _steroid_doses(lines: Sequence[_Line], days: Sequence[date]
                 break
             assert total is not None
             total += dose
-        doses[day] = (total, why if total is None else "")
+        doses[day] = last = (total, why if total is None else "")
     return doses
 
 
@@ -1026,6 +1036,9 @@ def criteria_lost(criteria: Sequence[CriterionResult], now: ScreeningData,
     return tuple(found)
 
 
+_FINDING_FORMS: Final = frozenset({"exclusion_checklist", "pregnancy_test", "contraception"})
+
+
 def post_enrolment_findings(forms: Iterable[RecordedForm], confirmed_on: date,
                             data: ScreeningData, confirmed_at: int | None = None
                             ) -> tuple[PostEnrolmentFinding, ...]:
@@ -1041,7 +1054,7 @@ def post_enrolment_findings(forms: Iterable[RecordedForm], confirmed_on: date,
     _, sex = _demographic(data, "sex")
     contraception = "contraception_male" if sex == "male" else "pregnancy_contraception_female"
     found: list[PostEnrolmentFinding] = []
-    for item in sorted((item for item in forms if late(item)),
+    for item in sorted((item for item in forms if item.form in _FINDING_FORMS and late(item)),
                        key=lambda item: (form_date(item), item.position)):
         def note(field: str, criterion: str, form: RecordedForm = item) -> None:
             found.append(PostEnrolmentFinding(form.form, form.position, field,

@@ -237,7 +237,8 @@ def _visit_gate(
 
 def _descriptors(form: RecordedForm) -> list[str]:
     """The SLEDAI-2K descriptors flagged present (a flag left out means no, forms.py)."""
-    return [code for code in SLEDAI2K_DESCRIPTORS if form.get(code) is True]
+    values = form.values
+    return [code for code in SLEDAI2K_DESCRIPTORS if values.get(code) is True]
 
 
 # Source: Gladman et al., J Rheumatol 2002 (SLEDAI-2K weights), via instruments.sledai2k.

@@ -217,23 +217,34 @@ def phase_start(s: SubjectState) -> date | None:
     """The clinical date the subject's current phase began, from its records as they stand
     (a corrected or voided procedure moves it): consent, eligibility confirmation, product
     release, the regimen's last dose, D0, completion or exit. None: as the phase change said."""
-    return {
-        "screening": s.consent.consent_date if s.consent else None,
-        "cell_collection": s.eligibility_confirmed_on,
-        "lymphodepletion": s.released_on,
-        "infusion": s.lymphodepletion_days[-1] if s.lymphodepletion_days else None,
-        "follow_up": s.infused_on,
-        "completed": s.completed_on,
-        "screen_failed": s.exited_on,
-        "off_study": s.exited_on,
-    }.get(s.phase or "")
+    phase = s.phase  # tested in the order of the study (every event asks: issue 17)
+    if phase == "follow_up":
+        return s.infused_on
+    if phase == "screening":
+        return s.consent.consent_date if s.consent else None
+    if phase == "cell_collection":
+        return s.eligibility_confirmed_on
+    if phase == "lymphodepletion":
+        return s.released_on
+    if phase == "infusion":
+        return s.lymphodepletion_days[-1] if s.lymphodepletion_days else None
+    if phase == "completed":
+        return s.completed_on
+    if phase in ("screen_failed", "off_study"):
+        return s.exited_on
+    return None
 
 
 def _apply(s: SubjectState, event: RecordedEvent) -> None:
     p = event.payload
     s.version = event.version
     kind = event.type
-    if kind == T.SUBJECT_CONSENTED:
+    if kind == T.FORM_RECORDED:  # most events are forms: asked first
+        s.forms[event.position] = RecordedForm(
+            event.position, s.subject, p["form"], dict(p["values"]),
+            date.fromisoformat(p["on"]), p.get("visit"),
+        )
+    elif kind == T.SUBJECT_CONSENTED:
         s.site = p["site"]
         s.consent = Consent(s.subject, date.fromisoformat(p["consent_date"]),
                             p["consent_form_version"], int(p["protocol_version"]),
@@ -245,11 +256,6 @@ def _apply(s: SubjectState, event: RecordedEvent) -> None:
         s.reconsents[event.position] = to_date(str(p.get("consent_date") or event.occurred_at))
         s.protocol_version = int(p["protocol_version"])
         s.protocol_versions.append((event.position, s.protocol_version))
-    elif kind == T.FORM_RECORDED:
-        s.forms[event.position] = RecordedForm(
-            event.position, s.subject, p["form"], dict(p["values"]),
-            date.fromisoformat(p["on"]), p.get("visit"),
-        )
     elif kind == T.FORM_CORRECTED:
         _apply_correction(s, event)
     elif kind == T.RECORD_VOIDED:
@@ -264,17 +270,23 @@ def _apply(s: SubjectState, event: RecordedEvent) -> None:
             p = {**p, "qc": "fail"}
         record = PhaseRecord(event.position, record_date(form, p, to_date(event.occurred_at)),
                              p, event.reason, form)
+        # each kind moves only what `derive_procedures` derives from it (a fold of many
+        # visits would otherwise derive every visit again at each one)
         if form == "leukapheresis":
             s.collections.append(record)
+            _derive_product(s)
         elif form == "product_release":
             s.releases.append(record)
+            _derive_product(s)
         elif form == "lymphodepletion":
             s.doses.append(record)
+            s.lymphodepletion_days.append(record.on)
         elif form == "infusion":
             s.infusion = record
+            _derive_infusion(s)
         else:
             s.visit_records[p["visit"]] = record
-        derive_procedures(s)
+            s.visits[p["visit"]] = (str(p["status"]), record.on)
     elif kind == T.SUBJECT_COMPLETED:
         s.completed_on, s.completion_position = to_date(event.occurred_at), event.position
     elif kind in (T.SCREEN_FAILED, T.SUBJECT_OFF_STUDY):
@@ -376,6 +388,14 @@ def _replace_procedure(s: SubjectState, old: PhaseRecord, new: PhaseRecord | Non
 def derive_procedures(s: SubjectState) -> None:
     """The dates and identifiers the rules read, from the procedures as they stand: the last
     collection, the releases after it, the doses, the infusion and the visits."""
+    _derive_product(s)
+    s.lymphodepletion_days = [dose.on for dose in s.doses]
+    _derive_infusion(s)
+    s.visits = {code: (str(r.payload["status"]), r.on) for code, r in s.visit_records.items()}
+
+
+def _derive_product(s: SubjectState) -> None:
+    """The last collection and the product released from it (or failed)."""
     last = s.collections[-1] if s.collections else None
     s.collected_on = last.on if last else None
     s.collection_coi = str(last.payload["coi_id"]) if last else None
@@ -384,10 +404,11 @@ def derive_procedures(s: SubjectState) -> None:
     passed = [r for r in after if r.payload.get("qc") != "fail"]
     s.product_coi = str(passed[-1].payload["coi_id"]) if passed else None
     s.released_on = passed[-1].on if passed else None
-    s.lymphodepletion_days = [dose.on for dose in s.doses]
+
+
+def _derive_infusion(s: SubjectState) -> None:
     s.infused_on = s.infusion.on if s.infusion else None
     s.infused_at = str(s.infusion.payload["infused_at"]) if s.infusion else None
-    s.visits = {code: (str(r.payload["status"]), r.on) for code, r in s.visit_records.items()}
 
 
 def load_subject(store: EventStore, subject: str) -> SubjectState:

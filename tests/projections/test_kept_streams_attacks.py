@@ -19,7 +19,7 @@ from projections.runner import Runner
 from tests.projections.support import lifecycle, memory_snapshot, table_snapshot
 from tests.projections.test_kept_streams import _copy, kept_facts
 from tests.support.clock import FakeClock
-from tests.support.study import ADMIN, COORDINATOR, Desk, new_study, open_desk
+from tests.support.study import ADMIN, COORDINATOR, Desk, amend, new_study, open_desk
 from workflow.commands import messages as M
 from workflow.subject import fold_subject
 
@@ -297,3 +297,31 @@ def test_kept_state_goes_with_its_store(sqlite_url: str) -> None:
     gc.collect()
     assert key not in module._KEPT._values
 
+
+
+# Guard: Runner.catch_up's `study_ahead`. A catch-up of some projections moves the study's
+# checkpoint (and its facts) to the head; a later catch_up(up_to=M) of the others then folds
+# their subjects with the study as it was at M (read from the stream), not with the table's
+# later facts: here the amendment put in force after M, which would add a re-consent task.
+def test_catch_up_to_a_position_behind_the_study_facts(sqlite_url: str) -> None:
+    clock = FakeClock(START)
+    flow = new_study(sqlite_url, clock, recorded_by_clock=True, protocol_version=1)
+    flow.send(COORDINATOR, M.ConsentSubject("S-001", date(2025, 1, 6), "1.0"))
+    runner = Runner(flow.store.engine, flow.store)
+    runner.catch_up()
+    _vitals(flow, "S-001", date(2025, 1, 6))
+    before_amendment = flow.store.last_position()
+    amend(flow, 2)
+    runner.catch_up(names=["subjects"])  # the study's facts now hold version 2 in force
+    runner.catch_up(up_to=before_amendment)
+    stored = table_snapshot(flow.store, before_amendment)
+    tasks = stored["rm_task_inputs"]
+    assert tasks and all("reconsent" not in row for row in tasks)
+    ahead = {table.name for table in registry.TABLES["subjects"]}  # caught up to the head
+    assert {name: rows for name, rows in stored.items() if name not in ahead} == {
+        name: rows for name, rows in memory_snapshot(flow.store, before_amendment).items()
+        if name not in ahead}
+    runner.catch_up()
+    tasks = table_snapshot(flow.store)["rm_task_inputs"]
+    assert any("reconsent" in row for row in tasks)  # the amendment, once caught up to
+    assert table_snapshot(flow.store) == memory_snapshot(flow.store)

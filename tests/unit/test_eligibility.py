@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -699,3 +700,51 @@ def test_the_order_forms_are_given_in_does_not_matter(order: list[int]) -> None:
 
 def test_criteria_registry_follows_inclusion_criteria() -> None:
     assert tuple(CRITERIA) == INCLUSION_CRITERIA
+
+
+_DAY0 = date(2025, 3, 1)
+_line_days = st.one_of(st.none(), st.integers(-40, 40).map(lambda n: _DAY0 + timedelta(n)))
+
+
+@st.composite
+def _medication_lines(draw: st.DrawFn) -> list[Any]:
+    from workflow.eligibility import _Line
+
+    lines = []
+    for position in range(1, draw(st.integers(0, 5)) + 1):
+        values: dict[str, Any] = {
+            "drug": draw(st.sampled_from(["prednisone", "methylprednisolone", "hydrocortisone",
+                                          "unknownol"])),
+            "drug_class": "glucocorticoid",
+            "dose_mg_per_day": draw(st.one_of(st.none(), st.sampled_from([0, 2.5, 5, 7.5, 20]))),
+        }
+        for field in ("start_date", "stop_date", "dose_changed_on"):
+            day = draw(_line_days)
+            if day is not None:
+                values[field] = day.isoformat()
+        lines.append(_Line.of(RecordedForm(position, "S-001", "medication", values, _DAY0)))
+    return lines
+
+
+# Guard: `_steroid_doses` works out the dose only on the days a line starts, changes or has
+# stopped, and carries it over the days between: the same answer as asking every day.
+@given(lines=_medication_lines(), first=st.integers(-45, 0), length=st.integers(1, 90))
+@settings(max_examples=300, deadline=None)
+def test_steroid_doses_equal_the_dose_asked_of_every_day(lines: list[Any], first: int,
+                                                          length: int) -> None:
+    from workflow.eligibility import _drug_dose_on, _steroid_doses
+
+    days = [_DAY0 + timedelta(first + n) for n in range(length)]
+    expected = {}
+    for day in days:
+        total: Decimal | None = Decimal(0)
+        why = ""
+        for drug in sorted({line.drug for line in lines}):
+            dose, why = _drug_dose_on([line for line in lines if line.drug == drug], day)
+            if dose is None:
+                total = None
+                break
+            assert total is not None
+            total += dose
+        expected[day] = (total, why if total is None else "")
+    assert _steroid_doses(lines, days) == expected

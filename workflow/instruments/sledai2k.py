@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -79,7 +80,12 @@ class Sledai2kImprovement:
 # Source: Gladman DD et al., SLEDAI-2K, J Rheumatol 2002;29:288-91 (descriptor weights).
 def sledai2k_score(descriptors: Iterable[str]) -> Sledai2kResult:
     """Score the descriptors present in the look-back window (each code counts once)."""
-    present = check.codes(descriptors, "descriptors", SLEDAI2K_WEIGHTS, "SLEDAI-2K descriptor")
+    return _scored(check.codes(descriptors, "descriptors", SLEDAI2K_WEIGHTS,
+                               "SLEDAI-2K descriptor"))
+
+
+@functools.lru_cache(maxsize=512)  # a pure function of the set; a fold scores a form ~twice
+def _scored(present: frozenset[str]) -> Sledai2kResult:
     counted = tuple(
         ScoredDescriptor(code, _ORGAN_OF[code], SLEDAI2K_WEIGHTS[code])
         for code in SLEDAI2K_DESCRIPTORS
