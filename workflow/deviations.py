@@ -261,7 +261,8 @@ def _assessment_missing(s: SubjectState, record: PhaseRecord, window: Window,
     required = protocol.visit(window.visit).required_forms
     if not required:
         return None
-    present = {form.form for form in s.forms.values() if _counts_for(form, window)}
+    present = {form.form for form in s.forms.values()
+               if form.form in required and _counts_for(form, window)}
     missing = [form for form in required if form not in present]
     if not missing:
         return None

@@ -382,9 +382,13 @@ def _glucocorticoid_lines(forms: Iterable[RecordedForm]) -> dict[str, list[_Line
 
 def glucocorticoid_dose_on(forms: Iterable[RecordedForm], day: date) -> SteroidDose:
     """Sum over drugs of the prednisone equivalent of the glucocorticoid line taken on `day`."""
+    return _dose_on(_glucocorticoid_lines(forms), day)
+
+
+def _dose_on(by_drug: dict[str, list[_Line]], day: date) -> SteroidDose:
     on = day.isoformat()
     total, used, parts = Decimal(0), list[int](), list[str]()
-    for lines in _glucocorticoid_lines(forms).values():
+    for lines in by_drug.values():
         line, why = _line_on(lines, day)
         if line is None:
             continue
@@ -407,8 +411,10 @@ def glucocorticoid_dose_on(forms: Iterable[RecordedForm], day: date) -> SteroidD
 
 
 # Source: Franklyn et al., Ann Rheum Dis 2016 (LLDAS, five conditions), via instruments.lldas.
-def lldas_at(s: SubjectState, protocol: Protocol, code: str) -> Endpoint:
-    """LLDAS from the window's latest disease_activity form and that day's steroid dose."""
+def lldas_at(s: SubjectState, protocol: Protocol, code: str,
+             lines: dict[str, list[_Line]] | None = None) -> Endpoint:
+    """LLDAS from the window's latest disease_activity form and that day's steroid dose
+    (`lines`: the subject's glucocorticoid lines, when already gathered)."""
     gate = _visit_gate(s, protocol, code, protocol.lldas_visits, "LLDAS")
     if isinstance(gate, Endpoint):
         return gate
@@ -420,7 +426,7 @@ def lldas_at(s: SubjectState, protocol: Protocol, code: str) -> Endpoint:
         return _missing(f"The latest disease_activity form inside {gate.text}, {_at(form)}, "
                         f"has no {', '.join(absent)} recorded.", (form.position,))
     day = form_date(form)
-    dose = glucocorticoid_dose_on(s.forms.values(), day)
+    dose = _dose_on(_glucocorticoid_lines(s.forms.values()) if lines is None else lines, day)
     evidence = (form.position, *dose.positions)
     if dose.mg_per_day is None:
         return _missing(dose.text, evidence)
@@ -437,7 +443,8 @@ def lldas_at(s: SubjectState, protocol: Protocol, code: str) -> Endpoint:
 
 
 def lldas_endpoints(s: SubjectState, protocol: Protocol) -> Section:
-    return {code: lldas_at(s, protocol, code)
+    lines = _glucocorticoid_lines(s.forms.values())  # the same for every visit
+    return {code: lldas_at(s, protocol, code, lines)
             for code in _visits(LLDAS_KEY_VISITS, protocol.lldas_visits)}
 
 
@@ -493,13 +500,15 @@ def _renal_thresholds(protocol: Protocol) -> dict[str, float]:
 
 
 # Source: KDIGO 2024 lupus nephritis guideline (renal response, involvement), instruments.renal.
-def renal_at(s: SubjectState, protocol: Protocol, code: str) -> Endpoint:
-    """complete / partial / none / not_applicable with the window's latest UPCR and eGFR."""
+def renal_at(s: SubjectState, protocol: Protocol, code: str,
+             base: tuple[_Lab, _Lab] | None = None) -> Endpoint:
+    """complete / partial / none / not_applicable with the window's latest UPCR and eGFR
+    (`base`: the baseline labs, when already chosen)."""
     gate = _visit_gate(s, protocol, code, protocol.renal.visits, "renal response")
     if isinstance(gate, Endpoint):
         return gate
-    forms = baseline_forms(s, "labs")
-    base = (_lab(forms, "upcr_g_per_g"), _lab(forms, "egfr_ml_min"))
+    if base is None:
+        base = _renal_baseline(s)
     base_upcr = base[0].value
     threshold = protocol.renal.involvement_upcr_min_g_per_g
     if base_upcr is not None and base[0].form is not None and (
@@ -548,8 +557,14 @@ def _rescue_text(rescue: Sequence[RecordedForm], until: date) -> str:
             f"{until.isoformat()}: positions {positions}.")
 
 
+def _renal_baseline(s: SubjectState) -> tuple[_Lab, _Lab]:
+    forms = baseline_forms(s, "labs")
+    return _lab(forms, "upcr_g_per_g"), _lab(forms, "egfr_ml_min")
+
+
 def renal_endpoints(s: SubjectState, protocol: Protocol) -> Section:
-    return {code: renal_at(s, protocol, code)
+    base = _renal_baseline(s)  # the same for every visit
+    return {code: renal_at(s, protocol, code, base)
             for code in _visits(RENAL_KEY_VISITS, protocol.renal.visits)}
 
 
