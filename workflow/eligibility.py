@@ -221,9 +221,10 @@ class ScreeningData:
 def form_date(form: RecordedForm) -> date:
     """The clinical date of a form: its assessment date, else the day it was recorded for
     (kept in the instance: a form is never changed, a correction makes a new one)."""
-    known: date | None = form.__dict__.get("_form_date")
-    if known is not None:
-        return known
+    try:
+        return form._form_date  # type: ignore[attr-defined,no-any-return]
+    except AttributeError:
+        pass
     dated = None
     if form.form in FORMS:
         dated = assessment_date(form.form, form.values, form.recorded_on)
