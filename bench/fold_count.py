@@ -21,9 +21,11 @@ from collections.abc import Sequence
 
 from events.engine import create_store_engine
 from events.store import EventStore
+from events.streams import STUDY_STREAM
 from projections import registry
 from projections.parallel import fold_chunk
-from projections.runner import Runner, is_subject_stream
+from projections.runner import is_subject_stream
+from workflow.study import fold_study
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -35,9 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     engine = create_store_engine(f"sqlite:///{args.study}")
     store = EventStore(engine)
-    runner = Runner(engine, store)
-    with engine.begin() as conn:
-        study = runner._study(conn, [], 1, None)
+    study = fold_study(store.read_stream(STUDY_STREAM))
     subjects = sorted(s for s in store.stream_heads() if is_subject_stream(s))[:args.subjects]
     wanted = {s: [n for n in registry.NAMES if n != registry.STUDY] for s in subjects}
     head = store.last_position()
