@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     engine = create_store_engine(f"sqlite:///{args.study}")
     store = EventStore(engine)
     study = fold_study(store.read_stream(STUDY_STREAM))
+    for version in study.protocol_texts:  # parsed before, as a rebuild's runner has them
+        study.protocol_of(version)
     subjects = sorted(s for s in store.stream_heads() if is_subject_stream(s))[:args.subjects]
     wanted = {s: [n for n in registry.NAMES if n != registry.STUDY] for s in subjects}
     head = store.last_position()
