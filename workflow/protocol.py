@@ -24,11 +24,12 @@ import itertools
 import math
 import re
 import tomllib
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final, NoReturn
 
 from workflow.errors import InvalidInput
@@ -220,6 +221,13 @@ class Protocol:
         if self.form_places is None:
             return None
         return next((place for place in self.form_places if place.form == form), None)
+
+    @cached_property
+    def follow_up_schedule(self) -> Mapping[str, tuple[int, int]]:
+        """The follow-up visits as study_days takes them: code -> (target day, ± days); read
+        for every subject by several read models, so made once (a protocol never changes)."""
+        return MappingProxyType({visit.code: (visit.target_day, visit.window_days)
+                                 for visit in self.visits})
 
     @property
     def visit_codes(self) -> tuple[str, ...]:

@@ -110,9 +110,9 @@ def _infusion_row(s: SubjectState, protocol: Protocol) -> dict[str, Any]:
     return row
 
 
-def schedule_of(protocol: Protocol) -> dict[str, tuple[int, int]]:
+def schedule_of(protocol: Protocol) -> Mapping[str, tuple[int, int]]:
     """The protocol's follow-up visits as study_days expects them: code -> (day, ± days)."""
-    return {visit.code: (visit.target_day, visit.window_days) for visit in protocol.visits}
+    return protocol.follow_up_schedule
 
 
 # Source: docs/clinical-rules.md, follow-up visits: day ± window; missed if recorded or next done.
