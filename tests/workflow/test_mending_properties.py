@@ -1,7 +1,8 @@
 """Property (issue 15): random sequences of clinical commands, voids and corrections, dated
 anywhere (in order, out of order, twice, late and wrong), never leave a subject whose clinical
 dates break the phase order; a refused command writes nothing; and every read model after them
-equals a rebuild from the log and the in-memory fold. Through the one executor, on a real
+equals a rebuild from the log and the in-memory fold; what the fold derives from each
+procedure event equals a derivation from every procedure. Through the one executor, on a real
 SQLite file."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from workflow import event_types as T
 from workflow.commands import messages as M
 from workflow.errors import InvalidInput, RuleViolation
 from workflow.phase_order import history_problems
+from workflow.subject import SubjectState, apply_subject, copy_subject, derive_procedures
 
 START = date(2025, 3, 3)
 TODAY = START + timedelta(days=200)  # everything is entered retrospectively
@@ -144,6 +146,23 @@ def message(flow: Desk, subject: str, step: tuple[Any, ...]) -> tuple[str, M.Mes
                                         (f"weight_kg={step[1]}",), "scale re-read")
 
 
+DERIVED = ("collected_on", "collection_coi", "product_failed", "product_coi", "released_on",
+           "lymphodepletion_days", "infused_on", "infused_at", "visits")
+
+
+# Guard: `workflow.subject._apply` derives from a procedure event only what that kind moves
+# (issue 17); after every event of the stream, what it derived must equal `derive_procedures`
+# over every procedure as it stands, corrections and voids included.
+def assert_derived_as_a_whole(flow: Desk, subject: str) -> None:
+    state = SubjectState(subject)
+    for event in flow.store.read_stream(subject):
+        apply_subject(state, event)
+        whole = copy_subject(state)
+        derive_procedures(whole)
+        assert [getattr(state, name) for name in DERIVED] == [
+            getattr(whole, name) for name in DERIVED], (subject, event.position, event.type)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(SUBJECTS), action), min_size=10, max_size=60))
 def test_random_commands_voids_and_corrections_keep_the_phase_order(
@@ -168,6 +187,8 @@ def test_random_commands_voids_and_corrections_keep_the_phase_order(
                 assert flow.store.last_position() == before  # a refusal writes nothing
             for each in SUBJECTS:
                 assert history_problems(flow.subject(each), TODAY) == [], (step, each)
+        for each in SUBJECTS:
+            assert_derived_as_a_whole(flow, each)
         runner.catch_up()
         incremental = snapshot(open_view(flow.store.engine, flow.store))
         assert incremental == memory_snapshot(flow.store)
