@@ -303,9 +303,9 @@ def test_kept_state_goes_with_its_store(sqlite_url: str) -> None:
 # checkpoint (and its facts) to the head; a later catch_up(up_to=M) of the others then folds
 # their subjects with the study as it was at M (read from the stream), not with the table's
 # later facts: here the amendment put in force after M, which would add a re-consent task.
-def test_catch_up_to_a_position_behind_the_study_facts(sqlite_url: str) -> None:
+def test_catch_up_to_a_position_behind_the_study_facts(db_url: str) -> None:
     clock = FakeClock(START)
-    flow = new_study(sqlite_url, clock, recorded_by_clock=True, protocol_version=1)
+    flow = new_study(db_url, clock, recorded_by_clock=True, protocol_version=1)
     flow.send(COORDINATOR, M.ConsentSubject("S-001", date(2025, 1, 6), "1.0"))
     runner = Runner(flow.store.engine, flow.store)
     runner.catch_up()
