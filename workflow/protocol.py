@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
-from types import MappingProxyType
 from typing import Final, NoReturn
 
 from workflow.errors import InvalidInput
@@ -225,9 +224,10 @@ class Protocol:
     @cached_property
     def follow_up_schedule(self) -> Mapping[str, tuple[int, int]]:
         """The follow-up visits as study_days takes them: code -> (target day, ± days); read
-        for every subject by several read models, so made once (a protocol never changes)."""
-        return MappingProxyType({visit.code: (visit.target_day, visit.window_days)
-                                 for visit in self.visits})
+        for every subject by several read models, so made once (a protocol never changes).
+        Callers only read it; a plain dict, since a protocol is copied and pickled (a
+        rebuild's workers are given the study)."""
+        return {visit.code: (visit.target_day, visit.window_days) for visit in self.visits}
 
     @property
     def visit_codes(self) -> tuple[str, ...]:
