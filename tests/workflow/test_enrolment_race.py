@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,15 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_two_processes_cannot_both_take_the_last_place(postgres_url: str) -> None:
-    today = date.today()
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)  # never ahead of
+    today = now.date()  # the database's clock (04:00 today was, from 00:00 to 04:00 UTC)
     start = today - timedelta(days=5)
-    clock = FakeClock(f"{today.isoformat()}T04:00:00+00:00")
+    clock = FakeClock(now)
     flow = new_study(postgres_url, clock)
     for n in range(1, 6):
         enrol(flow, f"S-{n:03d}", start, clock)
     for subject in ("S-006", "S-007"):
         screen_eligible(flow, subject, start, clock=clock)
-    clock.set(f"{today.isoformat()}T04:00:00+00:00")
+    clock.set(now)
     environ = {**os.environ, **login_environ(["--db", postgres_url, "--user", INVESTIGATOR])}
     procs = [
         subprocess.Popen([sys.executable, "-m", "cli", "--db", postgres_url, "--user",
