@@ -680,7 +680,7 @@ def _steroid_doses(lines: Sequence[_Line], days: Sequence[date]
 
     # each drug's dose changes only on a line's first day (start or change), or the day after
     # its stop: between two such days it is the day before's (the criterion asks every day)
-    changes = {day for line in lines for day in (line.begin, line.start, line.changed)
+    changes = {day for line in lines for day in (line.start, line.changed)
                if day is not None}
     changes |= {line.stop + timedelta(days=1) for line in lines
                 if line.stop is not None and line.stop < date.max}
@@ -1037,6 +1037,7 @@ def criteria_lost(criteria: Sequence[CriterionResult], now: ScreeningData,
     return tuple(found)
 
 
+# the only kinds the loop of `post_enrolment_findings` below turns into findings
 _FINDING_FORMS: Final = frozenset({"exclusion_checklist", "pregnancy_test", "contraception"})
 
 
