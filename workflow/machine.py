@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Final
 
 from transitions import Machine, MachineError
@@ -125,9 +126,16 @@ def decide(subject: str, phase: str | None, trigger: str, guards: Mapping[str, G
     return str(model.state)
 
 
+@cache
+def _triggers_from(phase: str) -> frozenset[str]:
+    """The triggers the machine allows from `phase` (asked once per phase: the machine is built
+    once, and `get_triggers` walks every transition of every event)."""
+    return frozenset(MACHINE.get_triggers(phase))
+
+
 def check_phase(subject: str, phase: str | None, trigger: str) -> None:
     """Refuse (rule `phase`) a trigger the machine does not allow from `phase`."""
-    if phase is not None and MACHINE.get_triggers(phase).count(trigger):
+    if phase is not None and trigger in _triggers_from(phase):
         return
     if phase is None:
         raise RuleViolation(f"Subject {subject} has not consented: record `trialflow consent` "

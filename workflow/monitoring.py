@@ -97,7 +97,8 @@ def fold_monitoring(subject: str, events: Iterable[RecordedEvent]) -> Monitoring
 
 def monitoring_onto(state: MonitoringState, events: Iterable[RecordedEvent]) -> MonitoringState:
     """The next `events` of the stream folded into a copy of `state` (left as it was)."""
-    state = replace(state, forms=dict(state.forms), queries=dict(state.queries))
+    state = MonitoringState(state.subject, state.version, dict(state.forms),
+                            dict(state.queries))
     for event in events:
         if event.type in _REVIEWED:
             apply_monitoring(state, event)

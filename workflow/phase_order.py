@@ -10,6 +10,7 @@ them on D-5 to D-3, the infusion is D0 and the visits are counted from it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 
 from workflow.errors import RuleViolation
@@ -129,15 +130,15 @@ def history_problems(state: SubjectState, today: date) -> list[str]:
     ended = [(what, day) for what, day in (("completion", state.completed_on),
                                             (EXIT, state.exited_on)) if day is not None]
     for form in state.forms.values():
-        dated = assessment_date(form.form, form.values, form.recorded_on)
-        if form.form == "adverse_event":
-            dated = as_date(form.values.get("onset_date"))
+        kind = form.form
+        dated = (as_date(form.values.get("onset_date")) if kind == "adverse_event"
+                 else assessment_date(kind, form.values, form.recorded_on))
         if dated is not None and dated < consent:
-            found.append(f"Subject {state.subject}: the {form.form} at position {form.position} "
+            found.append(f"Subject {state.subject}: the {kind} at position {form.position} "
                          f"is dated {dated}, before the consent on {consent} (phase order).")
-        found.extend(_safety_time_problems(state, form, consent))
-        if form.form in SAFETY_FORMS:
-            continue  # safety reporting outlives the study
+        if kind in SAFETY_FORMS:  # their reporting times; and they outlive the study
+            found.extend(_safety_time_problems(state, form, consent))
+            continue
         for what, day in ended:
             if form.recorded_on > day:
                 found.append(f"Subject {state.subject}: the {form.form} at position "
@@ -146,11 +147,13 @@ def history_problems(state: SubjectState, today: date) -> list[str]:
     return found
 
 
-def check_history(before: SubjectState, after: SubjectState, today: date, field: str) -> None:
+def check_history(before: SubjectState, after: SubjectState, field: str,
+                  problems: Callable[[SubjectState], list[str]]) -> None:
     """Refuse (rule `phase_order`) a correction or void after which the subject's clinical
-    dates break the phase order in a way they did not before it."""
-    known = set(history_problems(before, today))
-    new = [problem for problem in history_problems(after, today) if problem not in known]
+    dates break the phase order in a way they did not before it. `problems`: a state's
+    `history_problems` on the site's today."""
+    known = set(problems(before))
+    new = [problem for problem in problems(after) if problem not in known]
     if new:
         raise RuleViolation(new[0][:-1] + "; the record is left as it was.",
                             rule="phase_order", subject=after.subject, field=field)

@@ -18,6 +18,7 @@ from events.upcasting import REGISTRY
 from workflow.deviations import deviations
 from workflow.identity import Secret
 from workflow.monitoring import MonitoringState, fold_monitoring
+from workflow.phase_order import check_history, history_problems
 from workflow.reminders import Reminder, fold_reminders
 from workflow.study import Study, User
 from workflow.subject import SubjectState, fold_onto, fold_subject
@@ -44,6 +45,10 @@ class Context:
     # where the command came from (the operating-system account, the database login): kept
     # with a credential change and a signature, so an auditor can tell who typed them
     origin: Mapping[str, str | None] = field(default_factory=dict)
+    # what a decision works out from this context more than once (a preview of its events,
+    # the phase-order problems of a state), kept for the context's life: `preview`,
+    # `check_phase_order`. Derived from the context alone, so the decision stays pure.
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def require_subject(self) -> SubjectState:
         assert self.subject is not None, "the executor loads the subject of a subject message"
@@ -132,7 +137,31 @@ def context_for(message_loads: str, study: Study, actor: User, now: datetime, *,
 
 
 def preview(c: Context, events: Sequence[NewEvent]) -> SubjectState:
-    """The subject as it would stand with `events` appended (a pure fold; nothing written)."""
+    """The subject as it would stand with `events` appended (a pure fold; nothing written).
+    Made once per context and events: a mend's own checks and the phase-order net under every
+    decision share it (the caller only reads it)."""
+    key = ("preview", *map(id, events))
+    kept = c.memo.get(key)
+    if kept is None:
+        # the events are kept with it, so their ids name them while the memo lives
+        kept = c.memo[key] = (tuple(events), _previewed(c, events))
+    return kept[1]
+
+
+def check_phase_order(c: Context, after: SubjectState, field: str) -> None:
+    """`phase_order.check_history` of the context's subject and `after`, each state's problems
+    worked out once per context (the mend's own check, then the net under every decision)."""
+    def problems(state: SubjectState) -> list[str]:
+        key = ("history", id(state))
+        kept = c.memo.get(key)
+        if kept is None:
+            kept = c.memo[key] = (state, history_problems(state, c.today))
+        return kept[1]
+
+    check_history(c.require_subject(), after, field, problems)
+
+
+def _previewed(c: Context, events: Sequence[NewEvent]) -> SubjectState:
     state = c.require_subject()
     head = max((e.position for e in c.events), default=0)
     now = c.now.isoformat()

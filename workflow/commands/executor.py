@@ -153,6 +153,7 @@ class Executor:
         self.retries = retries
         self.last_outcome: Outcome | None = None  # for a caller interrupted after the commit
         self._login: tuple[str | None] | None = None
+        self._os_user: tuple[str | None] | None = None
         self._sqlite = app.engine.dialect.name == "sqlite"
         self._study: Study | None = None  # the study stream folded, at its version
         self._study_lock = threading.RLock()
@@ -441,17 +442,13 @@ class Executor:
 
     def _who(self) -> dict[str, str | None]:
         """From which login an attempt came: the operating-system account, the database's."""
-        try:
-            import pwd
-
-            os_user: str | None = pwd.getpwuid(os.getuid()).pw_name
-        except (ImportError, KeyError, OSError):
-            os_user = None
+        if self._os_user is None:  # looked up once (the passwd database, about 30 µs)
+            self._os_user = (_os_user(),)
         try:
             database = self.database_login()
         except EventStoreError:
             database = None
-        return {"os_user": os_user, "database_login": database}
+        return {"os_user": self._os_user[0], "database_login": database}
 
     # ------------------------------------------------------------------ loading
     @staticmethod
@@ -671,6 +668,16 @@ class Executor:
     def _request_hash(actor: str, message: M.Message) -> str:
         return hashlib.sha256(canonical_json({"actor": actor, **message.canonical()})
                               .encode("utf-8")).hexdigest()
+
+
+def _os_user() -> str | None:
+    """The operating-system account this process runs as (None where there is none)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, OSError):
+        return None
 
 
 def _summary(decision: Decision, result: AppendResult) -> dict[str, Any]:

@@ -17,10 +17,9 @@ from workflow.commands import (
     signatures,
 )
 from workflow.commands import messages as M
-from workflow.commands.decision import Context, Decision, preview
+from workflow.commands.decision import Context, Decision, check_phase_order, preview
 from workflow.commands.roles import admit
 from workflow.errors import RuleViolation
-from workflow.phase_order import check_history
 
 Decide = Callable[[Any, Context], Decision]
 
@@ -90,4 +89,4 @@ def _check_phase_order(context: Context, decision: Decision) -> None:
     own = [event for write in decision.writes if write.stream == state.subject
            for event in write.events]
     if own:
-        check_history(state, preview(context, own), context.today, "date")
+        check_phase_order(context, preview(context, own), "date")

@@ -22,6 +22,7 @@ from workflow.clinical_time import site_time
 from workflow.commands.decision import (
     Context,
     Decision,
+    check_phase_order,
     decided,
     implied_deviations,
     preview,
@@ -49,7 +50,6 @@ from workflow.mending import (
     target,
     void_trigger,
 )
-from workflow.phase_order import check_history
 from workflow.phases import TERMINAL
 from workflow.subject import DATED_ACTS, SubjectState, to_date
 
@@ -105,7 +105,7 @@ def correction_events(c: Context, position: int, tokens: Sequence[str], reason: 
                                         "changes": changes, "previous": previous},
                      reason=reason.strip())
     after = preview(c, [event])
-    check_history(state, after, c.today, next(iter(changes)))
+    check_phase_order(c, after, next(iter(changes)))
     _check_infusion_window(c, state, after, found)
     if found.form == "consent":  # the screening window runs from the consent date
         recheck_confirmation(c, after, ("screening_window_open",))
@@ -138,7 +138,7 @@ def _act_correction(c: Context, state: SubjectState, found: Target, tokens: Sequ
                                         "changes": changes, "previous": previous},
                      reason=reason)
     after = preview(c, [event])
-    check_history(state, after, c.today, field)
+    check_phase_order(c, after, field)
     check_forms_stay_placed(c, state, after, "correction")
     if found.form == "eligibility_confirmation":
         recheck_confirmation(c, after, ("screening_window_open", "eligible"))
@@ -225,7 +225,7 @@ def void_record(m: VoidRecord, c: Context) -> Decision:
         # clinically the phase never opened: the change back is dated on the procedure's date
         events += transition(c, trigger, found.procedure.on)
     after = preview(c, events)
-    check_history(state, after, c.today, "position")
+    check_phase_order(c, after, "position")
     check_forms_stay_placed(c, state, after, "void")
     return decided(m.subject, events, {
         "subject": m.subject, "voided": m.position, "form": found.form, "phase": after.phase,

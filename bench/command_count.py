@@ -1,0 +1,64 @@
+"""The command mix of `bench.commands`, trialflow's side alone, for counting the machine
+instructions of a command: on a shared virtual machine a command's time moves by 15% from run
+to run, its count of instructions by well under 1%, so a before/after of the command path is
+measured as instructions (docs/performance.md, "Commands: what each change bought").
+
+    valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \\
+        .venv/bin/python -m bench.command_count --rounds 100
+    # the same with --rounds 0 (the study prepared, the warm-up rounds sent); the difference,
+    # divided by 5 × 100, is one command's instructions in this process (the fsync of each
+    # commit is the kernel's and not counted)
+
+The study is prepared as `bench.commands` prepares it (`bench.commands_flow.prepare`, a
+SQLite file in a temporary directory); `--warm` rounds are sent first, so every subject's
+stream is kept folded by the executor before the counted rounds (as in the timed benchmark,
+where each subject comes round again every `--subjects` rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import commands_flow
+from cli.logging_setup import configure
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.command_count",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subjects", type=int, default=20)
+    parser.add_argument("--warm", type=int, default=40, help="rounds sent before the count")
+    parser.add_argument("--rounds", type=int, default=100, help="rounds counted (5 commands)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="write a cProfile of the counted rounds to FILE")
+    args = parser.parse_args(argv)
+    configure("warning", sys.stderr)  # the CLI's default, as bench.commands runs
+    with tempfile.TemporaryDirectory(prefix="trialflow-count-") as directory:
+        url = f"sqlite:///{Path(directory) / 'flow.db'}"
+        mix = commands_flow.prepare(url, args.subjects, args.warm + args.rounds)
+        for r in range(args.warm):
+            mix.round(r)
+        profile = cProfile.Profile() if args.profile else None
+        start = time.process_time()
+        if profile is not None:
+            profile.enable()
+        for r in range(args.warm, args.warm + args.rounds):
+            mix.round(r)
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile)
+        spent = time.process_time() - start
+        done = 5 * args.rounds
+        if done:
+            print(f"{done} commands in {spent:.3f} s of CPU ({spent / done * 1000:.3f} ms each)")
+        mix.desk.executor.engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
