@@ -163,7 +163,7 @@ def check_phase_order(c: Context, after: SubjectState, field: str) -> None:
 
 def _previewed(c: Context, events: Sequence[NewEvent]) -> SubjectState:
     state = c.require_subject()
-    head = max((e.position for e in c.events), default=0)
+    head = c.events[-1].position if c.events else 0  # a stream is read in log order
     now = c.now.isoformat()
     recorded = [RecordedEvent(
         head + n, state.subject, state.version + n, e.type,
