@@ -1,0 +1,123 @@
+"""What an append writes besides its rows (issue 17): on SQLite the index by type holds only
+`QueryOpened` events (migration 4), and the command ids the store makes are time-ordered UUIDs,
+so a command's commit writes fewer pages. The reads that used what was taken away still work."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from events.envelope import NewEvent
+from events.schema import current_version, latest_version, upgrade
+from events.store import AppendContext, EventStore, time_ordered_id
+from workflow.bootstrap import build_app
+
+CONTEXT = AppendContext(actor="cora", role="coordinator", site="PKU3")
+QUERY_STREAMS = "SELECT DISTINCT stream_id FROM events WHERE type = 'QueryOpened'"
+
+
+def _indexes(store: EventStore) -> dict[str, str]:
+    with store.engine.connect() as conn:
+        if store.engine.dialect.name == "sqlite":
+            rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                                     "AND tbl_name = 'events' AND sql IS NOT NULL"))
+        else:
+            rows = conn.execute(text("SELECT indexname, indexdef FROM pg_indexes "
+                                     "WHERE tablename = 'events'"))
+        return {str(name): str(sql) for name, sql in rows}
+
+
+def _fill(store: EventStore) -> None:
+    """Three subjects, two with a query opened, among forms."""
+    for subject in ("S-001", "S-002", "S-003"):
+        store.append(subject, 0, [NewEvent("FormRecorded", {"form": "vitals"})], CONTEXT)
+    for subject in ("S-001", "S-003"):
+        store.append(subject, 1, [NewEvent("QueryOpened", {"text": "check"})], CONTEXT)
+    store.append("S-002", 1, [NewEvent("FormRecorded", {"form": "vitals"})], CONTEXT)
+
+
+def test_the_type_index_is_sqlites_query_index_and_postgresqls_whole(db_url: str) -> None:
+    app = build_app(db_url)
+    upgrade(app.engine)
+    try:
+        _fill(app.store)
+        indexes = _indexes(app.store)
+        if app.engine.dialect.name == "sqlite":
+            assert "events_type" not in indexes
+            assert "WHERE type = 'QueryOpened'" in indexes["events_query_opened"]
+        else:  # the append function finds the study's users by type
+            assert "events_type" in indexes and "events_query_opened" not in indexes
+        with app.engine.connect() as conn:
+            found = sorted(conn.execute(text(QUERY_STREAMS)).scalars())
+        assert found == ["S-001", "S-003"]
+    finally:
+        app.engine.dispose()
+
+
+def test_a_sqlite_study_of_schema_3_upgrades_and_reads_its_queries_by_the_new_index(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    app = build_app(f"sqlite:///{path}")
+    upgrade(app.engine)
+    app.engine.dispose()
+    with sqlite3.connect(path) as conn:  # as a study made before migration 4 stands
+        conn.execute("DROP INDEX events_query_opened")
+        conn.execute("CREATE INDEX events_type ON events (type)")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+    app = build_app(f"sqlite:///{path}")
+    try:
+        assert current_version(app.engine) == 3
+        _fill(app.store)
+        assert upgrade(app.engine) == ["004 SQLite: index events by type only for QueryOpened"]
+        assert current_version(app.engine) == latest_version() == 4
+        assert set(_indexes(app.store)) == {"events_recorded_at", "events_command_id",
+                                            "events_query_opened"}
+        assert upgrade(app.engine) == []  # idempotent, as `trialflow init` is
+    finally:
+        app.engine.dispose()
+    with sqlite3.connect(path) as conn:
+        plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {QUERY_STREAMS}"))
+        assert "events_query_opened" in plan
+        assert sorted(r[0] for r in conn.execute(QUERY_STREAMS)) == ["S-001", "S-003"]
+        # the index holds the queries' events only: a form's append does not write it
+        assert conn.execute("SELECT count(*) FROM events INDEXED BY events_query_opened "
+                            "WHERE type = 'QueryOpened'").fetchone() == (2,)
+
+
+def test_command_ids_are_unique_uuids_of_version_7_in_the_order_they_were_made() -> None:
+    ids = [time_ordered_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(value) for value in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert all(str(u) == value for u, value in zip(parsed, ids, strict=True))
+    millis = [u.int >> 80 for u in parsed]
+    assert millis == sorted(millis)  # the time comes first
+    assert abs(millis[-1] - time.time_ns() // 1_000_000) < 60_000
+    # an id of a later millisecond sorts after every id of the ones before it
+    moment = 1_796_000_000_000  # 2026-11-30, in milliseconds
+    earlier = [time_ordered_id(moment + n // 100) for n in range(1_000)]
+    assert [uuid.UUID(value).int >> 80 for value in earlier] == [moment + n // 100
+                                                                 for n in range(1_000)]
+    for n in range(1, 10):
+        assert min(earlier[n * 100:(n + 1) * 100]) > max(earlier[:n * 100])
+
+
+@pytest.mark.parametrize("given", [None, "my-own-id"])
+def test_the_store_makes_time_ordered_ids_and_keeps_a_given_one(sqlite_url: str,
+                                                                 given: str | None) -> None:
+    app = build_app(sqlite_url)
+    upgrade(app.engine)
+    try:
+        context = AppendContext(actor="cora", role="coordinator", site="PKU3", command_id=given)
+        result = app.store.append("S-001", 0, [NewEvent("FormRecorded", {"form": "x"})], context)
+        if given is None:
+            assert uuid.UUID(result.command_id).version == 7
+        else:
+            assert result.command_id == given
+    finally:
+        app.engine.dispose()
