@@ -771,12 +771,17 @@ class EventStore:
                 self._fetch("SELECT command_id, result FROM commands ORDER BY recorded_at")]
 
     def position_at(self, recorded_at: datetime | str) -> int:
-        """The last position recorded at or before a moment (0 when none was)."""
+        """The last position recorded at or before a moment (0 when none was). PostgreSQL
+        finds it by its index of `recorded_at`; SQLite has none (migration 4) and reads the
+        key backwards from the head to the first event recorded at or before the moment
+        (`recorded_at` never goes back along the log), no more than an as-of replay then
+        reads the other way."""
         moment = recorded_at if isinstance(recorded_at, str) else format_utc(recorded_at)
-        rows = self._fetch(
-            f"SELECT max(position) FROM events WHERE recorded_at <= {self._mark}", (moment,)
-        )
-        return int(rows[0][0] or 0)
+        sql = ("SELECT position FROM events WHERE recorded_at <= ? ORDER BY position DESC "
+               "LIMIT 1" if self._sqlite else
+               "SELECT max(position) FROM events WHERE recorded_at <= %s")
+        rows = self._fetch(sql, (moment,))
+        return int(rows[0][0] or 0) if rows else 0
 
     def read_until(self, recorded_at: datetime | str) -> Iterator[RecordedEvent]:
         """Everything the system had recorded at a moment (recorded_at ≤ moment)."""

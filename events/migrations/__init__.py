@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-MODULES = ("v001_events", "v002_commands", "v003_guards", "v004_sqlite_type_index")
+MODULES = ("v001_events", "v002_commands", "v003_guards", "v004_sqlite_indexes")
 
 
 @dataclass(frozen=True)

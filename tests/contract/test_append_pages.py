@@ -1,12 +1,14 @@
 """What an append writes besides its rows (issue 17): on SQLite the index by type holds only
-`QueryOpened` events (migration 4), and the command ids the store makes are time-ordered UUIDs,
-so a command's commit writes fewer pages. The reads that used what was taken away still work."""
+`QueryOpened` events and there is no index by `recorded_at` (migration 4), and the command ids
+the store makes are time-ordered UUIDs, so a command's commit writes fewer pages. The reads
+that used what was taken away still give what they gave."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,8 @@ from sqlalchemy import text
 
 from events.envelope import NewEvent
 from events.schema import current_version, latest_version, upgrade
-from events.store import AppendContext, EventStore, time_ordered_id
+from events.store import AppendContext, EventStore, format_utc, time_ordered_id
+from tests.support.clock import FakeClock
 from workflow.bootstrap import build_app
 
 CONTEXT = AppendContext(actor="cora", role="coordinator", site="PKU3")
@@ -48,10 +51,11 @@ def test_the_type_index_is_sqlites_query_index_and_postgresqls_whole(db_url: str
         _fill(app.store)
         indexes = _indexes(app.store)
         if app.engine.dialect.name == "sqlite":
-            assert "events_type" not in indexes
+            assert "events_type" not in indexes and "events_recorded_at" not in indexes
             assert "WHERE type = 'QueryOpened'" in indexes["events_query_opened"]
         else:  # the append function finds the study's users by type
-            assert "events_type" in indexes and "events_query_opened" not in indexes
+            assert {"events_type", "events_recorded_at"} <= set(indexes)
+            assert "events_query_opened" not in indexes
         with app.engine.connect() as conn:
             found = sorted(conn.execute(text(QUERY_STREAMS)).scalars())
         assert found == ["S-001", "S-003"]
@@ -68,15 +72,16 @@ def test_a_sqlite_study_of_schema_3_upgrades_and_reads_its_queries_by_the_new_in
     with sqlite3.connect(path) as conn:  # as a study made before migration 4 stands
         conn.execute("DROP INDEX events_query_opened")
         conn.execute("CREATE INDEX events_type ON events (type)")
+        conn.execute("CREATE INDEX events_recorded_at ON events (recorded_at)")
         conn.execute("DELETE FROM schema_migrations WHERE version = 4")
     app = build_app(f"sqlite:///{path}")
     try:
         assert current_version(app.engine) == 3
         _fill(app.store)
-        assert upgrade(app.engine) == ["004 SQLite: index events by type only for QueryOpened"]
+        assert upgrade(app.engine) == ["004 SQLite: events indexed as its reads need "
+                                       "(QueryOpened by stream; no recorded_at)"]
         assert current_version(app.engine) == latest_version() == 4
-        assert set(_indexes(app.store)) == {"events_recorded_at", "events_command_id",
-                                            "events_query_opened"}
+        assert set(_indexes(app.store)) == {"events_command_id", "events_query_opened"}
         assert upgrade(app.engine) == []  # idempotent, as `trialflow init` is
     finally:
         app.engine.dispose()
@@ -105,6 +110,32 @@ def test_command_ids_are_unique_uuids_of_version_7_in_the_order_they_were_made()
                                                                  for n in range(1_000)]
     for n in range(1, 10):
         assert min(earlier[n * 100:(n + 1) * 100]) > max(earlier[:n * 100])
+
+
+def test_the_position_recorded_at_a_moment_is_the_last_one_at_or_before_it(db_url: str
+                                                                          ) -> None:
+    """`position_at`, SQLite reading its key backwards, PostgreSQL its index: the same answer
+    as a look at every event, at moments before, between, on (ties included) and after."""
+    app = build_app(db_url)
+    upgrade(app.engine)
+    start = datetime(2025, 3, 3, 4, tzinfo=UTC)
+    clock = FakeClock(start)
+    store = EventStore(app.engine, clock=clock)
+    try:
+        assert store.position_at(start) == 0  # an empty log
+        for n, minutes in enumerate((0, 0, 5, 5, 5, 9, 30, 30, 31)):
+            clock.set(start + timedelta(minutes=minutes))
+            store.append(f"S-{n:03d}", 0, [NewEvent("FormRecorded", {"n": n})], CONTEXT)
+        events = list(store.read_all())
+        for minutes in (-1, 0, 1, 4, 5, 6, 9, 10, 29, 30, 31, 32, 600):
+            moment = start + timedelta(minutes=minutes)
+            expected = max((e.position for e in events
+                            if e.recorded_at <= format_utc(moment)), default=0)
+            assert store.position_at(moment) == expected, minutes
+            assert store.position_at(format_utc(moment)) == expected, minutes
+        assert store.position_at(start + timedelta(minutes=5)) == 5  # the last of a tie
+    finally:
+        app.engine.dispose()
 
 
 @pytest.mark.parametrize("given", [None, "my-own-id"])
