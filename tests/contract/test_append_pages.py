@@ -35,6 +35,12 @@ def _indexes(store: EventStore) -> dict[str, str]:
         return {str(name): str(sql) for name, sql in rows}
 
 
+def _triggers(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                                 "ORDER BY name").fetchall())
+
+
 def _fill(store: EventStore) -> None:
     """Three subjects, two with a query opened, among forms."""
     for subject in ("S-001", "S-002", "S-003"):
@@ -51,10 +57,10 @@ def test_the_type_index_is_sqlites_query_index_and_postgresqls_whole(db_url: str
         _fill(app.store)
         indexes = _indexes(app.store)
         if app.engine.dialect.name == "sqlite":
-            assert "events_type" not in indexes and "events_recorded_at" not in indexes
+            assert not {"events_type", "events_recorded_at", "events_command_id"} & set(indexes)
             assert "WHERE type = 'QueryOpened'" in indexes["events_query_opened"]
         else:  # the append function finds the study's users by type
-            assert {"events_type", "events_recorded_at"} <= set(indexes)
+            assert {"events_type", "events_recorded_at", "events_command_id"} <= set(indexes)
             assert "events_query_opened" not in indexes
         with app.engine.connect() as conn:
             found = sorted(conn.execute(text(QUERY_STREAMS)).scalars())
@@ -70,22 +76,64 @@ def test_a_sqlite_study_of_schema_3_upgrades_and_reads_its_queries_by_the_new_in
     upgrade(app.engine)
     app.engine.dispose()
     with sqlite3.connect(path) as conn:  # as a study made before migration 4 stands
+        triggers = _triggers(path)
+        conn.execute("DROP TABLE commands")
+        conn.execute("CREATE TABLE commands (command_id VARCHAR(64) NOT NULL PRIMARY KEY, "
+                     "request_hash CHAR(64) NOT NULL, result TEXT NOT NULL, "
+                     "recorded_at VARCHAR(40) NOT NULL)")
+        for name, sql in triggers.items():
+            if name.startswith("commands_"):
+                conn.execute(sql)
         conn.execute("DROP INDEX events_query_opened")
         conn.execute("CREATE INDEX events_type ON events (type)")
         conn.execute("CREATE INDEX events_recorded_at ON events (recorded_at)")
+        conn.execute("CREATE INDEX events_command_id ON events (command_id)")
         conn.execute("DELETE FROM schema_migrations WHERE version = 4")
     app = build_app(f"sqlite:///{path}")
     try:
         assert current_version(app.engine) == 3
         _fill(app.store)
+        commands = app.store.read_commands()
+        triggers = _triggers(path)
+        assert len(commands) == 6 and {"commands_refuse_update", "commands_refuse_delete",
+                                       "commands_guard_insert"} <= set(triggers)
         assert upgrade(app.engine) == ["004 SQLite: events indexed as its reads need "
-                                       "(QueryOpened by stream; no recorded_at)"]
+                                       "(QueryOpened by stream; no recorded_at or command_id), "
+                                       "commands without rowid"]
         assert current_version(app.engine) == latest_version() == 4
-        assert set(_indexes(app.store)) == {"events_command_id", "events_query_opened"}
+        assert set(_indexes(app.store)) == {"events_query_opened"}
         assert upgrade(app.engine) == []  # idempotent, as `trialflow init` is
+        # the commands kept, in their order, and their guards made again: as they were, but
+        # the insert guard, which asks the log's last event instead of an index
+        assert app.store.read_commands() == commands
+        after = _triggers(path)
+        assert after.keys() == triggers.keys()
+        assert {k: v for k, v in after.items() if k != "commands_guard_insert"} == {
+            k: v for k, v in triggers.items() if k != "commands_guard_insert"}
+        assert "ORDER BY position DESC LIMIT 1" in after["commands_guard_insert"]
+        first = app.store.find_command(commands[0][0])
+        assert first is not None and first.result.positions == (1,)
+        repeat = app.store.append("S-001", 0, [NewEvent("FormRecorded", {"form": "vitals"})],
+                                  AppendContext(actor="cora", role="coordinator", site="PKU3",
+                                                command_id=commands[0][0]))
+        assert repeat.duplicate and repeat.positions == (1,)  # still a repeat, nothing written
     finally:
         app.engine.dispose()
     with sqlite3.connect(path) as conn:
+        assert "WITHOUT ROWID" in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'commands'").fetchone()[0]
+        for statement in ("UPDATE commands SET result = '{}'", "DELETE FROM commands"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(statement)
+        with pytest.raises(sqlite3.IntegrityError, match="needs the events of its command"):
+            conn.execute("INSERT INTO commands VALUES ('forged', 'h', '{}', 'x')")
+        # nor for the events of an older command than the last (its row taken away first,
+        # as a forger with the file would, the guards off for that alone)
+        older = conn.execute("SELECT command_id FROM events WHERE position = 1").fetchone()[0]
+        conn.execute("DROP TRIGGER commands_refuse_delete")
+        conn.execute("DELETE FROM commands WHERE command_id = ?", (older,))
+        with pytest.raises(sqlite3.IntegrityError, match="needs the events of its command"):
+            conn.execute("INSERT INTO commands VALUES (?, 'h', '{}', 'x')", (older,))
         plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {QUERY_STREAMS}"))
         assert "events_query_opened" in plan
         assert sorted(r[0] for r in conn.execute(QUERY_STREAMS)) == ["S-001", "S-003"]

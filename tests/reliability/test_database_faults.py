@@ -568,9 +568,10 @@ def test_a_full_database_refuses_the_whole_command(tmp_path: Path) -> None:
     url = f"sqlite:///{path}"
     env = session_env(url, INVESTIGATOR)  # the session exists before the limit
     dispose_engines()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("VACUUM")  # no free pages: the append must grow the file
-        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    # Pages of 512 bytes: an event's row (its three hashes alone are 192 bytes) overflows a
+    # leaf, so the command's append must grow the file whatever room the last leaves of the
+    # b-trees have left (with 4 KB pages and the few indexes of migration 4 it may fit in them).
+    pages = _packed(path, page_size=512)  # no free pages: the append must grow the file
     before = last_position(path)
     argv = ["--db", url, "--user", INVESTIGATOR, "confirm-eligibility", "S-001",
             "--command-id", "full-1"]
@@ -592,9 +593,10 @@ def test_a_full_database_refuses_the_whole_command(tmp_path: Path) -> None:
     # each limit stops it at another event, and none of it stays.
     big = [StreamAppend(stream, None, [NewEvent("Filler", {"text": "x" * 1000, "n": n})
                                        for n in range(20)]) for stream in ("S-091", "S-092")]
+    pages = _packed(path, page_size=4096)
     before, stopped = last_position(path), 0
     for extra in range(0, 40, 3):
-        with page_limit(path, pages + refused + extra):
+        with page_limit(path, pages + extra):
             try:
                 build_app(url).store.append_streams(big, AppendContext("ivan", "investigator"))
             except StoreUnavailable as error:
@@ -607,6 +609,19 @@ def test_a_full_database_refuses_the_whole_command(tmp_path: Path) -> None:
     verify = trialflow(["--db", url, "audit", "verify"], dict(os.environ))
     assert verify.returncode == 0, verify.stderr
     print(f"\nthe command refused at {refused} page limit(s); the 40-event append at {stopped}")
+
+
+def _packed(path: Path, *, page_size: int) -> int:
+    """The database rewritten with pages of `page_size` bytes and no free page (a page size
+    changes only outside WAL mode, by VACUUM); its pages."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute(f"PRAGMA page_size = {page_size}")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA journal_mode = WAL")
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == page_size
+        assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+        return int(conn.execute("PRAGMA page_count").fetchone()[0])
 
 
 @contextlib.contextmanager
