@@ -35,7 +35,6 @@ import logging
 import secrets
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -196,7 +195,8 @@ def time_ordered_id(millis: int | None = None) -> str:
     value = (millis & (1 << 48) - 1) << 80 | secrets.randbits(80)
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # the version, 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # the variant, RFC 9562
-    return str(uuid.UUID(int=value))
+    text = f"{value:032x}"  # as str(uuid.UUID(int=value)) writes it, without the object
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 # The payloads of an append as their canonical JSON text, one list per StreamAppend; None when
