@@ -102,11 +102,8 @@ def _every_query(env: Env, open_only: bool) -> list[Any]:
 
     store = env.app.store
     with translated(), store.engine.connect() as conn:
-        # the type as a literal: SQLite uses its partial index (events/migrations/v004) only
-        # for a condition it can read when the statement is prepared
-        assert T.QUERY_OPENED.isidentifier()
-        streams = conn.execute(text("SELECT DISTINCT stream_id FROM events WHERE type = "
-                                    f"'{T.QUERY_OPENED}'")).scalars().all()
+        streams = conn.execute(text("SELECT DISTINCT stream_id FROM events WHERE type = :type"),
+                               {"type": T.QUERY_OPENED}).scalars().all()
     found = [q for s in sorted(str(s) for s in streams if is_subject_id(str(s)))
              for _, q in sorted(fold_monitoring(s, store.read_stream(s)).queries.items())]
     return [q for q in found if q.state == "open"] if open_only else found

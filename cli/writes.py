@@ -3,7 +3,6 @@ outcome."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,7 @@ def send(env: Env, message: Message, command_id: str | None, *,
     from workflow.commands.roles import NEEDS_PASSWORD
 
     proof = credential or credential_of(env, password=isinstance(message, NEEDS_PASSWORD))
-    env.command_id = command_id or str(uuid.uuid4())
+    env.command_id = command_id or env.executor.store.new_id()
     return env.executor.execute(message, proof, command_id=env.command_id)
 
 

@@ -186,10 +186,11 @@ class _Head:
 
 def time_ordered_id(millis: int | None = None) -> str:
     """A new command id: a UUID of version 7 (RFC 9562), the Unix time in milliseconds
-    (`millis`, default now) then 74 random bits. Unique as a random UUID is, and new ids sort
-    after older ones, so the `commands` key and the `events.command_id` index take them at
-    their right edge: a random id lands on a random leaf, which splits and is one more page for
-    every commit to write and sync (issue 17)."""
+    (`millis`, default now) then 74 random bits. Unique as a random UUID is, and an id of a
+    later millisecond sorts after every id of the earlier ones (within one millisecond their
+    order is random), so the `commands` key takes them at its right edge: a random id lands on
+    a random leaf, which splits and is one more page for every commit to write and sync
+    (issue 17)."""
     if millis is None:
         millis = time.time_ns() // 1_000_000
     value = (millis & (1 << 48) - 1) << 80 | secrets.randbits(80)
@@ -772,10 +773,10 @@ class EventStore:
 
     def position_at(self, recorded_at: datetime | str) -> int:
         """The last position recorded at or before a moment (0 when none was). PostgreSQL
-        finds it by its index of `recorded_at`; SQLite has none (migration 4) and reads the
-        key backwards from the head to the first event recorded at or before the moment
-        (`recorded_at` never goes back along the log), no more than an as-of replay then
-        reads the other way."""
+        finds it by its index of `recorded_at`. SQLite has none (migration 4): it reads the key
+        backwards from the head to the first event recorded at or before the moment, as its
+        plan for `max(position) … WHERE recorded_at <= ?` already did with the index there
+        (about 33 ms for the earliest moment of a 158,000-event log, 0.01 ms near the head)."""
         moment = recorded_at if isinstance(recorded_at, str) else format_utc(recorded_at)
         sql = ("SELECT position FROM events WHERE recorded_at <= ? ORDER BY position DESC "
                "LIMIT 1" if self._sqlite else

@@ -1,7 +1,8 @@
 """Versioned schema migrations.
 
 Each migration is a module `vNNN_name.py` with `VERSION`, `NAME` and `upgrade(conn)`; they run
-in order inside one transaction per migration, and `schema_migrations` records each one.
+in order inside one transaction (all that are pending, or none), and `schema_migrations`
+records each one.
 A migration's DDL is frozen once released: a later change to the schema is a new migration.
 """
 

@@ -7,10 +7,9 @@ command's commit wrote on SQLite, 1.6 were the index by type, 1.6 the index by `
 - the index by type served one read, the streams that have a query opened (`trialflow
   queries`): a partial index holds only `QueryOpened` events, so only an append that opens a
   query writes it;
-- the index by `recorded_at` served one read, the last position recorded at or before a moment
-  (the as-of replay): `recorded_at` never goes back along the log (the insert guard of
-  migration 3), so the store finds it by reading the key backwards from the head
-  (`EventStore.position_at`), which an as-of replay then reads up to anyway;
+- the index by `recorded_at` was to serve one read, the last position recorded at or before a
+  moment (the as-of replay), and SQLite's plan for it did not use it: it read the key
+  backwards from the head, as `EventStore.position_at` now asks it to;
 - the index by `command_id` served one read, the insert guard of `commands` (a command's row
   only with its command's events): the store inserts a command's row right after its events,
   in their transaction, so the guard now asks the log's last event, by the key, and refuses

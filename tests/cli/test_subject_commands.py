@@ -75,3 +75,17 @@ def test_subject_commands_through_the_cli(sqlite_url: str, tmp_path: Path) -> No
     assert positions(db) == before
     status, out, _ = call(db, "--json", "protocol", "diagram")
     assert status == 0 and json.loads(out)["mermaid"].startswith("stateDiagram-v2")
+
+
+def test_a_write_without_a_command_id_gets_the_stores_time_ordered_one(sqlite_url: str) -> None:
+    """The CLI fixes the id before the write (a repeat may bring it back) with the store's
+    `new_id`: a UUID of version 7, as every id the store makes (docs/design.md)."""
+    import uuid
+
+    db = sqlite_url
+    assert call(db, "init", "--admin", "ada")[0] == 0
+    status, out, _ = call(db, "--user", "ada", "--json", "sites", "add", "PKU3", "--tz",
+                          "Asia/Shanghai")
+    assert status == 0, out
+    made = uuid.UUID(json.loads(out)["command_id"])
+    assert made.version == 7 and str(made) == json.loads(out)["command_id"]

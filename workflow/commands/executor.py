@@ -101,6 +101,16 @@ UNREAD_STUDY_EVENTS: Final = frozenset({
     T.ENROLMENT_PLACE_TAKEN, T.ENROLMENT_PLACE_FREED, T.AUTHENTICATION_FAILED,
     T.FAILED_ATTEMPTS_RESET,
 })
+# Command ids the product derives itself, so that every process derives the same one for the
+# same act and it is done once: an account's lock and an admin lock's lapse (the executor's own
+# appends, never a message's), a reminder issued or cancelled (by the scheduler, with that
+# message). Given with any other message, such an id is refused before any work: taken first,
+# it would have made the act a "repeat" of something else and silenced it (a lock never
+# recorded, a reminder never issued).
+RESERVED_COMMAND_IDS: Final[tuple[tuple[str, tuple[type[M.Message], ...]], ...]] = (
+    ("account-locked-", ()), ("lock-lapsed-", ()),
+    ("reminder-issue-", (M.IssueReminder,)), ("reminder-cancel-", (M.CancelReminder,)),
+)
 SUBJECTS_KEPT: Final = 1024  # subjects' streams an executor keeps folded (least recent out)
 ADMIN_LOCK: Final = timedelta(minutes=15)  # an admin's lock lapses: no permanent lock-out
 
@@ -186,6 +196,8 @@ class Executor:
     # ------------------------------------------------------------------ the door
     def execute(self, message: M.Message, credential: Credential, *,
                 command_id: str | None = None) -> Outcome:
+        if command_id is not None:
+            _check_command_id(command_id, message)
         if isinstance(message, M.InitialiseStudy):
             return self._initialise(message, credential, command_id)
         ahead = self._read_ahead(message, credential)
@@ -668,6 +680,25 @@ class Executor:
     def _request_hash(actor: str, message: M.Message) -> str:
         return hashlib.sha256(canonical_json({"actor": actor, **message.canonical()})
                               .encode("utf-8")).hexdigest()
+
+
+def _check_command_id(command_id: str, message: M.Message) -> None:
+    """Refuse (rule `command_id_reserved`, exit 2) a command id of RESERVED_COMMAND_IDS given
+    with a message other than the one it is reserved for."""
+    for prefix, owners in RESERVED_COMMAND_IDS:
+        if command_id.startswith(prefix) and not isinstance(message, owners):
+            raise InvalidInput(
+                f"Command id {command_id!r} is reserved: ids beginning {prefix!r} are "
+                f"trialflow's own ({_RESERVED_FOR[prefix]}); give another --command-id, or "
+                "none.", rule="command_id_reserved", field="command_id")
+
+
+_RESERVED_FOR: Final = {
+    "account-locked-": "an account locked after failed attempts",
+    "lock-lapsed-": "an admin's lock lapsed",
+    "reminder-issue-": "the scheduler's reminders",
+    "reminder-cancel-": "the scheduler's cancelled reminders",
+}
 
 
 def _os_user() -> str | None:
