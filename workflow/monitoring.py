@@ -97,7 +97,7 @@ def fold_monitoring(subject: str, events: Iterable[RecordedEvent]) -> Monitoring
 
 def monitoring_onto(state: MonitoringState, events: Iterable[RecordedEvent]) -> MonitoringState:
     """The next `events` of the stream folded into a copy of `state` (left as it was)."""
-    copy = object.__new__(MonitoringState)  # as `copy_subject`: no `__init__` per fold
+    copy = object.__new__(state.__class__)  # as `copy_subject`: no `__init__` per fold
     copy.__dict__ = {**state.__dict__, "forms": dict(state.forms),
                      "queries": dict(state.queries)}
     state = copy

@@ -185,7 +185,7 @@ def copy_subject(s: SubjectState) -> SubjectState:
     for name, value in data.items():
         if value.__class__ is dict or value.__class__ is list:
             data[name] = value.copy()
-    copy = object.__new__(SubjectState)
+    copy = object.__new__(s.__class__)
     copy.__dict__ = data
     return copy
 
