@@ -37,7 +37,7 @@ from projections.subject_rows import zone_of
 from projections.views import View, open_view
 from workflow.bootstrap import App
 from workflow.commands import messages as M
-from workflow.commands.executor import Executor
+from workflow.commands.executor import REMINDER_CANCEL_ID, REMINDER_ISSUE_ID, Executor
 from workflow.errors import WorkflowError
 from workflow.identity import Credential
 from workflow.phases import TERMINAL
@@ -166,7 +166,7 @@ class _Desk:
         the reminder is then issued under a second id every scheduler derives alike."""
         message = M.IssueReminder(obligation.subject, obligation.obligation, obligation.kind,
                                   obligation.due_at, obligation.detail, obligation.generation)
-        command_id = f"reminder-issue-{obligation.reminder_id}"
+        command_id = f"{REMINDER_ISSUE_ID}{obligation.reminder_id}"
         try:
             return self.send(message, command_id)
         except IntegrityFailure as error:
@@ -217,7 +217,7 @@ def tick(app: App, credential: Credential, now: datetime,
                 reminder.subject, reminder.reminder_id,
                 f"{reminder.obligation} is no longer planned (its target moved or it was "
                 "withdrawn); a reminder for the new target replaces it."),
-                command_id=f"reminder-cancel-{reminder.reminder_id}"):
+                command_id=f"{REMINDER_CANCEL_ID}{reminder.reminder_id}"):
             report.cancelled.append(reminder.reminder_id)  # not if another did it first
     _deliver(desk, issued_reminders(store, subjects), notifiers, now, report)
     log.info("scheduler pass", **report.to_json())

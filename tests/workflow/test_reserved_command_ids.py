@@ -72,7 +72,7 @@ def test_a_lock_s_id_taken_first_is_refused_and_the_lock_is_recorded(desk: Desk)
 
 def test_a_reminder_s_id_is_only_its_own_message_s(desk: Desk) -> None:
     screen_eligible(desk, "S-001", START)
-    for prefix, owners in RESERVED_COMMAND_IDS:
+    for prefix, (owners, _what) in RESERVED_COMMAND_IDS.items():
         _reserved(desk, COORDINATOR, M.ConsentSubject("S-002", START, "2.0"), f"{prefix}x")
         assert all(owner in (M.IssueReminder, M.CancelReminder) for owner in owners)
     # the scheduler's own message with its own id is accepted (tests/scheduler: once each)

@@ -107,10 +107,17 @@ UNREAD_STUDY_EVENTS: Final = frozenset({
 # message). Given with any other message, such an id is refused before any work: taken first,
 # it would have made the act a "repeat" of something else and silenced it (a lock never
 # recorded, a reminder never issued).
-RESERVED_COMMAND_IDS: Final[tuple[tuple[str, tuple[type[M.Message], ...]], ...]] = (
-    ("account-locked-", ()), ("lock-lapsed-", ()),
-    ("reminder-issue-", (M.IssueReminder,)), ("reminder-cancel-", (M.CancelReminder,)),
-)
+ACCOUNT_LOCKED_ID: Final = "account-locked-"  # + name, the lock's number
+LOCK_LAPSED_ID: Final = "lock-lapsed-"  # + name, the lock's position
+REMINDER_ISSUE_ID: Final = "reminder-issue-"  # + the reminder's id (projections/scheduler.py)
+REMINDER_CANCEL_ID: Final = "reminder-cancel-"  # + the reminder's id
+# prefix -> the messages that may carry it (none: only the executor's own appends), and what
+RESERVED_COMMAND_IDS: Final[dict[str, tuple[tuple[type[M.Message], ...], str]]] = {
+    ACCOUNT_LOCKED_ID: ((), "an account locked after failed attempts"),
+    LOCK_LAPSED_ID: ((), "an admin's lock lapsed"),
+    REMINDER_ISSUE_ID: ((M.IssueReminder,), "the scheduler's reminders"),
+    REMINDER_CANCEL_ID: ((M.CancelReminder,), "the scheduler's cancelled reminders"),
+}
 SUBJECTS_KEPT: Final = 1024  # subjects' streams an executor keeps folded (least recent out)
 ADMIN_LOCK: Final = timedelta(minutes=15)  # an admin's lock lapses: no permanent lock-out
 
@@ -434,7 +441,7 @@ class Executor:
                 self.store.append_streams(
                     [StreamAppend(STUDY_STREAM, None, [lock])],
                     AppendContext(actor=UNAUTHENTICATED, role="none",
-                                  command_id=f"account-locked-{name}-{study.locks.get(name, 0)}"),
+                                  command_id=f"{ACCOUNT_LOCKED_ID}{name}-{study.locks.get(name, 0)}"),
                     also=identity.end_sessions_statements(name, sqlite=self._sqlite))
         except EventStoreError as error:  # a read-only or full database: refused all the same
             log.warning("failed attempt not recorded", name=name, error=str(error))
@@ -448,7 +455,7 @@ class Executor:
                     T.ACCOUNT_UNLOCKED, {"name": name, "lapsed": True},
                     reason=f"the lock of {ADMIN_LOCK} was over")])],
                 AppendContext(actor=UNAUTHENTICATED, role="none",
-                              command_id=f"lock-lapsed-{name}-{position}"),
+                              command_id=f"{LOCK_LAPSED_ID}{name}-{position}"),
                 also=identity.clear_attempts_statements(name, sqlite=self._sqlite))
         return self.study()
 
@@ -685,20 +692,12 @@ class Executor:
 def _check_command_id(command_id: str, message: M.Message) -> None:
     """Refuse (rule `command_id_reserved`, exit 2) a command id of RESERVED_COMMAND_IDS given
     with a message other than the one it is reserved for."""
-    for prefix, owners in RESERVED_COMMAND_IDS:
+    for prefix, (owners, what) in RESERVED_COMMAND_IDS.items():
         if command_id.startswith(prefix) and not isinstance(message, owners):
             raise InvalidInput(
                 f"Command id {command_id!r} is reserved: ids beginning {prefix!r} are "
-                f"trialflow's own ({_RESERVED_FOR[prefix]}); give another --command-id, or "
-                "none.", rule="command_id_reserved", field="command_id")
-
-
-_RESERVED_FOR: Final = {
-    "account-locked-": "an account locked after failed attempts",
-    "lock-lapsed-": "an admin's lock lapsed",
-    "reminder-issue-": "the scheduler's reminders",
-    "reminder-cancel-": "the scheduler's cancelled reminders",
-}
+                f"trialflow's own ({what}); give another --command-id, or none.",
+                rule="command_id_reserved", field="command_id")
 
 
 def _os_user() -> str | None:
