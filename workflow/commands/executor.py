@@ -440,8 +440,8 @@ class Executor:
             with contextlib.suppress(IdempotencyMismatch):  # another attempt locked it first
                 self.store.append_streams(
                     [StreamAppend(STUDY_STREAM, None, [lock])],
-                    AppendContext(actor=UNAUTHENTICATED, role="none",
-                                  command_id=f"{ACCOUNT_LOCKED_ID}{name}-{study.locks.get(name, 0)}"),
+                    AppendContext(actor=UNAUTHENTICATED, role="none", command_id=(
+                        f"{ACCOUNT_LOCKED_ID}{name}-{study.locks.get(name, 0)}")),
                     also=identity.end_sessions_statements(name, sqlite=self._sqlite))
         except EventStoreError as error:  # a read-only or full database: refused all the same
             log.warning("failed attempt not recorded", name=name, error=str(error))
